@@ -1,0 +1,1 @@
+"""Event-driven MLOps automation for Azure Machine Learning on Azure Functions."""

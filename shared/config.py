@@ -1,0 +1,193 @@
+"""Settings: the only module that reads the environment. Every name starts with MLOPS_."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.errors import InvalidPayload
+
+# Public-cloud defaults; sovereign clouds override them through the settings below.
+PUBLIC_LOGS_ENDPOINT = "https://api.loganalytics.io/v1"
+PUBLIC_STUDIO_URL = "https://ml.azure.com"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Knobs of every automatic decision. Pure data: policy.py reads it, nothing writes it."""
+
+    primary_metric: str = "auc"  # metric the gate ranks models by (higher is better); default auc
+    min_primary: float = 0.70  # absolute floor the primary metric must clear; default 0.70
+    min_improvement: float = 0.0  # margin over the champion's primary metric, absolute; default 0.0
+    guard_metrics: tuple[str, ...] = ("logloss",)  # lower-is-better metrics that must not regress; default logloss
+    guard_tolerance: float = 0.02  # allowed regression of each guard metric, absolute; default 0.02
+    initial_traffic: int = 10  # percent a new model starts at beside a champion; default 10
+    rollback_window_minutes: int = 120  # a traffic change younger than this makes drift roll back; default 120
+    cooldown_minutes: int = 30  # after an automatic change, drift on that endpoint is only recorded; default 30
+    max_attempts: int = 3  # training attempts per data version, counting the first; default 3
+    drift_psi_threshold: float = 0.2  # PSI above which a feature counts as drifted (local monitor); default 0.2
+    freeze: bool = False  # stop every automatic change but still alert; default off
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the app is configured with. Built once by ``from_env``; immutable."""
+
+    backend: str = "local"  # local | azure
+    home: Path = Path(".mlops")  # embedded backend state (SQLite, files)
+    # Azure ML workspace
+    subscription_id: str = ""
+    resource_group: str = ""
+    workspace: str = ""
+    compute: str = "cpu-cluster"
+    low_priority: bool = False
+    max_run_seconds: int = 3600
+    environment: str = "azureml://registries/azureml/environments/sklearn-1.5/labels/latest"
+    datastore: str = "workspaceblobstore"
+    landing_container: str = "landing"
+    model_name: str = "{asset}-model"  # template, formatted with the data asset name
+    endpoint_name: str = "{asset}-endpoint"  # template, formatted with the data asset name
+    instance_type: str = "Standard_DS3_v2"
+    code_version: str = ""  # defaults to the hash of shared/training when empty
+    # Other Azure services (identity-based; endpoints have public-cloud defaults)
+    ledger_table_uri: str = ""  # MLOPS_LEDGER__tableServiceUri
+    topic_endpoint: str = ""  # MLOPS_EVENTS__topicEndpointUri
+    log_analytics_workspace_id: str = ""
+    logs_endpoint: str = PUBLIC_LOGS_ENDPOINT
+    metrics_endpoint: str = ""  # regional, e.g. https://westeurope.metrics.monitor.azure.com
+    studio_url: str = PUBLIC_STUDIO_URL
+    status_url: str = ""  # public URL of GET /api/status, for links in alerts
+    # Teams
+    teams_webhook_url: str = ""
+    teams_routes: str = ""  # JSON routing table, see README
+    teams_failures_only: bool = False
+    policy: Policy = field(default_factory=Policy)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Read MLOPS_* settings; bad values raise InvalidPayload naming the setting."""
+        env = os.environ if environ is None else environ
+        r = _Reader(env)
+        workspace = r.str("MLOPS_WORKSPACE", "")
+        backend = r.str("MLOPS_BACKEND", "azure" if workspace else "local").lower()
+        if backend not in ("local", "azure"):
+            raise InvalidPayload(f"MLOPS_BACKEND must be local or azure, not {backend!r}", field="MLOPS_BACKEND")
+        d = Policy()
+        policy = Policy(
+            primary_metric=r.str("MLOPS_PRIMARY_METRIC", d.primary_metric),
+            min_primary=r.float("MLOPS_MIN_PRIMARY", d.min_primary),
+            min_improvement=r.float("MLOPS_MIN_IMPROVEMENT", d.min_improvement),
+            guard_metrics=tuple(m for m in r.str("MLOPS_GUARD_METRICS", ",".join(d.guard_metrics)).split(",") if m.strip()),
+            guard_tolerance=r.float("MLOPS_GUARD_TOLERANCE", d.guard_tolerance),
+            initial_traffic=r.int("MLOPS_INITIAL_TRAFFIC", d.initial_traffic, lo=1, hi=100),
+            rollback_window_minutes=r.int("MLOPS_ROLLBACK_WINDOW_MINUTES", d.rollback_window_minutes, lo=0),
+            cooldown_minutes=r.int("MLOPS_COOLDOWN_MINUTES", d.cooldown_minutes, lo=0),
+            max_attempts=r.int("MLOPS_MAX_ATTEMPTS", d.max_attempts, lo=1),
+            drift_psi_threshold=r.float("MLOPS_DRIFT_PSI_THRESHOLD", d.drift_psi_threshold),
+            freeze=r.bool("MLOPS_FREEZE", d.freeze),
+        )
+        s = cls()
+        return cls(
+            backend=backend,
+            home=Path(r.str("MLOPS_HOME", str(s.home))),
+            subscription_id=r.str("MLOPS_SUBSCRIPTION_ID", ""),
+            resource_group=r.str("MLOPS_RESOURCE_GROUP", ""),
+            workspace=workspace,
+            compute=r.str("MLOPS_COMPUTE", s.compute),
+            low_priority=r.bool("MLOPS_LOW_PRIORITY", s.low_priority),
+            max_run_seconds=r.int("MLOPS_MAX_RUN_SECONDS", s.max_run_seconds, lo=60),
+            environment=r.str("MLOPS_ENVIRONMENT", s.environment),
+            datastore=r.str("MLOPS_DATASTORE", s.datastore),
+            landing_container=r.str("MLOPS_LANDING_CONTAINER", s.landing_container),
+            model_name=r.str("MLOPS_MODEL_NAME", s.model_name),
+            endpoint_name=r.str("MLOPS_ENDPOINT_NAME", s.endpoint_name),
+            instance_type=r.str("MLOPS_INSTANCE_TYPE", s.instance_type),
+            code_version=r.str("MLOPS_CODE_VERSION", ""),
+            ledger_table_uri=r.str("MLOPS_LEDGER__tableServiceUri", ""),
+            topic_endpoint=r.str("MLOPS_EVENTS__topicEndpointUri", ""),
+            log_analytics_workspace_id=r.str("MLOPS_LOG_ANALYTICS_WORKSPACE_ID", ""),
+            logs_endpoint=r.str("MLOPS_LOGS_ENDPOINT", s.logs_endpoint),
+            metrics_endpoint=r.str("MLOPS_METRICS_ENDPOINT", ""),
+            studio_url=r.str("MLOPS_STUDIO_URL", s.studio_url),
+            status_url=r.str("MLOPS_STATUS_URL", ""),
+            teams_webhook_url=r.str("MLOPS_TEAMS_WEBHOOK_URL", ""),
+            teams_routes=r.str("MLOPS_TEAMS_ROUTES", ""),
+            teams_failures_only=r.bool("MLOPS_TEAMS_FAILURES_ONLY", False),
+            policy=policy,
+        )
+
+    def with_policy(self, **changes: object) -> "Settings":
+        """A copy with some policy knobs changed (tests, the demo)."""
+        return dataclasses.replace(self, policy=dataclasses.replace(self.policy, **changes))
+
+    def model_for(self, asset: str) -> str:
+        return _name(self.model_name, asset)
+
+    def endpoint_for(self, asset: str) -> str:
+        return _name(self.endpoint_name, asset)
+
+
+# Every setting from_env reads; infra tests check the Function App sets exactly these.
+SETTING_NAMES: tuple[str, ...] = (
+    "MLOPS_BACKEND", "MLOPS_HOME", "MLOPS_SUBSCRIPTION_ID", "MLOPS_RESOURCE_GROUP", "MLOPS_WORKSPACE",
+    "MLOPS_COMPUTE", "MLOPS_LOW_PRIORITY", "MLOPS_MAX_RUN_SECONDS", "MLOPS_ENVIRONMENT", "MLOPS_DATASTORE",
+    "MLOPS_LANDING_CONTAINER", "MLOPS_MODEL_NAME", "MLOPS_ENDPOINT_NAME", "MLOPS_INSTANCE_TYPE",
+    "MLOPS_CODE_VERSION", "MLOPS_LEDGER__tableServiceUri", "MLOPS_EVENTS__topicEndpointUri",
+    "MLOPS_LOG_ANALYTICS_WORKSPACE_ID", "MLOPS_LOGS_ENDPOINT", "MLOPS_METRICS_ENDPOINT", "MLOPS_STUDIO_URL",
+    "MLOPS_STATUS_URL", "MLOPS_TEAMS_WEBHOOK_URL", "MLOPS_TEAMS_ROUTES", "MLOPS_TEAMS_FAILURES_ONLY",
+    "MLOPS_PRIMARY_METRIC", "MLOPS_MIN_PRIMARY", "MLOPS_MIN_IMPROVEMENT", "MLOPS_GUARD_METRICS",
+    "MLOPS_GUARD_TOLERANCE", "MLOPS_INITIAL_TRAFFIC", "MLOPS_ROLLBACK_WINDOW_MINUTES", "MLOPS_COOLDOWN_MINUTES",
+    "MLOPS_MAX_ATTEMPTS", "MLOPS_DRIFT_PSI_THRESHOLD", "MLOPS_FREEZE",
+)
+
+
+def _name(template: str, asset: str) -> str:
+    return template.format(asset=asset) if "{asset}" in template else template
+
+
+class _Reader:
+    """Typed access to the environment; every failure names the setting."""
+
+    _TRUE = {"1", "true", "yes", "on"}
+    _FALSE = {"0", "false", "no", "off", ""}
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def str(self, name: str, default: str) -> str:
+        value = self.env.get(name)
+        return default if value is None or value.strip() == "" else value.strip()
+
+    def bool(self, name: str, default: bool) -> bool:
+        value = self.env.get(name)
+        if value is None:
+            return default
+        v = value.strip().lower()
+        if v in self._TRUE:
+            return True
+        if v in self._FALSE:
+            return False
+        raise InvalidPayload(f"{name} must be true or false, not {value!r}", field=name)
+
+    def int(self, name: str, default: int, *, lo: int | None = None, hi: int | None = None) -> int:
+        raw = self.str(name, "")
+        if raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise InvalidPayload(f"{name} must be a whole number, not {raw!r}", field=name) from None
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise InvalidPayload(f"{name} must be between {lo} and {hi}, not {value}", field=name)
+        return value
+
+    def float(self, name: str, default: float) -> float:
+        raw = self.str(name, "")
+        if raw == "":
+            return default
+        try:
+            return float(raw)
+        except ValueError:
+            raise InvalidPayload(f"{name} must be a number, not {raw!r}", field=name) from None

@@ -1,0 +1,237 @@
+"""Value objects the ports exchange: plain frozen dataclasses, no SDK types."""
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+# Tag keys the automation writes on jobs, models and deployments (Azure tag values are strings).
+OWNER_TAG = "mlops.owner"
+OWNER_VALUE = "mlops-automation"
+TAG_ASSET = "mlops.data_asset"
+TAG_DATA_VERSION = "mlops.data_version"
+TAG_ATTEMPT = "mlops.attempt"
+TAG_EVENT = "mlops.trigger_event"
+TAG_CODE = "mlops.code_version"
+TAG_ACTOR = "mlops.actor"
+TAG_JOB = "mlops.job"
+TAG_GATE = "mlops.gate"
+TAG_GATE_REASON = "mlops.gate_reason"
+TAG_METRIC_PREFIX = "metric."
+TAG_KNOWN_GOOD = "mlops.known_good"  # "true" once a deployment has served 100% of traffic
+TAG_ROLLED_BACK = "mlops.rolled_back"  # "true" once traffic was rolled back away from it
+TAG_TRAFFIC_CHANGED = "mlops.traffic_changed_at"  # ISO time of the last automated traffic change
+
+
+class JobStatus(str, enum.Enum):
+    """Azure ML job statuses we act on; ``completed`` is true for terminal states."""
+
+    QUEUED = "Queued"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+    CANCELED = "Canceled"
+
+    @property
+    def completed(self) -> bool:
+        return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED)
+
+    @classmethod
+    def parse(cls, value: str) -> "JobStatus":
+        """Any letter case; Azure ML's intermediate states (Preparing, Starting, ...) count as Running."""
+        v = (value or "").strip().lower()
+        for s in cls:
+            if s.value.lower() == v:
+                return s
+        if v in ("cancelled", "cancelrequested"):
+            return cls.CANCELED
+        if v in ("notstarted", "queued", "provisioning"):
+            return cls.QUEUED
+        return cls.RUNNING
+
+
+def slug(value: str) -> str:
+    """Lower-case letters, digits and hyphens: safe in job, model and deployment names."""
+    s = re.sub(r"[^a-z0-9]+", "-", str(value).lower()).strip("-")
+    return s or "x"
+
+
+def training_job_name(asset: str, version: str, attempt: int) -> str:
+    """Deterministic job name: a redelivered event can never start a second job."""
+    return f"train-{slug(asset)}-v{slug(version)}-a{attempt}"
+
+
+def model_version_for(data_version: str, attempt: int) -> str:
+    """Deterministic model version from the job that trained it."""
+    return f"{slug(data_version)}.{attempt}"
+
+
+def deployment_name_for(model_version: str) -> str:
+    """Azure deployment names: 3-32 characters, start with a letter, letters/digits/hyphens."""
+    return ("v" + slug(model_version))[:32]
+
+
+@dataclass(frozen=True)
+class DataAsset:
+    name: str
+    version: str
+    path: str  # local file path, or azureml://datastores/<ds>/paths/<path>
+    tags: dict[str, str] = field(default_factory=dict)
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class TrainingJobSpec:
+    """What to train. The adapter turns it into a command job (local process or Azure ML)."""
+
+    name: str
+    asset: str
+    data_version: str
+    attempt: int
+    tags: dict[str, str]
+    compute: str = ""
+    low_priority: bool = False
+    max_run_seconds: int = 3600
+    experiment: str = "mlops-automation"
+
+
+@dataclass(frozen=True)
+class Job:
+    name: str
+    status: JobStatus
+    tags: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+    created_at: datetime | None = None
+    url: str = ""  # studio link (Azure) or local path
+
+    @property
+    def owned(self) -> bool:
+        return self.tags.get(OWNER_TAG) == OWNER_VALUE
+
+    @property
+    def attempt(self) -> int:
+        try:
+            return int(self.tags.get(TAG_ATTEMPT, "1"))
+        except ValueError:
+            return 1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    version: str
+    job_name: str  # the model files come from this job's "model" output
+    tags: dict[str, str]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    version: str
+    tags: dict[str, str] = field(default_factory=dict)
+    path: str = ""
+    created_at: datetime | None = None
+
+    def metrics(self) -> dict[str, float]:
+        """The metrics recorded as ``metric.<name>`` tags at registration."""
+        out: dict[str, float] = {}
+        for k, v in self.tags.items():
+            if k.startswith(TAG_METRIC_PREFIX):
+                try:
+                    out[k[len(TAG_METRIC_PREFIX):]] = float(v)
+                except ValueError:
+                    continue
+        return out
+
+
+@dataclass(frozen=True)
+class Deployment:
+    name: str
+    model_name: str
+    model_version: str
+    tags: dict[str, str] = field(default_factory=dict)
+    created_at: datetime | None = None
+    state: str = "Succeeded"
+
+    @property
+    def known_good(self) -> bool:
+        return self.tags.get(TAG_KNOWN_GOOD) == "true"
+
+    @property
+    def rolled_back(self) -> bool:
+        return self.tags.get(TAG_ROLLED_BACK) == "true"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    deployments: tuple[Deployment, ...]
+    traffic: dict[str, int]  # deployment name -> percent; missing names mean 0
+    tags: dict[str, str] = field(default_factory=dict)
+    scoring_uri: str = ""
+    mirror_traffic: dict[str, int] = field(default_factory=dict)
+
+    def deployment(self, name: str) -> Deployment | None:
+        return next((d for d in self.deployments if d.name == name), None)
+
+    @property
+    def traffic_changed_at(self) -> datetime | None:
+        raw = self.tags.get(TAG_TRAFFIC_CHANGED)
+        return datetime.fromisoformat(raw) if raw else None
+
+
+@dataclass(frozen=True)
+class Health:
+    """Request statistics of one endpoint or deployment over a window."""
+
+    endpoint: str
+    deployment: str | None
+    window_minutes: int
+    requests: int
+    error_share: float  # 0..1, non-2xx / requests
+    latency_p50_ms: float | None = None
+    latency_p95_ms: float | None = None
+    partial: bool = False  # the service answered with partial results
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A notification, before any channel renders it (console, Teams card).
+
+    ``incident_key`` groups repeats of one incident (dedupe); ``resolved`` closes it.
+    """
+
+    kind: str  # see ALERT_KINDS
+    severity: str  # info | warning | error | critical
+    title: str
+    summary: str  # what happened, why, what was done
+    facts: tuple[tuple[str, str], ...] = ()
+    links: tuple[tuple[str, str], ...] = ()  # (title, url)
+    incident_key: str = ""
+    resolved: bool = False
+    actor: str = "automation"
+    event_id: str = ""
+    detail: str = ""  # long text (error log excerpt); channels may truncate it
+
+
+ALERT_KINDS = (
+    "training_started", "training_failed", "model_registered", "model_rejected", "deployment_changed",
+    "rollback", "retraining_started", "drift_detected", "manual_action", "event_rejected",
+)
+SEVERITIES = ("info", "warning", "error", "critical")
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One decision in the audit trail: what triggered it, what was looked at, what was done, by whom."""
+
+    event_id: str
+    message: str  # message type that was handled
+    decision: str  # e.g. approve, reject, rollback, retrain, hold, start_training, ignore
+    reason: str
+    actor: str  # "automation" or the HTTP caller
+    facts: dict[str, object] = field(default_factory=dict)
+    resources: tuple[str, ...] = ()  # ids of what was created or changed
+    at: datetime | None = None

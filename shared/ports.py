@@ -1,0 +1,114 @@
+"""Ports: the small Protocols handlers act through. Adapters (Azure) and the embedded backend implement them."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from shared.domain import (
+    Alert, AuditRecord, DataAsset, Endpoint, Health, Job, JobStatus, Model, ModelSpec, TrainingJobSpec,
+)
+
+
+class DataAssets(Protocol):
+    def register_data(self, name: str, version: str, path: str, tags: Mapping[str, str] | None = None) -> DataAsset:
+        """Create the version, or return it unchanged if it already exists with the same path (idempotent).
+        A different path for an existing version raises Conflict: versions are immutable."""
+
+    def get_data(self, name: str, version: str) -> DataAsset:
+        """Raise NotFound when missing."""
+
+    def latest_data(self, name: str) -> DataAsset | None:
+        """Newest version by creation time; None when the asset has no versions."""
+
+
+class Jobs(Protocol):
+    def submit_training(self, spec: TrainingJobSpec) -> Job:
+        """Start the job; if a job with ``spec.name`` already exists return it instead (never resubmit)."""
+
+    def get_job(self, name: str) -> Job:
+        """Current state; raise NotFound when missing."""
+
+    def list_jobs(self, *, status: Iterable[JobStatus] | None = None, tags: Mapping[str, str] | None = None) -> list[Job]:
+        """Jobs filtered by status and by tags (all given tags must match), newest first."""
+
+
+class RunMetrics(Protocol):
+    def get_run_metrics(self, job_name: str) -> dict[str, float]:
+        """Final value of every metric the run logged (MLflow names, e.g. auc, logloss)."""
+
+
+class Models(Protocol):
+    def register_model(self, spec: ModelSpec) -> Model:
+        """Register the job's model output; return the existing version unchanged if present (idempotent)."""
+
+    def get_model(self, name: str, version: str) -> Model:
+        """Raise NotFound when missing."""
+
+    def list_models(self, name: str) -> list[Model]:
+        """Every version of a model, newest first; empty when none."""
+
+    def tag_model(self, name: str, version: str, tags: Mapping[str, str]) -> Model:
+        """Merge tags into the model version (e.g. mark it rolled back)."""
+
+
+class Endpoints(Protocol):
+    def get_endpoint(self, name: str) -> Endpoint | None:
+        """The endpoint with its deployments and traffic; None when it does not exist."""
+
+    def create_deployment(self, endpoint: str, deployment: str, model: Model, tags: Mapping[str, str]) -> Endpoint:
+        """Create the endpoint if needed and the deployment at 0% traffic; existing ones are kept (idempotent)."""
+
+    def set_traffic(self, endpoint: str, traffic: Mapping[str, int], *, tags: Mapping[str, str] | None = None,
+                    deployment_tags: Mapping[str, Mapping[str, str]] | None = None) -> Endpoint:
+        """Make the split exactly ``traffic`` (names left out get 0; the sum must be 100) and merge tags into the
+        endpoint and into named deployments in the same change."""
+
+    def list_endpoints(self) -> list[Endpoint]:
+        """Every endpoint in the workspace."""
+
+
+@runtime_checkable
+class Workspace(DataAssets, Jobs, Models, Endpoints, Protocol):
+    """The Azure ML workspace as the handlers see it: the four small ports together."""
+
+
+class Ledger(Protocol):
+    """Exactly-once bookkeeping: each key takes effect once."""
+
+    def claim(self, key: str, *, event_type: str, lease_seconds: float = 300.0) -> str:
+        """Atomically claim ``key``: returns "new" (go ahead) or the recorded outcome when it was already
+        processed (a duplicate, counted). Raises Busy while another worker's lease is live."""
+
+    def complete(self, key: str, outcome: str, reason: str = "") -> None:
+        """Record the final outcome (done, ignored, rejected, failed) of a claimed key."""
+
+    def release(self, key: str) -> None:
+        """Give a claim up after a transient failure, so a redelivery can try again."""
+
+    def stats(self) -> dict[str, int]:
+        """Counts by outcome, plus "duplicates" skipped."""
+
+
+class AuditLog(Protocol):
+    def append(self, record: AuditRecord) -> None:
+        """Add a decision to the trail (never rewritten)."""
+
+    def recent(self, *, limit: int = 50, subject: str | None = None, since: datetime | None = None,
+               decisions: Sequence[str] | None = None) -> list[AuditRecord]:
+        """Newest first; ``subject`` matches records whose facts name that endpoint, model or asset."""
+
+
+class Notifier(Protocol):
+    def notify(self, alert: Alert) -> None:
+        """Queue the alert; delivery happens after the action it reports is committed and never raises into it."""
+
+
+class Monitor(Protocol):
+    def health(self, endpoint: str, deployment: str | None, window_minutes: int) -> Health:
+        """Request count, error share and latency of an endpoint (or one deployment) over the window."""
+
+
+class Publisher(Protocol):
+    def publish(self, event_type: str, subject: str, data: Mapping[str, object]) -> str:
+        """Publish one of our own events to the custom topic; returns its id."""
