@@ -7,21 +7,22 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 # Tag keys the automation writes on jobs, models and deployments (Azure tag values are strings).
-OWNER_TAG = "mlops.owner"
+# No dots in keys: Event Grid advanced filters read dots in a key as nesting (data.runTags.<key>).
+OWNER_TAG = "mlops_owner"
 OWNER_VALUE = "mlops-automation"
-TAG_ASSET = "mlops.data_asset"
-TAG_DATA_VERSION = "mlops.data_version"
-TAG_ATTEMPT = "mlops.attempt"
-TAG_EVENT = "mlops.trigger_event"
-TAG_CODE = "mlops.code_version"
-TAG_ACTOR = "mlops.actor"
-TAG_JOB = "mlops.job"
-TAG_GATE = "mlops.gate"
-TAG_GATE_REASON = "mlops.gate_reason"
-TAG_METRIC_PREFIX = "metric."
-TAG_KNOWN_GOOD = "mlops.known_good"  # "true" once a deployment has served 100% of traffic
-TAG_ROLLED_BACK = "mlops.rolled_back"  # "true" once traffic was rolled back away from it
-TAG_TRAFFIC_CHANGED = "mlops.traffic_changed_at"  # ISO time of the last automated traffic change
+TAG_ASSET = "mlops_data_asset"
+TAG_DATA_VERSION = "mlops_data_version"
+TAG_ATTEMPT = "mlops_attempt"
+TAG_EVENT = "mlops_trigger_event"
+TAG_CODE = "mlops_code_version"
+TAG_ACTOR = "mlops_actor"
+TAG_JOB = "mlops_job"
+TAG_GATE = "mlops_gate"
+TAG_GATE_REASON = "mlops_gate_reason"
+TAG_METRIC_PREFIX = "metric_"
+TAG_KNOWN_GOOD = "mlops_known_good"  # "true" once a deployment has served 100% of traffic
+TAG_ROLLED_BACK = "mlops_rolled_back"  # "true" once traffic was rolled back away from it
+TAG_TRAFFIC_CHANGED = "mlops_traffic_changed_at"  # ISO time of the last automated traffic change
 
 
 class JobStatus(str, enum.Enum):
@@ -135,7 +136,7 @@ class Model:
     created_at: datetime | None = None
 
     def metrics(self) -> dict[str, float]:
-        """The metrics recorded as ``metric.<name>`` tags at registration."""
+        """The metrics recorded as ``metric_<name>`` tags at registration."""
         out: dict[str, float] = {}
         for k, v in self.tags.items():
             if k.startswith(TAG_METRIC_PREFIX):

@@ -112,3 +112,16 @@ class Monitor(Protocol):
 class Publisher(Protocol):
     def publish(self, event_type: str, subject: str, data: Mapping[str, object]) -> str:
         """Publish one of our own events to the custom topic; returns its id."""
+
+
+class OutboxStore(Protocol):
+    """Durable queue of alerts waiting for delivery (the outbox pattern): nothing is lost when a channel is down."""
+
+    def add(self, alert: Alert) -> int:
+        """Store the alert; returns its id."""
+
+    def pending(self, *, limit: int = 100) -> list[tuple[int, Alert, int]]:
+        """(id, alert, attempts so far) of undelivered alerts, oldest first, whose next try is due."""
+
+    def mark(self, alert_id: int, *, delivered: bool, error: str = "", retry_in_seconds: float | None = None) -> None:
+        """Record a delivery try: delivered, failed for good (retry_in_seconds None), or failed, retry later."""
