@@ -1,0 +1,167 @@
+"""Embedded ledger and audit trail on SQLite (WAL): each event id takes effect once, every decision is kept."""
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from shared.domain import AuditRecord
+from shared.errors import Busy
+
+logger = logging.getLogger(__name__)
+
+PROCESSING = "processing"
+# Fact keys whose values name what a decision is about; `recent(subject=...)` searches them.
+SUBJECT_KEYS = ("endpoint", "model", "asset", "deployment", "job", "to_deployment", "from_deployment")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS processed (
+    key TEXT PRIMARY KEY,
+    event_type TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    lease_until REAL NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    duplicates INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    message TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    facts TEXT NOT NULL,
+    resources TEXT NOT NULL,
+    subjects TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
+"""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _Db:
+    """One SQLite connection per thread; WAL lets readers and one writer run side by side."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self.connect() as conn:
+            conn.executescript(_SCHEMA)
+
+    def connect(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so a claim is one atomic step.
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+        return conn
+
+
+class SqliteLedger:
+    """The Ledger port on SQLite. ``clock`` returns epoch seconds (injectable for lease tests)."""
+
+    def __init__(self, path: Path, *, clock=time.time) -> None:
+        self._db = _Db(path)
+        self._clock = clock
+
+    def claim(self, key: str, *, event_type: str, lease_seconds: float = 300.0) -> str:
+        conn = self._db.connect()
+        now = self._clock()
+        stamp = _utcnow().isoformat()
+        conn.execute("BEGIN IMMEDIATE")  # outside the try: if it fails there is nothing to roll back
+        try:
+            row = conn.execute("SELECT outcome, lease_until FROM processed WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                conn.execute(
+                    "INSERT INTO processed (key, event_type, outcome, lease_until, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)", (key, event_type, PROCESSING, now + lease_seconds, stamp, stamp))
+                result = "new"
+            elif row[0] != PROCESSING:
+                conn.execute("UPDATE processed SET duplicates = duplicates + 1 WHERE key = ?", (key,))
+                result = row[0]
+            elif row[1] > now:
+                conn.execute("ROLLBACK")
+                raise Busy(f"{key} is being processed by another worker")
+            else:
+                # The previous worker died mid-way (its lease ran out): take over.
+                conn.execute("UPDATE processed SET lease_until = ?, attempts = attempts + 1, updated_at = ?"
+                             " WHERE key = ?", (now + lease_seconds, stamp, key))
+                result = "new"
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            conn.execute("ROLLBACK")
+            raise
+        return result
+
+    def complete(self, key: str, outcome: str, reason: str = "") -> None:
+        if outcome == PROCESSING:
+            raise ValueError("complete() takes a final outcome")
+        self._db.connect().execute(
+            "UPDATE processed SET outcome = ?, reason = ?, lease_until = 0, updated_at = ? WHERE key = ?",
+            (outcome, reason[:2000], _utcnow().isoformat(), key))
+
+    def release(self, key: str) -> None:
+        self._db.connect().execute("DELETE FROM processed WHERE key = ? AND outcome = ?", (key, PROCESSING))
+
+    def stats(self) -> dict[str, int]:
+        conn = self._db.connect()
+        out = {row[0]: row[1] for row in conn.execute("SELECT outcome, COUNT(*) FROM processed GROUP BY outcome")}
+        out["duplicates"] = conn.execute("SELECT COALESCE(SUM(duplicates), 0) FROM processed").fetchone()[0]
+        return out
+
+    def outcome(self, key: str) -> tuple[str, str] | None:
+        """(outcome, reason) recorded for a key, or None; for status views and tests."""
+        row = self._db.connect().execute("SELECT outcome, reason FROM processed WHERE key = ?", (key,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+
+class SqliteAuditLog:
+    """The AuditLog port on SQLite: append-only, newest first."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = _Db(path)
+
+    def append(self, record: AuditRecord) -> None:
+        at = record.at or _utcnow()
+        subjects = "|" + "|".join(str(record.facts[k]) for k in SUBJECT_KEYS if record.facts.get(k)) + "|"
+        self._db.connect().execute(
+            "INSERT INTO audit (at, event_id, message, decision, reason, actor, facts, resources, subjects)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (at.isoformat(), record.event_id, record.message, record.decision, record.reason, record.actor,
+             json.dumps(record.facts, default=str, sort_keys=True), json.dumps(list(record.resources)), subjects))
+        logger.info("decision %s on %s: %s (%s)", record.decision, record.message, record.reason, record.event_id)
+
+    def recent(self, *, limit: int = 50, subject: str | None = None, since: datetime | None = None,
+               decisions: Sequence[str] | None = None) -> list[AuditRecord]:
+        sql, args = "SELECT at, event_id, message, decision, reason, actor, facts, resources FROM audit WHERE 1=1", []
+        if subject:
+            sql += " AND subjects LIKE ?"
+            args.append(f"%|{subject}|%")
+        if since is not None:
+            sql += " AND at >= ?"
+            args.append(since.astimezone(timezone.utc).isoformat())
+        if decisions:
+            sql += f" AND decision IN ({','.join('?' * len(decisions))})"
+            args.extend(decisions)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [AuditRecord(event_id=r[1], message=r[2], decision=r[3], reason=r[4], actor=r[5],
+                            facts=json.loads(r[6]), resources=tuple(json.loads(r[7])),
+                            at=datetime.fromisoformat(r[0]))
+                for r in self._db.connect().execute(sql, args)]
