@@ -1,0 +1,214 @@
+"""Azure Functions entry points (Python v2 model). Thin triggers: payload → message → bus → response.
+
+Importing this module does no I/O and imports no heavy SDK: the host indexes it on every cold start.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+
+import azure.functions as func
+
+from shared import eventgrid
+from shared.errors import Conflict, InvalidPayload, NotFound, PermanentError
+from shared.messages import RerunJob, RollBack, StartTraining
+
+logger = logging.getLogger(__name__)
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+_runtime = None
+
+
+def runtime():
+    """The wired app, built on first use and kept for the life of the worker."""
+    global _runtime
+    if _runtime is None:
+        from shared.bootstrap import build
+
+        _runtime = build()
+    return _runtime
+
+
+def use_runtime(rt) -> None:
+    """Run the functions against a given runtime (the local host, tests)."""
+    global _runtime
+    _runtime = rt
+
+
+def _deliver(event: func.EventGridEvent) -> None:
+    """One Event Grid event through the bus. Permanent problems are recorded and acknowledged; transient ones
+    raise, so Event Grid delivers again."""
+    rt = runtime()
+    payload = {"id": event.id, "eventType": event.event_type, "subject": event.subject, "topic": event.topic,
+               "data": event.get_json()}
+    try:
+        message = eventgrid.to_message(payload, landing_container=rt.settings.landing_container)
+    except InvalidPayload as error:
+        rt.bus.reject(event.id or "unknown", event.event_type or "unknown", error)
+        return
+    rt.bus.handle(message)
+
+
+@app.function_name("on_blob_created")
+@app.event_grid_trigger(arg_name="event")
+def on_blob_created(event: func.EventGridEvent) -> None:
+    """A committed blob in the landing container → a data asset version → training."""
+    _deliver(event)
+
+
+@app.function_name("on_run_event")
+@app.event_grid_trigger(arg_name="event")
+def on_run_event(event: func.EventGridEvent) -> None:
+    """An Azure ML run finished → gate → register → roll out; or failed → alert, maybe retry."""
+    _deliver(event)
+
+
+@app.function_name("on_model_event")
+@app.event_grid_trigger(arg_name="event")
+def on_model_event(event: func.EventGridEvent) -> None:
+    """ModelRegistered / ModelDeployed (ours or by hand) → the audit trail."""
+    _deliver(event)
+
+
+@app.function_name("on_dataset_drift")
+@app.event_grid_trigger(arg_name="event")
+def on_dataset_drift(event: func.EventGridEvent) -> None:
+    """Azure ML dataset drift → rollback or retrain, by policy."""
+    _deliver(event)
+
+
+@app.function_name("on_custom_event")
+@app.event_grid_trigger(arg_name="event")
+def on_custom_event(event: func.EventGridEvent) -> None:
+    """Our own topic: MLOps.DataRegistered (assets registered by SDK/CLI), MLOps.DriftDetected (our monitor)."""
+    _deliver(event)
+
+
+def _json(status: int, body: dict) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(body, default=str), status_code=status, mimetype="application/json")
+
+
+def _error(error: Exception) -> func.HttpResponse:
+    if isinstance(error, InvalidPayload):
+        return _json(400, {"error": str(error), "field": error.field})
+    status = 404 if isinstance(error, NotFound) else 409 if isinstance(error, Conflict) else 422
+    return _json(status, {"error": str(error)})
+
+
+def _body(req: func.HttpRequest) -> dict:
+    try:
+        body = req.get_json()
+    except ValueError:
+        raise InvalidPayload("body must be JSON", field="body") from None
+    if not isinstance(body, dict):
+        raise InvalidPayload("body must be a JSON object", field="body")
+    return body
+
+
+def _actor(req: func.HttpRequest, body: dict) -> str:
+    # App Service authentication names the caller; a function key alone does not, so the body may.
+    who = req.headers.get("x-ms-client-principal-name") or body.get("requested_by") or "http-caller"
+    return f"http:{str(who)[:100]}"
+
+
+def _text(body: dict, name: str, *, required: bool = True) -> str:
+    value = body.get(name)
+    if value is None or value == "":
+        if required:
+            raise InvalidPayload(f"{name} is required", field=name)
+        return ""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise InvalidPayload(f"{name} must be a string", field=name)
+    return str(int(value) if isinstance(value, float) and value.is_integer() else value).strip()
+
+
+def _run_command(command, created_key: str = "created") -> func.HttpResponse:
+    results = runtime().bus.handle(command)
+    failed = next((r for r in results if r.outcome in ("rejected", "failed")), None)
+    if failed is not None:
+        return _json(409 if "Conflict" in failed.reason or "roll back to" in failed.reason else 422,
+                     {"error": failed.reason, "outcome": failed.outcome})
+    answer = {}
+    for r in results:
+        answer.update(r.data)
+    answer["event_id"] = command.event_id
+    answer["decisions"] = [{"message": r.message, "outcome": r.outcome, "reason": r.reason} for r in results]
+    return _json(202, answer)
+
+
+@app.function_name("reruns")
+@app.route(route="reruns", methods=["POST"])
+def reruns(req: func.HttpRequest) -> func.HttpResponse:
+    """Retrain a data asset version ({asset, version}) or rerun a job ({job}); "force": true = a new attempt."""
+    try:
+        body = _body(req)
+        force = body.get("force", False)
+        if not isinstance(force, bool):
+            raise InvalidPayload("force must be true or false", field="force")
+        actor, reason = _actor(req, body), _text(body, "reason", required=False)
+        event_id = f"http-{uuid.uuid4()}"
+        if body.get("job"):
+            command = RerunJob(event_id=event_id, job_name=_text(body, "job"), force=force, reason=reason,
+                               actor=actor)
+        else:
+            asset, version = _text(body, "asset"), _text(body, "version")
+            eventgrid.validate_asset(asset, "asset")
+            eventgrid.validate_version(version, "version")
+            command = StartTraining(event_id=event_id, asset=asset, version=version, attempt=0 if force else 1,
+                                    reason=reason or "rerun requested over HTTP", actor=actor)
+    except InvalidPayload as error:
+        return _error(error)
+    return _run_command(command)
+
+
+@app.function_name("rollbacks")
+@app.route(route="rollbacks", methods=["POST"])
+def rollbacks(req: func.HttpRequest) -> func.HttpResponse:
+    """Roll an endpoint back by hand: {endpoint, reason, to_deployment?}."""
+    try:
+        body = _body(req)
+        command = RollBack(event_id=f"http-{uuid.uuid4()}", endpoint=_text(body, "endpoint"),
+                           reason=_text(body, "reason"), to_deployment=_text(body, "to_deployment", required=False),
+                           actor=_actor(req, body))
+    except InvalidPayload as error:
+        return _error(error)
+    return _run_command(command)
+
+
+@app.function_name("status")
+@app.route(route="status", methods=["GET"])
+def status(req: func.HttpRequest) -> func.HttpResponse:
+    """Endpoints with their traffic split, recent decisions, running jobs."""
+    from shared.views import status as snapshot
+
+    rt = runtime()
+    return _json(200, snapshot(rt.workspace, rt.audit, rt.ledger))
+
+
+@app.function_name("monitor_alert")
+@app.route(route="alerts", methods=["POST"])
+def monitor_alert(req: func.HttpRequest) -> func.HttpResponse:
+    """Azure Monitor alerts (common alert schema) from an action group webhook → DriftDetected."""
+    rt = runtime()
+    try:
+        message = eventgrid.from_common_alert(_body(req))
+    except InvalidPayload as error:
+        rt.bus.reject(f"alert-{uuid.uuid4()}", "AzureMonitorAlert", error)
+        return _error(error)
+    results = rt.bus.handle(message)
+    return _json(202, {"event_id": message.event_id,
+                       "decisions": [{"message": r.message, "outcome": r.outcome, "reason": r.reason}
+                                     for r in results]})
+
+
+@app.function_name("outbox_sweep")
+@app.timer_trigger(schedule="0 */5 * * * *", arg_name="timer", run_on_startup=False)
+def outbox_sweep(timer: func.TimerRequest) -> None:
+    """Deliver alerts still pending (e.g. Teams was down when they were raised)."""
+    flush = getattr(runtime().notifier, "flush", None)
+    if callable(flush):
+        delivered = flush(max_seconds=60.0)
+        logger.info("outbox sweep delivered %s alerts", delivered)
+
+
+__all__ = ["app", "runtime", "use_runtime", "PermanentError"]

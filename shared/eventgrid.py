@@ -1,0 +1,232 @@
+"""Wire payloads (Event Grid, CloudEvents, Azure Monitor common alerts) → typed messages. Tolerant by design.
+
+Accepted: ``data`` keys in camelCase (the wire) or PascalCase (Microsoft's published samples), versions as
+numbers or strings, statuses in any letter case, unknown fields ignored. Unknown event types become
+``EventIgnored`` (acknowledged and recorded, never retried); unreadable payloads raise ``InvalidPayload``.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from urllib.parse import unquote
+
+from shared.errors import InvalidPayload
+from shared.messages import (
+    DataRegistered, DriftDetected, EventIgnored, Message, ModelDeployed, ModelRegistered, RunFinished,
+)
+
+ML = "microsoft.machinelearningservices."
+BLOB_CREATED = "microsoft.storage.blobcreated"
+# Only these APIs mean a blob is complete. On ADLS Gen2, CreateFile fires before any byte is written;
+# FlushWithClose is the commit.
+COMMITTED_APIS = {"putblob", "putblocklist", "copyblob", "flushwithclose"}
+MARKER_FILE = "_SUCCESS"  # a folder version is committed by this marker (Spark/ADF convention)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_SEVERITIES = {"sev0": "critical", "sev1": "error", "sev2": "warning", "sev3": "info", "sev4": "info"}
+
+
+class Fields:
+    """Case-insensitive view of a JSON object: ``f["runId"]`` finds runId, RunId or runid."""
+
+    def __init__(self, obj: object, where: str = "data") -> None:
+        if obj is None:
+            obj = {}
+        if not isinstance(obj, Mapping):
+            raise InvalidPayload(f"{where} must be a JSON object", field=where)
+        self.where = where
+        self._map = {str(k).lower(): v for k, v in obj.items()}
+
+    def get(self, key: str, default: object = None) -> object:
+        value = self._map.get(key.lower(), default)
+        return default if value is None else value
+
+    def text(self, key: str, default: str = "") -> str:
+        """A string field; numbers are accepted and rendered without a spurious '.0'."""
+        value = self.get(key)
+        if value is None or value == "":
+            return default
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, (int, float, str)):
+            return str(value).strip()
+        raise InvalidPayload(f"{self.where}.{key} must be a string or a number", field=f"{self.where}.{key}")
+
+    def require(self, key: str) -> str:
+        value = self.text(key)
+        if not value:
+            raise InvalidPayload(f"{self.where}.{key} is missing", field=f"{self.where}.{key}")
+        return value
+
+    def number(self, key: str) -> float | None:
+        value = self.get(key)
+        if value is None or value == "":
+            return None
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise InvalidPayload(f"{self.where}.{key} must be a number", field=f"{self.where}.{key}") from None
+
+    def mapping(self, key: str) -> dict:
+        value = self.get(key, {})
+        return dict(value) if isinstance(value, Mapping) else {}
+
+
+def envelope(event: Mapping[str, object]) -> tuple[str, str, str, Fields]:
+    """(id, eventType, subject, data) of an Event Grid or CloudEvents 1.0 event."""
+    if not isinstance(event, Mapping):
+        raise InvalidPayload("an event must be a JSON object", field="event")
+    e = Fields(event, "event")
+    event_id = e.require("id")
+    event_type = e.text("eventType") or e.text("type")
+    if not event_type:
+        raise InvalidPayload("event.eventType is missing", field="event.eventType")
+    return event_id, event_type, e.text("subject"), Fields(e.get("data", {}), "data")
+
+
+def to_message(event: Mapping[str, object], *, landing_container: str = "landing") -> Message:
+    """Translate one Event Grid event (dict, as delivered) into the message the bus handles."""
+    event_id, event_type, subject, data = envelope(event)
+    kind = event_type.lower()
+    if kind == BLOB_CREATED:
+        return _blob_created(event_id, subject, data, landing_container)
+    if kind in (ML + "runcompleted", ML + "runstatuschanged"):
+        status = "Completed" if kind.endswith("runcompleted") else data.require("runStatus")
+        return RunFinished(event_id=event_id, job_name=data.require("runId"), status=status,
+                           experiment=data.text("experimentName"),
+                           error=_run_error(data))
+    if kind == ML + "modelregistered":
+        tags = {str(k): str(v) for k, v in data.mapping("modelTags").items()}
+        return ModelRegistered(event_id=event_id, name=data.require("modelName"),
+                               version=data.require("modelVersion"), tags=tags)
+    if kind == ML + "modeldeployed":
+        return ModelDeployed(event_id=event_id, endpoint=data.require("serviceName"), models=data.text("modelIds"))
+    if kind == ML + "datasetdriftdetected":
+        # Dataset drift monitors name no endpoint: by convention the monitor is named after the endpoint.
+        name = data.require("dataDriftName")
+        return DriftDetected(event_id=event_id, endpoint=name, source="azureml", rule=name,
+                             metric="drift_coefficient", value=data.number("driftCoefficient"),
+                             description=f"dataset drift between {data.text('startTime')} and {data.text('endTime')}")
+    if kind == "mlops.dataregistered":
+        asset, version = validate_asset(data.require("asset") if data.get("asset") else data.require("name"), "data.asset"), \
+            validate_version(data.require("version"))
+        path = data.text("path")
+        return DataRegistered(event_id=event_id, asset=asset, version=version, path=path, source="custom",
+                              register=bool(path))
+    if kind == "mlops.driftdetected":
+        return DriftDetected(event_id=event_id, endpoint=data.require("endpoint"), deployment=data.text("deployment"),
+                             source=data.text("monitor", "mlops-monitor"),
+                             severity=_severity(data.text("severity", "warning")),
+                             resolved=str(data.get("resolved", "")).lower() in ("true", "1", "resolved"),
+                             rule=data.text("monitor"), metric=data.text("metric"), value=data.number("value"),
+                             threshold=data.number("threshold"), description=data.text("description"))
+    return EventIgnored(event_id=event_id, event_type=event_type, reason=f"no handler for {event_type}")
+
+
+def _run_error(data: Fields) -> str:
+    props = Fields(data.mapping("runProperties"), "data.runProperties")
+    return props.text("error") or props.text("azureml.runError") or data.text("error")
+
+
+def validate_asset(value: str, field: str) -> str:
+    if not _NAME.match(value):
+        raise InvalidPayload(f"{field} {value!r} is not a valid data asset name (letters, digits, - and _)",
+                             field=field)
+    return value
+
+
+def validate_version(value: str, field: str = "data.version") -> str:
+    if not _VERSION.match(value):
+        raise InvalidPayload(f"{field} {value!r} is not a valid version (letters, digits, '.', '-', '_')",
+                             field=field)
+    return value
+
+
+def _blob_created(event_id: str, subject: str, data: Fields, landing_container: str) -> Message:
+    api = data.text("api")
+    if api.lower() not in COMMITTED_APIS:
+        return EventIgnored(event_id=event_id, event_type="Microsoft.Storage.BlobCreated",
+                            reason=f"blob not committed yet (api {api or 'missing'})")
+    m = re.match(r"^/blobServices/default/containers/([^/]+)/blobs/(.+)$", subject or "", re.IGNORECASE)
+    if not m:
+        raise InvalidPayload(f"subject {subject!r} is not a blob subject", field="subject")
+    container, blob_path = m.group(1), unquote(m.group(2))
+    if container.lower() != landing_container.lower():
+        raise InvalidPayload(f"container {container!r} is not the landing container {landing_container!r}",
+                             field="subject")
+    parts = blob_path.split("/")
+    if len(parts) < 3 or not all(parts):
+        raise InvalidPayload(f"blob path {blob_path!r} does not follow <asset>/<version>/<file>", field="subject")
+    asset, version, filename = parts[0], parts[1], "/".join(parts[2:])
+    validate_asset(asset, "subject (asset)")
+    validate_version(version, "subject (version)")
+    url = data.require("url")
+    if filename == MARKER_FILE:
+        # The marker commits the whole folder: register the folder, not the marker.
+        url = url.rsplit("/", 1)[0] + "/"
+    elif filename.rsplit("/", 1)[-1].startswith(("_", ".")):
+        return EventIgnored(event_id=event_id, event_type="Microsoft.Storage.BlobCreated",
+                            reason=f"{blob_path} is a hidden or marker file")
+    return DataRegistered(event_id=event_id, asset=asset, version=version, path=url, source=url, register=True)
+
+
+def _severity(value: str) -> str:
+    v = value.strip().lower()
+    if v in _SEVERITIES:
+        return _SEVERITIES[v]
+    return v if v in ("info", "warning", "error", "critical") else "warning"
+
+
+def from_common_alert(body: object) -> DriftDetected:
+    """An Azure Monitor alert in the common alert schema (action group webhook) → DriftDetected.
+
+    The event id combines alertId and monitorCondition, so Fired and Resolved are distinct facts while
+    a re-sent notification of either is a duplicate.
+    """
+    root = Fields(body, "body")
+    if root.text("schemaId") and root.text("schemaId").lower() != "azuremonitorcommonalertschema":
+        raise InvalidPayload(f"schemaId {root.text('schemaId')!r} is not azureMonitorCommonAlertSchema",
+                             field="schemaId")
+    data = Fields(root.get("data"), "data")
+    ess = Fields(data.get("essentials"), "data.essentials")
+    alert_id = ess.require("alertId")
+    condition = ess.text("monitorCondition", "Fired")
+    custom = Fields(data.get("customProperties") or {}, "data.customProperties")
+    endpoint = custom.text("endpoint")
+    if not endpoint:
+        for target in ess.get("alertTargetIDs", []) or []:
+            m = re.search(r"/onlineendpoints/([^/]+)", str(target), re.IGNORECASE)
+            if m:
+                endpoint = m.group(1)
+                break
+    if not endpoint:
+        items = ess.get("configurationItems") or []
+        endpoint = str(items[0]) if items else ""
+    if not endpoint:
+        raise InvalidPayload("the alert names no online endpoint (alertTargetIDs, configurationItems or "
+                             "customProperties.endpoint)", field="data.essentials.alertTargetIDs")
+    context = Fields(data.get("alertContext") or {}, "data.alertContext")
+    metric, value, threshold, deployment = _alert_condition(context)
+    return DriftDetected(
+        event_id=f"{alert_id}:{condition.lower()}", endpoint=endpoint,
+        deployment=custom.text("deployment") or deployment, source="azure-monitor",
+        severity=_severity(ess.text("severity", "Sev2")), resolved=condition.lower() == "resolved",
+        rule=ess.text("alertRule"), metric=metric, value=value, threshold=threshold,
+        description=ess.text("description"))
+
+
+def _alert_condition(context: Fields) -> tuple[str, float | None, float | None, str]:
+    """Metric name, value, threshold and deployment dimension of a metric alert's first condition."""
+    condition = Fields(context.get("condition") or {}, "data.alertContext.condition")
+    all_of = condition.get("allOf") or []
+    if not all_of or not isinstance(all_of[0], Mapping):
+        return "", None, None, ""
+    first = Fields(all_of[0], "data.alertContext.condition.allOf[0]")
+    deployment = ""
+    for dim in first.get("dimensions") or []:
+        d = Fields(dim, "dimension")
+        if d.text("name").lower() == "deployment":
+            deployment = d.text("value")
+    return first.text("metricName"), first.number("metricValue"), first.number("threshold"), deployment
