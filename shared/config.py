@@ -79,7 +79,7 @@ class Settings:
             primary_metric=r.str("MLOPS_PRIMARY_METRIC", d.primary_metric),
             min_primary=r.float("MLOPS_MIN_PRIMARY", d.min_primary),
             min_improvement=r.float("MLOPS_MIN_IMPROVEMENT", d.min_improvement),
-            guard_metrics=tuple(m for m in r.str("MLOPS_GUARD_METRICS", ",".join(d.guard_metrics)).split(",") if m.strip()),
+            guard_metrics=tuple(m.strip() for m in r.str("MLOPS_GUARD_METRICS", ",".join(d.guard_metrics)).split(",") if m.strip()),
             guard_tolerance=r.float("MLOPS_GUARD_TOLERANCE", d.guard_tolerance),
             initial_traffic=r.int("MLOPS_INITIAL_TRAFFIC", d.initial_traffic, lo=1, hi=100),
             rollback_window_minutes=r.int("MLOPS_ROLLBACK_WINDOW_MINUTES", d.rollback_window_minutes, lo=0),

@@ -1,0 +1,40 @@
+# One-command entry points. `make demo` and `make test` work on a fresh machine with Python 3.11, Node and npm.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo serve test test-fast bench lint clean
+
+$(STAMP): requirements.txt pyproject.toml package.json
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -r requirements.txt
+	$(PIP) install --quiet $$($(PY) -c "import tomllib;print(' '.join(repr(d) for d in tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['dev']))" | tr -d "'")
+	npm install --silent --no-audit --no-fund
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m shared.local.demo
+
+serve: $(STAMP)
+	$(PY) -m shared.local serve
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(PY) bench/coldstart.py
+	$(PY) bench/throughput.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) node_modules .mlops .demo .pytest_cache

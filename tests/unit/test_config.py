@@ -1,0 +1,52 @@
+"""Settings.from_env: defaults, backend choice, typed values with errors that name the setting."""
+import pytest
+
+from shared.config import SETTING_NAMES, Settings
+from shared.errors import InvalidPayload
+
+
+def test_defaults_to_the_embedded_backend_without_a_workspace():
+    s = Settings.from_env({})
+    assert s.backend == "local" and s.policy.initial_traffic == 10 and s.policy.primary_metric == "auc"
+
+
+def test_a_configured_workspace_selects_azure():
+    assert Settings.from_env({"MLOPS_WORKSPACE": "ws"}).backend == "azure"
+    assert Settings.from_env({"MLOPS_WORKSPACE": "ws", "MLOPS_BACKEND": "local"}).backend == "local"
+
+
+def test_values_are_parsed():
+    s = Settings.from_env({"MLOPS_FREEZE": "yes", "MLOPS_INITIAL_TRAFFIC": "25", "MLOPS_MIN_PRIMARY": "0.8",
+                           "MLOPS_GUARD_METRICS": "logloss, , brier", "MLOPS_LOW_PRIORITY": "true"})
+    assert s.policy.freeze and s.policy.initial_traffic == 25 and s.policy.min_primary == 0.8
+    assert s.policy.guard_metrics == ("logloss", "brier")
+    assert s.low_priority
+
+
+@pytest.mark.parametrize("name, value", [
+    ("MLOPS_BACKEND", "gcp"), ("MLOPS_FREEZE", "maybe"), ("MLOPS_INITIAL_TRAFFIC", "0"),
+    ("MLOPS_INITIAL_TRAFFIC", "ten"), ("MLOPS_MIN_PRIMARY", "high"), ("MLOPS_MAX_RUN_SECONDS", "5"),
+])
+def test_bad_values_name_the_setting(name, value):
+    with pytest.raises(InvalidPayload) as err:
+        Settings.from_env({name: value})
+    assert err.value.field == name
+
+
+def test_names_are_templated_per_asset():
+    s = Settings.from_env({})
+    assert s.model_for("churn") == "churn-model" and s.endpoint_for("churn") == "churn-endpoint"
+    assert Settings.from_env({"MLOPS_ENDPOINT_NAME": "fixed"}).endpoint_for("churn") == "fixed"
+
+
+def test_every_setting_read_is_listed(monkeypatch):
+    # from_env must read nothing that SETTING_NAMES (used by the infra checks and README) does not list.
+    seen = set()
+
+    class Spy(dict):
+        def get(self, key, default=None):
+            seen.add(key)
+            return super().get(key, default)
+
+    Settings.from_env(Spy())
+    assert seen == set(SETTING_NAMES)
