@@ -1,0 +1,53 @@
+"""The app as the Functions host indexes it: one FunctionApp, the right triggers, routes and auth levels."""
+import subprocess
+import sys
+from pathlib import Path
+
+import azure.functions as func
+
+ROOT = Path(__file__).resolve().parents[2]
+
+EVENT_GRID = {"on_blob_created", "on_run_event", "on_model_event", "on_dataset_drift", "on_custom_event"}
+HTTP = {"reruns": ("reruns", ["POST"]), "rollbacks": ("rollbacks", ["POST"]), "status": ("status", ["GET"]),
+        "monitor_alert": ("alerts", ["POST"])}
+
+
+def test_importing_the_app_loads_no_heavy_sdk_and_does_no_io():
+    code = ("import sys, function_app; heavy = [m for m in ('azure.ai.ml', 'xgboost', 'numpy', 'azure.identity',"
+            " 'azure.data.tables', 'shared.local.workspace') if m in sys.modules]; print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={"PATH": "/usr/bin:/bin", "MLOPS_HOME": "/nonexistent/should-not-be-created"})
+    assert out.stdout.strip() == ""
+    assert not Path("/nonexistent/should-not-be-created").exists()
+
+
+def test_there_is_exactly_one_function_app():
+    import function_app
+
+    apps = [v for v in vars(function_app).values() if isinstance(v, func.FunctionApp)]
+    assert len(apps) == 1
+
+
+def test_every_function_is_indexed(indexed_functions):
+    assert set(indexed_functions) == EVENT_GRID | set(HTTP) | {"outbox_sweep"}
+
+
+def test_event_grid_functions_bind_one_event_grid_trigger(indexed_functions):
+    for name in EVENT_GRID:
+        bindings = indexed_functions[name]["bindings"]
+        assert [b["type"] for b in bindings] == ["eventGridTrigger"], name
+        assert bindings[0]["direction"].lower() == "in" and bindings[0]["name"] == "event"
+
+
+def test_http_functions_have_routes_methods_and_function_auth(indexed_functions):
+    for name, (route, methods) in HTTP.items():
+        trigger = next(b for b in indexed_functions[name]["bindings"] if b["type"] == "httpTrigger")
+        assert trigger["route"] == route
+        assert [m.upper() for m in trigger["methods"]] == methods
+        assert str(trigger["authLevel"]).upper() == "FUNCTION", name
+        assert any(b["type"] == "http" and b["direction"].lower() == "out" for b in indexed_functions[name]["bindings"])
+
+
+def test_outbox_sweep_runs_every_five_minutes(indexed_functions):
+    trigger = indexed_functions["outbox_sweep"]["bindings"][0]
+    assert trigger["type"] == "timerTrigger" and trigger["schedule"] == "0 */5 * * * *"
