@@ -1,0 +1,85 @@
+// Deployed by infra/hooks/postdeploy.sh after `azd deploy` (az deployment group create into the app resource
+// group): the Event Grid subscriptions, which need the deployed functions, and the alert action group, whose
+// webhook URL carries the monitor_alert function key and so can only be built after deployment.
+param functionAppName string
+param identityName string
+param storageAccountName string
+param customTopicName string
+param mlSystemTopicName string
+param storageSystemTopicName string
+@description('Resource group of the workspace and its system topics.')
+param systemTopicsResourceGroup string
+
+@secure()
+@description('https://<app>/api/alerts?code=<monitor_alert function key>, built by the hook. Never an output.')
+param alertWebhookUrl string
+
+param actionGroupName string = 'ag-mlops-alerts'
+
+resource site 'Microsoft.Web/sites@2024-04-01' existing = {
+  name: functionAppName
+}
+
+resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' existing = {
+  name: identityName
+}
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+}
+
+module mlSubscriptions 'eventgrid-subscriptions.bicep' = {
+  name: 'eventgrid-subscriptions-ml'
+  scope: resourceGroup(systemTopicsResourceGroup)
+  params: {
+    source: 'ml'
+    topicName: mlSystemTopicName
+    functionAppId: site.id
+    identityId: identity.id
+    deadLetterStorageId: storage.id
+  }
+}
+
+module storageSubscriptions 'eventgrid-subscriptions.bicep' = {
+  name: 'eventgrid-subscriptions-storage'
+  scope: resourceGroup(systemTopicsResourceGroup)
+  params: {
+    source: 'storage'
+    topicName: storageSystemTopicName
+    functionAppId: site.id
+    identityId: identity.id
+    deadLetterStorageId: storage.id
+  }
+}
+
+module customSubscriptions 'eventgrid-subscriptions.bicep' = {
+  name: 'eventgrid-subscriptions-custom'
+  params: {
+    source: 'custom'
+    topicName: customTopicName
+    functionAppId: site.id
+    identityId: identity.id
+    deadLetterStorageId: storage.id
+  }
+}
+
+// Azure Monitor alerts (e.g. on an online endpoint's latency or errors) notify this action group, which calls
+// POST /api/alerts (monitor_alert) with the common alert schema.
+resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = {
+  name: actionGroupName
+  location: 'global'
+  properties: {
+    groupShortName: 'mlopsalerts'
+    enabled: true
+    webhookReceivers: [
+      {
+        name: 'monitor-alert-function'
+        serviceUri: alertWebhookUrl
+        useCommonAlertSchema: true
+        useAadAuth: false
+      }
+    ]
+  }
+}
+
+output actionGroupId string = actionGroup.id

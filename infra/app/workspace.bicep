@@ -1,0 +1,213 @@
+// A new Azure ML workspace with its datastore storage account (holding the `landing` container), its own Key
+// Vault, an identity-based `landing` datastore, a scale-to-zero CPU cluster and diagnostic logs to Log Analytics.
+// With isolate = true: managed virtual network (AllowOnlyApprovedOutbound), public network access disabled and a
+// private endpoint in the app's VNet.
+param name string
+param location string
+param tags object
+param token string
+param datastoreAccountName string
+param landingContainer string
+param datastoreName string
+param appInsightsId string
+param logAnalyticsId string
+param isolate bool
+param privateEndpointSubnetId string
+
+@description('Compute cluster the training jobs run on (MLOPS_COMPUTE default).')
+param computeName string = 'cpu-cluster'
+param computeVmSize string = 'Standard_DS3_v2'
+
+resource datastoreAccount 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  #checkov:skip=CKV_AZURE_206: LRS by default for the demo datastore; point existingDatastoreAccountName at a GRS/ZRS account for production data
+  #checkov:skip=CKV_AZURE_35: producers upload landing data from outside Azure; access is Entra ID only (shared keys off, no anonymous blobs)
+  #checkov:skip=CKV_AZURE_59: same reason as CKV_AZURE_35
+  #checkov:skip=CKV_AZURE_43: the name is 'stml' + uniqueString(): 17 lowercase alphanumerics; checkov cannot resolve the parameter
+  name: datastoreAccountName
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: 'Standard_LRS'
+  }
+  properties: {
+    accessTier: 'Hot'
+    allowBlobPublicAccess: false
+    allowCrossTenantReplication: false
+    allowSharedKeyAccess: false
+    defaultToOAuthAuthentication: true
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    publicNetworkAccess: 'Enabled'
+    networkAcls: {
+      bypass: 'AzureServices'
+      defaultAction: 'Allow'
+    }
+  }
+}
+
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: datastoreAccount
+  name: 'default'
+}
+
+resource landing 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: landingContainer
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource workspaceVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  #checkov:skip=CKV_AZURE_109: firewall is Deny with public access Disabled when isolate is true; checkov cannot evaluate the condition
+  #checkov:skip=CKV_AZURE_189: public network access is Disabled when isolate is true; checkov cannot evaluate the condition (its check crashes on it)
+  name: 'kvml${token}'
+  location: location
+  tags: tags
+  properties: {
+    tenantId: tenant().tenantId
+    sku: {
+      family: 'A'
+      name: 'standard'
+    }
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: 7
+    enablePurgeProtection: true
+    publicNetworkAccess: isolate ? 'Disabled' : 'Enabled'
+    networkAcls: {
+      bypass: 'AzureServices'
+      defaultAction: isolate ? 'Deny' : 'Allow'
+    }
+  }
+}
+
+resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01' = {
+  #checkov:skip=CKV_AZURE_243: the private endpoint (privateEndpoint below) is created when isolate is true; the policy assignment audits/denies the rest
+  name: name
+  location: location
+  tags: tags
+  identity: {
+    type: 'SystemAssigned'
+  }
+  sku: {
+    name: 'Basic'
+    tier: 'Basic'
+  }
+  properties: {
+    friendlyName: name
+    storageAccount: datastoreAccount.id
+    keyVault: workspaceVault.id
+    applicationInsights: appInsightsId
+    // The datastore account disables shared keys, so the system datastores use Microsoft Entra ID.
+    systemDatastoresAuthMode: 'identity'
+    publicNetworkAccess: isolate ? 'Disabled' : 'Enabled'
+    managedNetwork: {
+      isolationMode: isolate ? 'AllowOnlyApprovedOutbound' : 'Disabled'
+    }
+    v1LegacyMode: false
+  }
+}
+
+// Identity-based datastore over the landing container (MLOPS_DATASTORE); no account key or SAS is stored.
+resource landingDatastore 'Microsoft.MachineLearningServices/workspaces/datastores@2024-10-01' = {
+  parent: workspace
+  name: datastoreName
+  properties: {
+    datastoreType: 'AzureBlob'
+    accountName: datastoreAccount.name
+    containerName: landing.name
+    endpoint: environment().suffixes.storage
+    protocol: 'https'
+    serviceDataAccessAuthIdentity: 'WorkspaceSystemAssignedIdentity'
+    credentials: {
+      credentialsType: 'None'
+    }
+    description: 'Landing data; blobs created here trigger training through Event Grid.'
+  }
+}
+
+resource cluster 'Microsoft.MachineLearningServices/workspaces/computes@2024-10-01' = {
+  parent: workspace
+  name: computeName
+  location: location
+  identity: {
+    type: 'SystemAssigned'
+  }
+  properties: {
+    computeType: 'AmlCompute'
+    disableLocalAuth: true
+    properties: {
+      vmSize: computeVmSize
+      vmPriority: 'Dedicated'
+      osType: 'Linux'
+      enableNodePublicIp: !isolate
+      scaleSettings: {
+        minNodeCount: 0
+        maxNodeCount: 2
+        nodeIdleTimeBeforeScaleDown: 'PT10M'
+      }
+    }
+  }
+}
+
+resource workspaceDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  scope: workspace
+  name: 'to-log-analytics'
+  properties: {
+    workspaceId: logAnalyticsId
+    logs: [
+      {
+        categoryGroup: 'allLogs'
+        enabled: true
+      }
+    ]
+  }
+}
+
+resource privateEndpoint 'Microsoft.Network/privateEndpoints@2024-01-01' = if (isolate) {
+  name: 'pe-${name}'
+  location: location
+  tags: tags
+  properties: {
+    subnet: {
+      id: privateEndpointSubnetId
+    }
+    privateLinkServiceConnections: [
+      {
+        name: 'amlworkspace'
+        properties: {
+          privateLinkServiceId: workspace.id
+          groupIds: [
+            'amlworkspace'
+          ]
+        }
+      }
+    ]
+  }
+}
+
+resource privateDns 'Microsoft.Network/privateEndpoints/privateDnsZoneGroups@2024-01-01' = if (isolate) {
+  parent: privateEndpoint
+  name: 'default'
+  properties: {
+    privateDnsZoneConfigs: [
+      {
+        name: 'api'
+        properties: {
+          privateDnsZoneId: resourceId('Microsoft.Network/privateDnsZones', 'privatelink.api.azureml.ms')
+        }
+      }
+      {
+        name: 'notebooks'
+        properties: {
+          privateDnsZoneId: resourceId('Microsoft.Network/privateDnsZones', 'privatelink.notebooks.azure.net')
+        }
+      }
+    ]
+  }
+}
+
+output name string = workspace.name
+output id string = workspace.id
