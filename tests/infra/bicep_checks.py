@@ -1,0 +1,479 @@
+"""Structural checks over the Bicep templates, parsed with pycep-parser. Each check returns a list of problems.
+
+The checks take parsed documents (dicts from ``BicepParser.parse``) so the tests can feed them mutated snippets and
+see each one fail. pycep renders identifiers and string literals alike as plain strings; ``render`` turns its
+expression trees back into approximate Bicep text (``identity.outputs.principalId``, ``listKeys(...)``).
+"""
+from __future__ import annotations
+
+import json
+import re
+from functools import cache, lru_cache
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = ROOT / "infra"
+SUBSCRIPTIONS_JSON = INFRA / "subscriptions.json"
+FUNCTION_APP = ROOT / "function_app.py"
+
+# The Event Grid-triggered functions of function_app.py (the brief's list); the file itself is parsed as well.
+EVENT_GRID_FUNCTIONS = frozenset({"on_blob_created", "on_run_event", "on_model_event", "on_dataset_drift", "on_custom_event"})
+
+# Settings the Functions host and the Azure SDKs read (not MLOPS_*): identity-based host storage, telemetry,
+# the client id DefaultAzureCredential uses.
+HOST_SETTINGS = frozenset({
+    "AzureWebJobsStorage__accountName", "AzureWebJobsStorage__credential", "AzureWebJobsStorage__clientId",
+    "AzureWebJobsStorage__blobServiceUri", "AzureWebJobsStorage__queueServiceUri", "AzureWebJobsStorage__tableServiceUri",
+    "APPLICATIONINSIGHTS_CONNECTION_STRING", "APPLICATIONINSIGHTS_AUTHENTICATION_STRING", "AZURE_CLIENT_ID",
+})
+# Flex Consumption rejects these (runtime and package location live in functionAppConfig); AzureWebJobsStorage
+# alone would be a connection string.
+FORBIDDEN_SETTINGS = frozenset({
+    "FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION", "WEBSITE_RUN_FROM_PACKAGE", "WEBSITE_CONTENTSHARE",
+    "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING", "AzureWebJobsStorage",
+})
+REQUIRED_IN_AZURE = frozenset({
+    "MLOPS_BACKEND", "MLOPS_SUBSCRIPTION_ID", "MLOPS_RESOURCE_GROUP", "MLOPS_WORKSPACE",
+    "MLOPS_LEDGER__tableServiceUri", "MLOPS_EVENTS__topicEndpointUri", "MLOPS_TEAMS_WEBHOOK_URL",
+    "MLOPS_LOG_ANALYTICS_WORKSPACE_ID",
+})
+
+# Built-in roles the app may hold, by role definition GUID. Anything else (Owner, Contributor, ...) fails.
+ALLOWED_ROLES = {
+    "f6c7c914-8db3-469d-8ca1-694a8f32e121": "AzureML Data Scientist",
+    "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1": "Storage Blob Data Reader",
+    "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor",
+    "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
+    "d5a91429-5739-47e2-a06b-3470a27159e7": "EventGrid Data Sender",
+    "43d0d8ad-25c7-4714-9337-8ba259a9fe05": "Monitoring Reader",
+    "73c42c96-874c-492b-b04d-ab87d138a893": "Log Analytics Reader",
+    "4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",
+    "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
+}
+
+SOURCE_PREFIX = {"ml": "Microsoft.MachineLearningServices.", "storage": "Microsoft.Storage."}
+
+_SECRET_NAME = re.compile(r"key|secret|password|passwd|connectionstring|sas|token|credential", re.I)
+_SECRET_NAME_OK = re.compile(r"(name|uri|url|id|endpoint)$|keyvault|key_vault", re.I)
+_SECRET_VALUE = re.compile(
+    r"\blist[A-Za-z]*\(|AccountKey=|SharedAccessKey|\.getSecret\(|primaryKey|secondaryKey|primaryConnectionString"
+    r"|primaryMasterKey|\bkeys\[|masterKey|default_key|functionKeys", re.I)
+
+
+# ---------------------------------------------------------------------------------------------------------- parsing
+
+@lru_cache(maxsize=1)
+def _parser():
+    from pycep import BicepParser
+
+    return BicepParser()
+
+
+def parse_text(text: str) -> dict[str, Any]:
+    return _parser().parse(text=text)
+
+
+@cache
+def parse_file(path: Path) -> dict[str, Any]:
+    return _parser().parse(file_path=path)
+
+
+def bicep_files() -> list[Path]:
+    return sorted(INFRA.rglob("*.bicep"))
+
+
+def load_all() -> dict[str, dict[str, Any]]:
+    """Every template under infra/, keyed by its path relative to infra/ (``main.bicep``, ``app/roles.bicep``)."""
+    return {p.relative_to(INFRA).as_posix(): parse_file(p) for p in bicep_files()}
+
+
+def subscriptions_config() -> dict[str, Any]:
+    return json.loads(SUBSCRIPTIONS_JSON.read_text())
+
+
+def event_grid_functions(source: str | None = None) -> set[str]:
+    """Event Grid-triggered function names: the known list plus any found in function_app.py."""
+    names = set(EVENT_GRID_FUNCTIONS)
+    text = source if source is not None else (FUNCTION_APP.read_text() if FUNCTION_APP.exists() else "")
+    # A decorator block (one or more @... lines) followed by `def name(`; the block must hold event_grid_trigger.
+    for block, name in re.findall(r"((?:^[ \t]*@[^\n]*\n(?:[ \t]+[^\n]*\n)*)+)[ \t]*(?:async[ \t]+)?def[ \t]+(\w+)[ \t]*\(",
+                                  text, re.M):
+        if "event_grid_trigger" in block:
+            override = re.search(r"function_name\(\s*(?:name\s*=\s*)?[\"']([^\"']+)[\"']", block)
+            names.add(override.group(1) if override else name)
+    return names
+
+
+# ------------------------------------------------------------------------------------------------------ expressions
+
+def render(node: Any) -> str:
+    """Approximate Bicep text of a pycep expression (enough for name and pattern checks)."""
+    if node is None:
+        return "null"
+    if isinstance(node, bool):
+        return "true" if node else "false"
+    if isinstance(node, (int, float, str)):
+        return str(node)
+    if isinstance(node, list):
+        return "[" + ", ".join(render(n) for n in node) + "]"
+    if not isinstance(node, dict):
+        return str(node)
+    if "operator" in node and isinstance(node["operator"], dict):
+        op = node["operator"]
+        kind, ops = op.get("type"), op.get("operands", {})
+        if kind == "property_accessor":
+            return f"{render(ops.get('operand_1'))}.{render(ops.get('operand_2'))}"
+        if kind == "index_accessor":
+            return f"{render(ops.get('operand_1'))}[{render(ops.get('operand_2'))}]"
+        if kind == "function_accessor":
+            return f"{render(ops.get('operand_1'))}.{ops.get('func_name')}()"
+        return f"{kind}(" + ", ".join(render(v) for v in ops.values()) + ")"
+    if "function" in node and isinstance(node["function"], dict):
+        fn = node["function"]
+        name = fn.get("type", "")
+        if name == "list_func":
+            name = "list"
+        params = fn.get("parameters") or {}
+        args = params.values() if isinstance(params, dict) else params
+        return f"{name}(" + ", ".join(render(a) for a in args) + ")"
+    if "loop_type" in node:
+        return "[for ...: " + render(node.get("config")) + "]"
+    return "{" + ", ".join(f"{k}: {render(v)}" for k, v in node.items()) + "}"
+
+
+def walk(node: Any):
+    """Every dict, list and scalar in a parsed tree."""
+    yield node
+    if isinstance(node, dict):
+        for v in node.values():
+            yield from walk(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from walk(v)
+
+
+def uses_list_function(node: Any) -> bool:
+    for n in walk(node):
+        if isinstance(n, dict):
+            op = n.get("operator")
+            if isinstance(op, dict) and op.get("type") == "function_accessor" and str(op["operands"].get("func_name", "")).lower().startswith("list"):
+                return True
+            fn = n.get("function")
+            if isinstance(fn, dict) and fn.get("type") == "list_func":
+                return True
+    return False
+
+
+def _value(decl: dict[str, Any]) -> Any:
+    """The value of a var / output / param default declaration."""
+    return decl.get("value", decl.get("default"))
+
+
+def resources(doc: dict[str, Any], rtype: str | None = None, *, include_existing: bool = False):
+    for name, res in (doc.get("resources") or {}).items():
+        if rtype and res.get("type", "").lower() != rtype.lower():
+            continue
+        if res.get("existing") and not include_existing:
+            continue
+        yield name, res
+
+
+def body(res: dict[str, Any]) -> dict[str, Any]:
+    """A resource's object body, through a loop or a deploy condition."""
+    cfg = res.get("config", {})
+    while isinstance(cfg, dict) and "config" in cfg and ("loop_type" in cfg or "condition" in cfg):
+        cfg = cfg["config"]
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def is_false(v: Any) -> bool:
+    return v is False or (isinstance(v, str) and v.lower() == "false")
+
+
+def is_true(v: Any) -> bool:
+    return v is True or (isinstance(v, str) and v.lower() == "true")
+
+
+# ----------------------------------------------------------------------------------------------------------- checks
+
+def check_storage_accounts(docs: dict[str, dict]) -> list[str]:
+    problems = []
+    for path, doc in docs.items():
+        for name, res in resources(doc, "Microsoft.Storage/storageAccounts"):
+            props = body(res).get("properties", {})
+            where = f"{path}:{name}"
+            if not is_false(props.get("allowSharedKeyAccess")):
+                problems.append(f"{where}: allowSharedKeyAccess must be false")
+            if not is_false(props.get("allowBlobPublicAccess")):
+                problems.append(f"{where}: allowBlobPublicAccess must be false")
+            if props.get("minimumTlsVersion") != "TLS1_2":
+                problems.append(f"{where}: minimumTlsVersion must be TLS1_2")
+            if not is_true(props.get("supportsHttpsTrafficOnly")):
+                problems.append(f"{where}: supportsHttpsTrafficOnly must be true")
+        for name, res in resources(doc, "Microsoft.Storage/storageAccounts/blobServices/containers"):
+            access = body(res).get("properties", {}).get("publicAccess", "None")
+            if access != "None":
+                problems.append(f"{path}:{name}: container publicAccess must be None")
+    return problems
+
+
+def check_key_vaults(docs: dict[str, dict]) -> list[str]:
+    problems = []
+    for path, doc in docs.items():
+        for name, res in resources(doc, "Microsoft.KeyVault/vaults"):
+            props = body(res).get("properties", {})
+            if not is_true(props.get("enableRbacAuthorization")):
+                problems.append(f"{path}:{name}: Key Vault must use RBAC (enableRbacAuthorization: true)")
+            if props.get("accessPolicies"):
+                problems.append(f"{path}:{name}: Key Vault must not use access policies")
+    return problems
+
+
+def check_role_assignments(docs: dict[str, dict], main: str = "main.bicep") -> list[str]:
+    """Every role assignment's principal is the app identity; every role is on the allow list, named in a comment."""
+    problems = []
+    for path, doc in docs.items():
+        variables = {k: render(_value(v)) for k, v in (doc.get("variables") or {}).items()}
+        for name, res in resources(doc, "Microsoft.Authorization/roleAssignments"):
+            props = body(res).get("properties", {})
+            where = f"{path}:{name}"
+            principal = render(props.get("principalId"))
+            if principal != "principalId" or "principalId" not in (doc.get("parameters") or {}):
+                problems.append(f"{where}: principalId must be the module parameter principalId (the app identity), not {principal}")
+            if props.get("principalType") != "ServicePrincipal":
+                problems.append(f"{where}: principalType must be ServicePrincipal")
+            role = render(props.get("roleDefinitionId"))
+            guid = next((g for g in re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", role)), None)
+            if guid is None:  # subscriptionResourceId('...roleDefinitions', someVar): look the variable up
+                args = [render(a) for a in walk(props.get("roleDefinitionId")) if isinstance(a, str)]
+                guid = next((variables[a] for a in args if a in variables), "")
+            if guid not in ALLOWED_ROLES:
+                problems.append(f"{where}: role {guid or role} is not one of the allowed least-privilege roles")
+    # Modules that take principalId must get the app identity's principalId.
+    doc = docs.get(main, {})
+    identity_modules = {n for n, m in (doc.get("modules") or {}).items() if m.get("detail", {}).get("path") == "app/identity.bicep"}
+    for name, mod in (doc.get("modules") or {}).items():
+        params = body(mod).get("params", {})
+        if "principalId" in params:
+            got = render(params["principalId"])
+            if not any(got == f"{m}.outputs.principalId" for m in identity_modules):
+                problems.append(f"{main}:{name}: principalId must be the app identity's (identity.outputs.principalId), not {got}")
+    return problems
+
+
+def check_no_secret_outputs(docs: dict[str, dict]) -> list[str]:
+    """No output named like a key or secret, no output value built from list*() or a key, no secure param leaked."""
+    problems = []
+    for path, doc in docs.items():
+        secure = {k for k, p in (doc.get("parameters") or {}).items()
+                  if any(d.get("type") == "secure" for d in p.get("decorators", []) if isinstance(d, dict))}
+        for name, out in (doc.get("outputs") or {}).items():
+            text = render(_value(out))
+            if _SECRET_NAME.search(name) and not _SECRET_NAME_OK.search(name):
+                problems.append(f"{path}: output {name} is named like a key or secret")
+            if uses_list_function(_value(out)) or _SECRET_VALUE.search(text):
+                problems.append(f"{path}: output {name} carries a key ({text[:80]})")
+            for p in secure:
+                if re.search(rf"(?<![\w.]){re.escape(p)}(?![\w])", text):
+                    problems.append(f"{path}: output {name} exposes the secure parameter {p}")
+            if any(d.get("type") == "secure" for d in out.get("decorators", []) if isinstance(d, dict)):
+                problems.append(f"{path}: output {name} is a secure output")
+        # Nothing anywhere reads keys: no listKeys(), no AccountKey connection strings.
+        if uses_list_function(doc):
+            problems.append(f"{path}: calls a list*() function (keys); use Microsoft Entra ID instead")
+        for n in walk(doc):
+            if isinstance(n, str) and re.search(r"AccountKey=|SharedAccessKey=", n):
+                problems.append(f"{path}: contains a key-based connection string")
+    return problems
+
+
+def app_settings(docs: dict[str, dict], main: str = "main.bicep", app: str = "app/functionapp.bicep") -> dict[str, Any]:
+    """Name → value of every app setting the Function App gets: the host's (functionapp.bicep) and the MLOPS_* ones
+    main.bicep passes in ``settings``, plus any literal object merged into the appsettings resource."""
+    settings: dict[str, Any] = {}
+    app_doc = docs.get(app, {})
+    for _name, res in resources(app_doc, "Microsoft.Web/sites/config"):
+        if body(res).get("name") != "appsettings":
+            continue
+        props = body(res).get("properties")
+        fn = props.get("function") if isinstance(props, dict) else None
+        parts = list((fn.get("parameters") or {}).values()) if fn and fn.get("type") == "union" else [props]
+        for part in parts:
+            if isinstance(part, dict):
+                settings.update(part)
+            elif isinstance(part, str) and part in (app_doc.get("variables") or {}):
+                settings.update(_value(app_doc["variables"][part]) or {})
+    for _name, res in resources(app_doc, "Microsoft.Web/sites"):
+        for item in body(res).get("properties", {}).get("siteConfig", {}).get("appSettings", []) or []:
+            if isinstance(item, dict) and "name" in item:
+                settings[item["name"]] = item.get("value")
+    for _name, mod in (docs.get(main, {}).get("modules") or {}).items():
+        if mod.get("detail", {}).get("path") == app:
+            settings.update(body(mod).get("params", {}).get("settings", {}) or {})
+    settings.pop("settings", None)
+    return settings
+
+
+def check_app_settings(docs: dict[str, dict], setting_names: tuple[str, ...] | frozenset[str]) -> list[str]:
+    problems = []
+    settings = app_settings(docs)
+    if not settings:
+        return ["no app settings found on the Function App"]
+    known = set(setting_names) | HOST_SETTINGS
+    for name, value in settings.items():
+        if name in FORBIDDEN_SETTINGS:
+            problems.append(f"app setting {name} must not be set (Flex Consumption / key-based)")
+        elif name not in known:
+            problems.append(f"app setting {name} is neither in shared.config.SETTING_NAMES nor a host setting")
+        text = render(value)
+        if uses_list_function(value) or _SECRET_VALUE.search(text) or re.search(r"AccountKey|SharedAccessKey", text):
+            problems.append(f"app setting {name} carries a key")
+    for name in sorted(REQUIRED_IN_AZURE - settings.keys()):
+        problems.append(f"required app setting {name} is not set")
+    if "MLOPS_BACKEND" in settings and settings["MLOPS_BACKEND"] != "azure":
+        problems.append("MLOPS_BACKEND must be 'azure'")
+    teams = render(settings.get("MLOPS_TEAMS_WEBHOOK_URL", ""))
+    if "MLOPS_TEAMS_WEBHOOK_URL" in settings and not teams.startswith("@Microsoft.KeyVault(SecretUri="):
+        problems.append("MLOPS_TEAMS_WEBHOOK_URL must be a Key Vault reference")
+    for name in settings:
+        if name.endswith("__credential") and settings[name] != "managedidentity":
+            problems.append(f"{name} must be managedidentity")
+    return problems
+
+
+def check_function_app(docs: dict[str, dict], app: str = "app/functionapp.bicep") -> list[str]:
+    problems = []
+    sites = list(resources(docs.get(app, {}), "Microsoft.Web/sites"))
+    if len(sites) != 1:
+        return [f"{app}: expected one Microsoft.Web/sites, found {len(sites)}"]
+    name, site = sites[0]
+    cfg = body(site)
+    props = cfg.get("properties", {})
+    ident = cfg.get("identity", {})
+    if ident.get("type") != "UserAssigned":
+        problems.append("the Function App must run as a user-assigned identity")
+    if not props.get("keyVaultReferenceIdentity"):
+        problems.append("keyVaultReferenceIdentity must be the user-assigned identity")
+    if not is_true(props.get("httpsOnly")):
+        problems.append("httpsOnly must be true")
+    fac = props.get("functionAppConfig", {})
+    runtime = fac.get("runtime", {})
+    if runtime.get("name") != "python" or str(runtime.get("version")) != "3.11":
+        problems.append("functionAppConfig.runtime must be python 3.11")
+    auth = fac.get("deployment", {}).get("storage", {}).get("authentication", {})
+    if auth.get("type") != "UserAssignedIdentity":
+        problems.append("the deployment package container must be read with the user-assigned identity")
+    plans = [body(r) for _, r in resources(docs.get(app, {}), "Microsoft.Web/serverfarms")]
+    if not plans or plans[0].get("sku", {}).get("tier") != "FlexConsumption":
+        problems.append("the plan must be Flex Consumption (FC1)")
+    return problems
+
+
+def check_event_grid(docs: dict[str, dict], config: dict[str, Any], functions: set[str],
+                     module: str = "app/eventgrid-subscriptions.bicep", postdeploy: str = "app/postdeploy.bicep") -> list[str]:
+    """subscriptions.json covers every Event Grid function, and the Bicep deploys exactly that list."""
+    problems = []
+    subs = config.get("subscriptions", [])
+    by_function: dict[str, list[dict]] = {}
+    for s in subs:
+        by_function.setdefault(s.get("function"), []).append(s)
+        src = s.get("source")
+        if src not in ("ml", "storage", "custom"):
+            problems.append(f"subscription {s.get('name')}: unknown source {src}")
+        types = s.get("includedEventTypes") or []
+        if not types:
+            problems.append(f"subscription {s.get('name')}: no includedEventTypes")
+        prefix = SOURCE_PREFIX.get(src)
+        for t in types:
+            if prefix and not t.startswith(prefix):
+                problems.append(f"subscription {s.get('name')}: {t} is not an event of source {src}")
+            if src == "custom" and t.startswith("Microsoft."):
+                problems.append(f"subscription {s.get('name')}: {t} is a system event on the custom topic")
+        if s.get("function") not in functions:
+            problems.append(f"subscription {s.get('name')}: {s.get('function')} is not an Event Grid-triggered function")
+        if not re.fullmatch(r"[A-Za-z0-9-]{3,64}", s.get("name", "")):
+            problems.append(f"subscription name {s.get('name')!r} is not a valid Event Grid subscription name")
+        dl = s.get("deadLetterContainer")
+        if dl and dl != config.get("defaults", {}).get("deadLetterContainer"):
+            problems.append(f"subscription {s.get('name')}: dead-letter container {dl} is not created by storage.bicep")
+    for fn in sorted(functions - by_function.keys()):
+        problems.append(f"Event Grid function {fn} has no subscription in subscriptions.json")
+    if len({s.get('name') for s in subs}) != len(subs):
+        problems.append("subscription names are not unique")
+
+    doc = docs.get(module)
+    if doc is None:
+        return problems + [f"{module} is missing"]
+    variables = doc.get("variables") or {}
+    loaded = {k for k, v in variables.items() if render(_value(v)).startswith("load_json_content(../subscriptions.json")}
+    if not loaded:
+        problems.append(f"{module}: must read subscriptions.json with loadJsonContent")
+    list_vars = {k for k, v in variables.items() if any(render(_value(v)) == f"{c}.subscriptions" for c in loaded)}
+    list_vars |= {f"{c}.subscriptions" for c in loaded}
+    # The per-subscription properties, computed in a var loop over the list, or inline in the resource loop.
+    prop_loops = {k: _value(v) for k, v in variables.items()
+                  if isinstance(_value(v), dict) and "loop_type" in _value(v)
+                  and _value(v)["loop_type"]["detail"].get("array_name") in list_vars}
+    sub_resources = [(n, r) for n, r in resources(doc) if r.get("type", "").endswith("/eventSubscriptions")]
+    if {r["type"] for _, r in sub_resources} != {"Microsoft.EventGrid/systemTopics/eventSubscriptions",
+                                                 "Microsoft.EventGrid/topics/eventSubscriptions"}:
+        problems.append(f"{module}: needs subscription loops on both system topics and the custom topic")
+    for name, res in sub_resources:
+        loop = res.get("config", {})
+        if "loop_type" not in loop or loop["loop_type"]["detail"].get("array_name") not in list_vars:
+            problems.append(f"{module}:{name}: must loop over subscriptions.json's subscriptions")
+            continue
+        cfg = body(res)
+        if render(cfg.get("name")) != f"{loop['loop_type']['detail']['item_name']}.name":
+            problems.append(f"{module}:{name}: subscription name must come from subscriptions.json")
+        props = cfg.get("properties")
+        rendered = render(props)
+        if isinstance(props, dict) and "operator" in props:
+            ref = render(props).split("[")[0]
+            props = prop_loops.get(ref, {}).get("config") if ref in prop_loops else None
+            item = prop_loops.get(ref, {}).get("loop_type", {}).get("detail", {}).get("item_name", "s")
+        else:
+            item = loop["loop_type"]["detail"]["item_name"]
+        if not isinstance(props, dict):
+            problems.append(f"{module}:{name}: cannot find the subscription properties ({rendered[:60]})")
+            continue
+        flt = props.get("filter", {})
+        for field in ("includedEventTypes", "subjectBeginsWith", "subjectEndsWith", "advancedFilters"):
+            if render(flt.get(field)) != f"{item}.{field}":
+                problems.append(f"{module}:{name}: filter.{field} must be {item}.{field} from subscriptions.json")
+        dest = props.get("destination", {})
+        target = render(dest.get("properties", {}).get("resourceId", ""))
+        if dest.get("endpointType") == "AzureFunction":
+            if "/functions/${" + item + ".function}" not in target:
+                problems.append(f"{module}:{name}: destination must be the subscription's function")
+        elif dest.get("endpointType") == "WebHook":
+            url = render(dest.get("properties", {}).get("endpointUrl", ""))
+            if "functionName=${" + item + ".function}" not in url:
+                problems.append(f"{module}:{name}: webhook must name the subscription's function")
+        else:
+            problems.append(f"{module}:{name}: destination must be AzureFunction or WebHook")
+        if "retryPolicy" not in props:
+            problems.append(f"{module}:{name}: retryPolicy missing")
+        dl = props.get("deadLetterWithResourceIdentity") or props.get("deadLetterDestination")
+        if not dl:
+            problems.append(f"{module}:{name}: dead-letter destination missing")
+        elif "deadLetterWithResourceIdentity" in props and props["deadLetterWithResourceIdentity"].get("identity", {}).get("type") != "UserAssigned":
+            problems.append(f"{module}:{name}: dead-lettering must use the user-assigned identity")
+    # postdeploy.bicep must deploy the module for every source used in subscriptions.json.
+    pdoc = docs.get(postdeploy, {})
+    deployed_sources = {body(m).get("params", {}).get("source") for m in (pdoc.get("modules") or {}).values()
+                        if m.get("detail", {}).get("path") == Path(module).name}
+    for src in sorted({s.get("source") for s in subs} - deployed_sources):
+        problems.append(f"{postdeploy}: no eventgrid-subscriptions module for source {src}")
+    return problems
+
+
+def check_landing_filter(docs: dict[str, dict], config: dict[str, Any], main: str = "main.bicep") -> list[str]:
+    """The storage subscription's subject filter names the landing container the Bicep creates."""
+    landing = render(_value((docs.get(main, {}).get("variables") or {}).get("landingContainer", {})))
+    problems = []
+    for s in config.get("subscriptions", []):
+        if s.get("source") == "storage" and f"/containers/{landing}/" not in s.get("subjectBeginsWith", ""):
+            problems.append(f"subscription {s['name']}: subjectBeginsWith does not name the landing container {landing!r}")
+    return problems

@@ -1,0 +1,201 @@
+"""The Bicep says what the app needs, and only that. Each check also runs on a mutated snippet to show it can fail."""
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+
+pytest.importorskip("pycep", reason="pycep-parser is not installed (it is in pyproject's dev extras)")
+
+from shared.config import SETTING_NAMES  # noqa: E402
+from tests.infra import bicep_checks as c  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def docs():
+    return c.load_all()
+
+
+@pytest.fixture(scope="module")
+def config():
+    return c.subscriptions_config()
+
+
+# ------------------------------------------------------------------------------------------------- the real thing
+
+def test_every_template_parses(docs):
+    assert set(docs) >= {"main.bicep", "app/functionapp.bicep", "app/eventgrid-subscriptions.bicep", "app/postdeploy.bicep"}
+
+
+def test_every_event_grid_function_has_its_subscription(docs, config):
+    assert c.check_event_grid(docs, config, c.event_grid_functions()) == []
+
+
+def test_storage_subscription_filters_the_landing_container(docs, config):
+    assert c.check_landing_filter(docs, config) == []
+
+
+def test_app_settings_are_exactly_ones_the_code_reads(docs):
+    assert c.check_app_settings(docs, SETTING_NAMES) == []
+
+
+def test_function_app_is_flex_python_311_with_user_assigned_identity(docs):
+    assert c.check_function_app(docs) == []
+
+
+def test_no_output_or_setting_carries_a_key_or_secret(docs):
+    assert c.check_no_secret_outputs(docs) == []
+
+
+def test_every_role_assignment_is_for_the_app_identity(docs):
+    assert c.check_role_assignments(docs) == []
+
+
+def test_storage_accounts_disable_shared_keys_and_public_blobs(docs):
+    assert c.check_storage_accounts(docs) == []
+
+
+def test_key_vaults_use_rbac(docs):
+    assert c.check_key_vaults(docs) == []
+
+
+def test_role_guids_are_named_in_comments():
+    for path in c.bicep_files():
+        lines = path.read_text().splitlines()
+        comments = [ln for ln in lines if ln.strip().startswith("//")]
+        for guid in {g for ln in lines if not ln.strip().startswith("//")
+                     for g in re.findall(r"'([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})'", ln)}:
+            if "roleAssignments" not in path.read_text():
+                continue
+            name = c.ALLOWED_ROLES.get(guid, "?")
+            assert any(guid in ln and name in ln for ln in comments), f"{path.name}: role {guid} has no '// {name}: {guid}' comment"
+
+
+def test_policy_assignment_is_the_builtin_ml_public_access_policy(docs):
+    doc = docs["app/policy.bicep"]
+    definition = c.render(doc["variables"]["definitionId"]["value"])
+    assert "438c38d2-3772-465a-a9cc-7a6666a275ce" in definition
+    (_, res), = c.resources(doc, "Microsoft.Authorization/policyAssignments")
+    assert c.render(c.body(res)["properties"]["parameters"]["effect"]["value"]) == "effect"
+
+
+def test_isolated_workspace_uses_managed_network_and_no_public_access(docs):
+    (_, ws), = c.resources(docs["app/workspace.bicep"], "Microsoft.MachineLearningServices/workspaces")
+    props = c.body(ws)["properties"]
+    assert "AllowOnlyApprovedOutbound" in c.render(props["managedNetwork"]["isolationMode"])
+    assert "Disabled" in c.render(props["publicNetworkAccess"])
+    assert any(r["type"] == "Microsoft.Network/privateEndpoints" for _, r in c.resources(docs["app/workspace.bicep"]))
+
+
+# ------------------------------------------------------------------------------------------ each check can fail
+
+STORAGE = """
+resource st 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: 'x'
+  properties: {
+    allowSharedKeyAccess: %s
+    allowBlobPublicAccess: false
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+  }
+}
+"""
+
+
+def test_storage_check_reports_shared_keys():
+    assert c.check_storage_accounts({"s.bicep": c.parse_text(STORAGE % "false")}) == []
+    problems = c.check_storage_accounts({"s.bicep": c.parse_text(STORAGE % "true")})
+    assert any("allowSharedKeyAccess" in p for p in problems)
+
+
+def test_key_vault_check_reports_access_policies_mode():
+    text = "resource kv 'Microsoft.KeyVault/vaults@2023-07-01' = {\n  name: 'kv'\n  properties: {\n    enableRbacAuthorization: false\n  }\n}\n"
+    assert c.check_key_vaults({"k.bicep": c.parse_text(text)})
+
+
+def test_role_check_reports_another_principal_and_a_broad_role():
+    text = (
+        "param principalId string\nparam someoneElse string\n"
+        "resource ra 'Microsoft.Authorization/roleAssignments@2022-04-01' = {\n  name: 'x'\n  properties: {\n"
+        "    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', 'b24988ac-6180-42a0-ab88-20f7382dd24c')\n"
+        "    principalId: someoneElse\n    principalType: 'User'\n  }\n}\n"
+    )
+    problems = c.check_role_assignments({"r.bicep": c.parse_text(text)})
+    assert any("principalId must be" in p for p in problems)
+    assert any("ServicePrincipal" in p for p in problems)
+    assert any("b24988ac" in p for p in problems)  # Contributor is not allowed
+
+
+def test_role_check_reports_a_module_given_another_principal(docs):
+    mutated = copy.deepcopy(docs)
+    mutated["main.bicep"]["modules"]["roles"]["config"]["params"]["principalId"] = "deployer"
+    assert any("roles" in p for p in c.check_role_assignments(mutated))
+
+
+def test_secret_check_reports_list_keys_and_secret_outputs():
+    text = (
+        "@secure()\nparam hook string\n"
+        "output storageKey string = st.listKeys().keys[0].value\n"
+        "output conn string = 'DefaultEndpointsProtocol=https;AccountName=x;AccountKey=${k}'\n"
+        "output url string = hook\n"
+    )
+    problems = c.check_no_secret_outputs({"o.bicep": c.parse_text(text)})
+    assert any("storageKey is named like" in p for p in problems)
+    assert any("carries a key" in p for p in problems)
+    assert any("secure parameter hook" in p for p in problems)
+
+
+def test_settings_check_reports_unknown_missing_and_forbidden(docs):
+    mutated = copy.deepcopy(docs)
+    settings = mutated["main.bicep"]["modules"]["app"]["config"]["params"]["settings"]
+    settings["MLOPS_TYPO"] = "x"
+    settings["FUNCTIONS_WORKER_RUNTIME"] = "python"
+    del settings["MLOPS_EVENTS__topicEndpointUri"]
+    settings["MLOPS_TEAMS_WEBHOOK_URL"] = "https://example.invalid/hook"
+    problems = "\n".join(c.check_app_settings(mutated, SETTING_NAMES))
+    assert "MLOPS_TYPO" in problems
+    assert "FUNCTIONS_WORKER_RUNTIME" in problems
+    assert "MLOPS_EVENTS__topicEndpointUri is not set" in problems
+    assert "Key Vault reference" in problems
+
+
+def test_event_grid_check_reports_a_function_without_subscription(docs, config):
+    source = "@app.event_grid_trigger(arg_name='event')\ndef on_something_new(event) -> None:\n    pass\n"
+    functions = c.event_grid_functions(source)
+    assert "on_something_new" in functions
+    problems = c.check_event_grid(docs, config, functions)
+    assert problems == ["Event Grid function on_something_new has no subscription in subscriptions.json"]
+
+
+def test_event_grid_check_reports_wrong_event_types_and_unknown_functions(docs, config):
+    mutated = copy.deepcopy(config)
+    mutated["subscriptions"][0]["includedEventTypes"] = ["Microsoft.MachineLearningServices.RunCompleted"]
+    mutated["subscriptions"][1]["function"] = "on_nothing"
+    problems = "\n".join(c.check_event_grid(docs, mutated, c.event_grid_functions()))
+    assert "is not an event of source storage" in problems
+    assert "on_nothing is not an Event Grid-triggered function" in problems
+    assert "on_run_event has no subscription" in problems
+
+
+def test_event_grid_check_reports_a_filter_not_taken_from_the_json(docs, config):
+    path = c.INFRA / "app" / "eventgrid-subscriptions.bicep"
+    text = path.read_text().replace("subjectBeginsWith: s.subjectBeginsWith", "subjectBeginsWith: ''")
+    assert text != path.read_text()
+    mutated = dict(docs, **{"app/eventgrid-subscriptions.bicep": c.parse_text(text)})
+    assert any("subjectBeginsWith" in p for p in c.check_event_grid(mutated, config, c.event_grid_functions()))
+
+
+def test_event_grid_check_reports_a_source_postdeploy_forgets(docs, config):
+    path = c.INFRA / "app" / "postdeploy.bicep"
+    text = re.sub(r"module customSubscriptions .*?\n}\n", "", path.read_text(), flags=re.S)
+    mutated = dict(docs, **{"app/postdeploy.bicep": c.parse_text(text)})
+    assert "no eventgrid-subscriptions module for source custom" in "\n".join(
+        c.check_event_grid(mutated, config, c.event_grid_functions()))
+
+
+def test_function_name_override_is_honoured():
+    source = ('@app.function_name(name="renamed")\n@app.event_grid_trigger(arg_name="e")\n'
+              'def handler(e):\n    pass\n\n@app.route(route="x")\ndef not_eg(req):\n    pass\n')
+    names = c.event_grid_functions(source)
+    assert "renamed" in names and "handler" not in names and "not_eg" not in names
