@@ -43,7 +43,7 @@ param isolateWorkspace bool = false
 @description('Effect of the built-in policy "Azure Machine Learning Workspaces should disable public network access". Deny blocks a non-isolated workspace.')
 param workspacePublicAccessPolicyEffect string = 'Audit'
 
-@minValue(40)
+@minValue(1)
 @maxValue(1000)
 @description('Flex Consumption scale-out limit.')
 param maximumInstanceCount int = 40
