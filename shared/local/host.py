@@ -158,7 +158,9 @@ class LocalHost:
             return self
         self._server = ThreadingHTTPServer((self._host, self._port), self._handler_class())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="local-functions-host", daemon=True)
+        # A short poll interval makes stop() quick: shutdown() waits for the loop's next poll.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="local-functions-host", daemon=True)
         self._thread.start()
         logger.info("local Functions host listening on %s with %d functions", self.url, len(self.functions))
         return self
