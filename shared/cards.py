@@ -1,0 +1,258 @@
+"""Pure renderers of an Alert: Adaptive Card 1.5 for Teams Workflows webhooks, and plain text for the console."""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from shared.domain import SEVERITIES, Alert
+
+SCHEMA_URL = "http://adaptivecards.io/schemas/adaptive-card.json"
+CARD_VERSION = "1.5"
+CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
+# Teams drops messages over ~28 KB; the budget leaves room for the message wrapper and for hosts that count
+# bytes a little differently (a card is measured as UTF-8 JSON, exactly as the adapter sends it).
+MAX_CARD_BYTES = 24 * 1024
+MAX_ACTIONS = 6  # Teams renders at most six top-level actions; more are silently dropped
+TRUNCATION_MARKER = "… [truncated {n:,} characters] …"
+
+# Severity → (container style, text color, label). Error and critical share Teams' red "attention" style;
+# critical also gets a bolder badge so the difference is still visible at a glance.
+_SEVERITY_LOOK = {
+    "info": ("accent", "accent", "INFO"),
+    "warning": ("warning", "warning", "WARNING"),
+    "error": ("attention", "attention", "ERROR"),
+    "critical": ("attention", "attention", "CRITICAL"),
+}
+_RESOLVED_LOOK = ("good", "good", "RESOLVED")
+
+KIND_LABELS = {
+    "training_started": "Training started",
+    "training_failed": "Training failed",
+    "model_registered": "Model registered",
+    "model_rejected": "Model rejected by the quality gate",
+    "deployment_changed": "Deployment and traffic change",
+    "rollback": "Rollback",
+    "retraining_started": "Retraining started after drift",
+    "drift_detected": "Drift or health alert",
+    "manual_action": "Manual action acknowledged",
+    "event_rejected": "Event rejected",
+}
+
+# Limits on every free-text field, so one runaway value cannot push the card over the budget. The second set is
+# used only when a card with the first set is still too big (dozens of long facts, many long links).
+_LIMITS = {"title": 250, "summary": 3000, "fact_title": 80, "fact_value": 500, "facts": 30, "url": 2048}
+_TIGHT = {"title": 150, "summary": 1000, "fact_title": 40, "fact_value": 120, "facts": 12, "url": 1024}
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (plus the marker); keeps the head and the tail.
+
+    The tail is kept because an error log or traceback ends with the actual exception.
+    """
+    text = text or ""
+    if len(text) <= limit:
+        return text
+    if limit <= 0:
+        return TRUNCATION_MARKER.format(n=len(text)).strip(" …")
+    head = limit // 3
+    tail = limit - head
+    cut = len(text) - head - tail
+    return f"{text[:head]}\n{TRUNCATION_MARKER.format(n=cut)}\n{text[len(text) - tail:]}"
+
+
+def card_size(card: dict) -> int:
+    """Serialized size in bytes, measured the way the Teams adapter sends it (compact UTF-8 JSON)."""
+    return len(json.dumps(card, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
+def build_card(alert: Alert, *, studio_url: str = "", status_url: str = "") -> dict:
+    """An Adaptive Card 1.5 for ``alert``, always under MAX_CARD_BYTES serialized.
+
+    ``studio_url`` turns relative links (``/runs/...``) into absolute ones; ``status_url`` adds an
+    "Open status" button pointing at the app's status endpoint.
+    """
+    for limits in (_LIMITS, _TIGHT):
+        card = _card(alert, "", limits, studio_url, status_url)
+        if card_size(card) <= MAX_CARD_BYTES:
+            break
+    else:
+        # Even the tight layout is too big (pathological input): fall back to the header and summary only.
+        card = _card(Alert(kind=alert.kind, severity=alert.severity, title=alert.title, summary=alert.summary,
+                           resolved=alert.resolved, incident_key=alert.incident_key[:200]),
+                     "", _TIGHT, studio_url, status_url)
+        limits = _TIGHT
+    if not alert.detail:
+        return card
+    full = _card(alert, alert.detail, limits, studio_url, status_url)
+    if card_size(full) <= MAX_CARD_BYTES:
+        return full
+    # Binary search for the longest excerpt that fits: JSON escaping makes bytes-per-character unpredictable.
+    lo, hi = 0, len(alert.detail)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if card_size(_card(alert, clip(alert.detail, mid), limits, studio_url, status_url)) <= MAX_CARD_BYTES:
+            lo = mid
+        else:
+            hi = mid - 1
+    return _card(alert, clip(alert.detail, lo), limits, studio_url, status_url)
+
+
+def message_payload(card: dict) -> dict:
+    """The body a Teams Workflows webhook ("When a Teams webhook request is received") expects."""
+    return {"type": "message",
+            "attachments": [{"contentType": CONTENT_TYPE, "contentUrl": None, "content": card}]}
+
+
+def render_text(alert: Alert, *, detail_limit: int = 2000) -> str:
+    """A readable multi-line rendering for the console and logs: what happened, why, what was done, facts, links."""
+    label = "RESOLVED" if alert.resolved else alert.severity.upper()
+    kind = KIND_LABELS.get(alert.kind, alert.kind)
+    lines = [f"[{label}] {alert.title}",
+             f"  {kind} · by {alert.actor}" + (f" · event {alert.event_id}" if alert.event_id else "")
+             + (f" · incident {alert.incident_key}" if alert.incident_key else ""),
+             *("  " + line for line in (alert.summary or "").splitlines() or [""])]
+    if alert.facts:
+        width = min(24, max(len(k) for k, _ in alert.facts))
+        lines += [f"  {k + ':':<{width + 1}} {v}" for k, v in alert.facts]
+    for title, url in alert.links:
+        lines.append(f"  → {title}: {url}")
+    if alert.detail:
+        lines.append("  Detail:")
+        lines += ["    " + line for line in clip(alert.detail, detail_limit).splitlines()]
+    return "\n".join(lines)
+
+
+# --- layout ---------------------------------------------------------------------------------------------
+
+def _card(alert: Alert, detail: str, limits: dict, studio_url: str, status_url: str) -> dict:
+    body: list[dict] = [_header(alert, limits)]
+    if alert.summary:
+        body.append(_text(clip(alert.summary, limits["summary"]), spacing="medium"))
+    body.extend(_kind_section(alert, limits))
+    facts = list(alert.facts)[: limits["facts"]]
+    if alert.actor and alert.actor != "automation" and not any(v == alert.actor for _, v in facts):
+        facts.append(("By", alert.actor))
+    if alert.event_id:
+        facts.append(("Event", alert.event_id))
+    if len(alert.facts) > limits["facts"]:
+        facts.append(("…", f"{len(alert.facts) - limits['facts']} more facts not shown"))
+    if facts:
+        body.append({"type": "FactSet", "spacing": "medium", "facts": [
+            {"title": clip(str(k), limits["fact_title"]), "value": clip(str(v), limits["fact_value"]) or "—"}
+            for k, v in facts]})
+    if detail:
+        body.append({"type": "Container", "style": "emphasis", "spacing": "medium", "items": [
+            _text("Detail", weight="bolder", size="small"),
+            _text(detail, fontType="monospace", size="small")]})
+    card: dict = {
+        "type": "AdaptiveCard",
+        "version": CARD_VERSION,
+        "$schema": SCHEMA_URL,
+        "fallbackText": clip(f"{alert.title}: {alert.summary}", 300),
+        "body": body,
+        "actions": _actions(alert, limits, studio_url, status_url),
+        "msteams": {"width": "Full"},
+    }
+    return card
+
+
+def _header(alert: Alert, limits: dict) -> dict:
+    style, color, label = _RESOLVED_LOOK if alert.resolved else _SEVERITY_LOOK.get(
+        alert.severity if alert.severity in SEVERITIES else "info", _SEVERITY_LOOK["info"])
+    kind = KIND_LABELS.get(alert.kind, alert.kind.replace("_", " ").capitalize())
+    badge = f"{label} · {kind}"
+    if alert.resolved and alert.severity in ("warning", "error", "critical"):
+        badge += f" · was {alert.severity}"
+    title = clip(alert.title, limits["title"])
+    if alert.resolved and not title.lower().startswith("resolved"):
+        title = f"Resolved: {title}"
+    return {"type": "Container", "style": style, "bleed": True, "items": [
+        _text(badge, color=color, weight="bolder", size="small",
+              isSubtle=alert.severity == "info" and not alert.resolved),
+        _text(title, style="heading", size="large" if alert.severity == "critical" and not alert.resolved
+              else "medium", weight="bolder", color=color),
+    ]}
+
+
+def _kind_section(alert: Alert, limits: dict) -> list[dict]:
+    """What each kind of alert puts first: the comparison or transition an operator looks for."""
+    facts = dict(alert.facts)
+    if alert.kind in ("model_rejected", "model_registered"):
+        return _metric_table(alert.facts, limits)
+    if alert.kind == "rollback":
+        return _transition("From", facts.get("From"), "To", facts.get("To"), limits)
+    if alert.kind == "deployment_changed":
+        return _transition("Traffic before", facts.get("Traffic before"), "Traffic now", facts.get("Traffic now"),
+                           limits)
+    if alert.kind == "manual_action":
+        who = facts.get("Requested by") or alert.actor
+        return [_text(f"Requested by **{clip(who, 120)}**", spacing="small")] if who else []
+    if alert.kind == "drift_detected" and facts.get("Signal"):
+        return [_text(f"Signal: **{clip(facts['Signal'], limits['fact_value'])}**", spacing="small")]
+    if alert.kind == "event_rejected":
+        return [_text("Acknowledged and not retried: fix the cause, then replay or rerun.", isSubtle=True,
+                      spacing="small")]
+    return []
+
+
+def _metric_table(facts: Iterable[tuple[str, str]], limits: dict) -> list[dict]:
+    """Metric | this model | champion, for every metric that has a "Champion <metric>" counterpart."""
+    values = dict(facts)
+    rows = [(k, v, values[f"Champion {k}"]) for k, v in values.items()
+            if not k.startswith("Champion") and f"Champion {k}" in values]
+    if not rows:
+        return []
+    columns = [("Metric", [r[0] for r in rows]), ("This model", [r[1] for r in rows]),
+               ("Champion", [r[2] for r in rows])]
+    return [_text("Against the champion", weight="bolder", spacing="medium"),
+            {"type": "ColumnSet", "spacing": "small", "columns": [
+                {"type": "Column", "width": "auto" if i == 0 else "stretch", "items": [
+                    _text(head, weight="bolder", size="small"),
+                    *(_text(clip(str(cell), limits["fact_value"]), spacing="none") for cell in cells)]}
+                for i, (head, cells) in enumerate(columns)]}]
+
+
+def _transition(left_label: str, left: str | None, right_label: str, right: str | None, limits: dict) -> list[dict]:
+    if not left and not right:
+        return []
+
+    def column(label: str, value: str | None) -> dict:
+        return {"type": "Column", "width": "stretch", "items": [
+            _text(label, isSubtle=True, size="small"),
+            _text(clip(value or "—", limits["fact_value"]), weight="bolder", spacing="none")]}
+
+    return [{"type": "ColumnSet", "spacing": "medium", "columns": [
+        column(left_label, left),
+        {"type": "Column", "width": "auto", "verticalContentAlignment": "center",
+         "items": [_text("→", size="large")]},
+        column(right_label, right)]}]
+
+
+def _actions(alert: Alert, limits: dict, studio_url: str, status_url: str) -> list[dict]:
+    links: list[tuple[str, str]] = []
+    for title, url in alert.links:
+        url = _absolute(url, studio_url)
+        if url and len(url) <= limits["url"]:
+            links.append((title or "Open", url))
+    status = _absolute(status_url, "")
+    # The status link is kept even when the alert has many links: it is the operator's way into the app.
+    room = MAX_ACTIONS - (1 if status else 0)
+    actions = [{"type": "Action.OpenUrl", "title": clip(t, 40), "url": u} for t, u in links[:room]]
+    if status and len(status) <= limits["url"]:
+        actions.append({"type": "Action.OpenUrl", "title": "Open status", "url": status})
+    return actions
+
+
+def _absolute(url: str, base: str) -> str:
+    url = (url or "").strip()
+    if url.startswith(("https://", "http://")):
+        return url
+    if url.startswith("/") and base.startswith(("https://", "http://")):
+        return base.rstrip("/") + url
+    return ""  # anything else (a local path, javascript:) is not a link Teams should open
+
+
+def _text(text: str, **props: object) -> dict:
+    block: dict = {"type": "TextBlock", "text": text, "wrap": True}
+    block.update({k: v for k, v in props.items() if v is not None and v is not False})
+    return block
