@@ -15,7 +15,10 @@ import pytest
 from shared.local import subscriptions as subs
 from shared.local import wire
 from shared.local.eventgrid import (
-    MAX_DELIVERY_ATTEMPTS, NON_RETRIABLE_STATUS, TIME_TO_LIVE_EXCEEDED, LocalEventGrid,
+    MAX_DELIVERY_ATTEMPTS,
+    NON_RETRIABLE_STATUS,
+    TIME_TO_LIVE_EXCEEDED,
+    LocalEventGrid,
 )
 from shared.local.host import LocalHost
 

@@ -1,0 +1,247 @@
+"""Command line for the local stack: serve the app with its Event Grid, post captured events, replay dead letters."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shared.local import subscriptions as subs
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT = 7071
+# `serve` writes where it listens and its key here (under MLOPS_HOME), so the other commands need no flags.
+RUNTIME_FILE = "local-host.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the story
+    try:
+        return args.run(args)
+    except (subs.SubscriptionError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m shared.local", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the Function App and a local Event Grid until Ctrl-C")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0 picks a free one")
+    serve.add_argument("--key", help="the function key to require (default: a new random one, printed)")
+    _grid_options(serve, max_attempts=None)
+    serve.set_defaults(run=serve_command)
+
+    post = commands.add_parser("post-event", help="publish a saved Event Grid payload (one event or an array) "
+                                                  "through the subscription list to a running host")
+    post.add_argument("file", type=Path)
+    post.add_argument("--source", choices=subs.SOURCES, help="default: read from each event's topic")
+    _target_options(post)
+    _grid_options(post, max_attempts=5)
+    post.set_defaults(run=post_event_command)
+
+    replay = commands.add_parser("replay", help="deliver dead-lettered events again; delivered files are removed")
+    replay.add_argument("--subscription", help="only this subscription's dead letters")
+    _target_options(replay)
+    _grid_options(replay, max_attempts=1)
+    replay.set_defaults(run=replay_command)
+    return parser
+
+
+def _target_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="the running host (default: what `serve` recorded, else http://127.0.0.1:7071)")
+    p.add_argument("--key", help="its function key (default: what `serve` recorded)")
+
+
+def _grid_options(p: argparse.ArgumentParser, *, max_attempts: int | None) -> None:
+    p.add_argument("--subscriptions", type=Path, default=None, help="default: infra/subscriptions.json")
+    p.add_argument("--dead-letter-dir", type=Path, default=None, help="default: $MLOPS_HOME/deadletter")
+    p.add_argument("--max-attempts", type=int, default=max_attempts,
+                   help="delivery attempts per event (default: the subscription's retry policy)"
+                   if max_attempts is None else f"delivery attempts per event (default {max_attempts})")
+    p.add_argument("--backoff", type=float, default=0.05, help="first retry delay in seconds, doubling (default 0.05)")
+    p.add_argument("--duplicate-every", type=int, default=0, help="send every Nth event twice (default 0 = never)")
+
+
+def _settings():
+    from shared.config import Settings
+
+    return Settings.from_env()
+
+
+def _grid(args: argparse.Namespace, url: str, key: str, home: Path):
+    from shared.local.eventgrid import LocalEventGrid
+
+    return LocalEventGrid(subs.load(args.subscriptions), endpoint_url=url, function_key=key,
+                          dead_letter_dir=args.dead_letter_dir or home / "deadletter", max_attempts=args.max_attempts,
+                          backoff=args.backoff, duplicate_every=args.duplicate_every)
+
+
+def _target(args: argparse.Namespace, home: Path) -> tuple[str, str]:
+    recorded: dict[str, Any] = {}
+    path = home / RUNTIME_FILE
+    if path.exists():
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    url = args.url or recorded.get("url") or f"http://127.0.0.1:{DEFAULT_PORT}"
+    key = args.key or recorded.get("key")
+    if not key:
+        raise ValueError(f"no function key: pass --key, or start `python -m shared.local serve` (it records it in {path})")
+    return url, key
+
+
+# --- serve ---------------------------------------------------------------------------------------------------
+
+@dataclass
+class Stack:
+    """The app served locally: the host, the Event Grid delivering to it, and the runtime the functions use."""
+
+    host: Any
+    grid: Any
+    runtime: Any
+
+    def close(self) -> None:
+        import function_app
+
+        self.grid.drain(timeout=10)  # let deliveries in flight finish before the host goes away
+        self.grid.close()
+        self.host.stop()
+        self.runtime.close()
+        function_app.use_runtime(None)
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def local_stack(settings=None, *, host: str = "127.0.0.1", port: int = 0, key: str | None = None,
+                subscriptions: list[subs.Subscription] | None = None, dead_letter_dir: Path | None = None,
+                max_attempts: int | None = None, backoff: float = 0.05, duplicate_every: int = 0,
+                **overrides: Any) -> Stack:
+    """Start ``function_app`` on a LocalHost with a LocalEventGrid as the workspace's ``emit``; ``overrides``
+    go to ``shared.bootstrap.build`` (tests replace ports there)."""
+    import function_app
+    from shared.bootstrap import build
+    from shared.local.eventgrid import LocalEventGrid
+    from shared.local.host import LocalHost
+
+    settings = settings or _settings()
+    home = settings.home
+    home.mkdir(parents=True, exist_ok=True)
+    server = LocalHost(function_app.app, host=host, port=port, master_key=key or secrets.token_urlsafe(24))
+    # The grid needs the host's URL and the runtime needs the grid (emit); the host reads the runtime on each
+    # request, so everything is wired before start() lets the first request in.
+    grid = LocalEventGrid(subscriptions if subscriptions is not None else subs.load(),
+                          endpoint_url=f"http://{host}:{port}", function_key=server.key,
+                          dead_letter_dir=dead_letter_dir or home / "deadletter", max_attempts=max_attempts,
+                          backoff=backoff, duplicate_every=duplicate_every)
+    try:
+        runtime = build(settings, emit=grid.publish, **overrides)
+    except BaseException:
+        grid.close()
+        raise
+    function_app.use_runtime(runtime)
+    server.start()
+    grid.endpoint_url = server.url  # the real port when port=0
+    return Stack(host=server, grid=grid, runtime=runtime)
+
+
+def serve_command(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if settings.backend != "local":
+        raise ValueError("serve runs the local backend: unset MLOPS_WORKSPACE or set MLOPS_BACKEND=local")
+    stack = local_stack(settings, host=args.host, port=args.port, key=args.key,
+                        subscriptions=subs.load(args.subscriptions), dead_letter_dir=args.dead_letter_dir,
+                        max_attempts=args.max_attempts, backoff=args.backoff, duplicate_every=args.duplicate_every)
+    runtime_file = settings.home / RUNTIME_FILE
+    runtime_file.write_text(json.dumps({"url": stack.host.url, "key": stack.host.key}), encoding="utf-8")
+    os.chmod(runtime_file, 0o600)
+    _banner(stack.host, stack.grid, settings.home)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("\nstopping: finishing deliveries in flight ...")
+    finally:
+        stack.close()
+        runtime_file.unlink(missing_ok=True)
+    print(f"stats: {json.dumps(stack.grid.stats())}")
+    return 0
+
+
+def _banner(host, grid, home: Path) -> None:
+    http = sorted((f for f in host.functions.values() if f.trigger_type == "httpTrigger"), key=lambda f: f.route)
+    lines = [
+        "",
+        f"Functions host   {host.url}",
+        f"Function key     {host.key}",
+        f"MLOPS_HOME       {home.resolve()}",
+        f"Dead letters     {grid.dead_letter_dir.resolve()}",
+        "",
+        "HTTP functions:",
+        *[f"  {','.join(f.methods) or 'ANY':6} {host.url}/{host.route_prefix}/{f.route}   ({f.name}, {f.auth_level})"
+          for f in http],
+        "Event Grid subscriptions:",
+        *[f"  {s.name:16} -> {s.function:17} {s.source:7} {', '.join(t.rsplit('.', 1)[-1] for t in s.included_event_types) or 'all'}"
+          for s in grid.subscriptions],
+        "",
+        "Try:",
+        f"  curl -s -H 'x-functions-key: {host.key}' {host.url}/api/status",
+        f"  curl -s -X POST -H 'x-functions-key: {host.key}' -H 'Content-Type: application/json' \\",
+        f"       -d '{{\"asset\": \"churn\", \"version\": \"1\", \"reason\": \"try it\"}}' {host.url}/api/reruns",
+        "  python -m shared.local post-event tests/fixtures/events/ml_model_registered.json",
+        "  python -m shared.local replay",
+        "",
+        "Ctrl-C stops.",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+# --- post-event and replay -----------------------------------------------------------------------------------
+
+def post_event_command(args: argparse.Namespace) -> int:
+    home = _settings().home
+    url, key = _target(args, home)
+    payload = json.loads(args.file.read_text(encoding="utf-8"))
+    events = payload if isinstance(payload, list) else [payload]
+    grid = _grid(args, url, key, home)
+    try:
+        for event in events:
+            names = grid.publish(event, args.source)
+            print(f"{event.get('id')}  {event.get('eventType')}  -> {', '.join(names) or '(no subscription)'}")
+        grid.drain(timeout=max(30.0, 5.0 * len(events)))
+    finally:
+        grid.close()
+    stats = grid.stats()
+    print(f"delivered {stats['delivered']}, retried {stats['retried']}, dead-lettered {stats['dead_lettered']}"
+          + (f" (see {grid.dead_letter_dir})" if stats["dead_lettered"] else ""))
+    return 1 if stats["dead_lettered"] or stats["pending"] else 0
+
+
+def replay_command(args: argparse.Namespace) -> int:
+    home = _settings().home
+    url, key = _target(args, home)
+    grid = _grid(args, url, key, home)
+    try:
+        before = len(grid.dead_letters(args.subscription))
+        delivered = grid.replay(args.subscription)
+        left = len(grid.dead_letters(args.subscription))
+    finally:
+        grid.close()
+    print(f"replayed {delivered} of {before} dead letters from {grid.dead_letter_dir}; {left} left")
+    return 0 if left == 0 else 1
