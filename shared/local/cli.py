@@ -165,9 +165,14 @@ def serve_command(args: argparse.Namespace) -> int:
     settings = _settings()
     if settings.backend != "local":
         raise ValueError("serve runs the local backend: unset MLOPS_WORKSPACE or set MLOPS_BACKEND=local")
-    stack = local_stack(settings, host=args.host, port=args.port, key=args.key,
-                        subscriptions=subs.load(args.subscriptions), dead_letter_dir=args.dead_letter_dir,
-                        max_attempts=args.max_attempts, backoff=args.backoff, duplicate_every=args.duplicate_every)
+    try:
+        stack = local_stack(settings, host=args.host, port=args.port, key=args.key,
+                            subscriptions=subs.load(args.subscriptions), dead_letter_dir=args.dead_letter_dir,
+                            max_attempts=args.max_attempts, backoff=args.backoff,
+                            duplicate_every=args.duplicate_every)
+    except ImportError as error:  # a part of the embedded backend is missing from this checkout
+        print(f"error: cannot build the local backend: {error}", file=sys.stderr)
+        return 2
     runtime_file = settings.home / RUNTIME_FILE
     runtime_file.write_text(json.dumps({"url": stack.host.url, "key": stack.host.key}), encoding="utf-8")
     os.chmod(runtime_file, 0o600)

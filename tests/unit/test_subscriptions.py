@@ -1,6 +1,4 @@
 """The subscription list: loading with defaults, errors that name the bad entry, and Event Grid's filter rules."""
-import json
-
 import pytest
 
 from shared.local import subscriptions as subs
@@ -253,7 +251,3 @@ def test_with_changes_returns_a_changed_copy_and_leaves_the_original_alone():
     with pytest.raises(KeyError):
         subs.with_changes(loaded, "no-such-subscription")
 
-
-def test_the_repository_list_is_json_the_bicep_templates_can_load():
-    doc = json.loads(subs.DEFAULT_PATH.read_text())
-    assert subs.parse(doc) == subs.load()
