@@ -179,3 +179,19 @@ def test_every_event_grid_function_has_a_subscription_and_every_subscription_nam
     subscribed = {s.function for s in subs.load()}
     assert event_grid == subscribed
     assert all(f.trigger_type == "eventGridTrigger" for f in functions if f.name in subscribed)
+
+
+def test_the_blob_filter_admits_exactly_the_apis_the_parser_treats_as_committed():
+    from shared.eventgrid import COMMITTED_APIS
+
+    landed = next(s for s in subs.load() if s.function == "on_blob_created")
+    (api_filter,) = [f for f in landed.advanced_filters if f.key == "data.api"]
+    assert api_filter.operator_type == "StringIn"
+    assert {v.lower() for v in api_filter.values} == COMMITTED_APIS
+
+
+def test_the_blob_subject_prefix_names_the_default_landing_container():
+    from shared.config import Settings
+
+    landed = next(s for s in subs.load() if s.function == "on_blob_created")
+    assert landed.subject_begins_with == f"/blobServices/default/containers/{Settings().landing_container}/blobs/"
