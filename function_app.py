@@ -11,7 +11,7 @@ import uuid
 import azure.functions as func
 
 from shared import eventgrid
-from shared.errors import Conflict, InvalidPayload, NotFound, PermanentError
+from shared.errors import InvalidPayload
 from shared.messages import RerunJob, RollBack, StartTraining
 
 logger = logging.getLogger(__name__)
@@ -88,11 +88,8 @@ def _json(status: int, body: dict) -> func.HttpResponse:
     return func.HttpResponse(json.dumps(body, default=str), status_code=status, mimetype="application/json")
 
 
-def _error(error: Exception) -> func.HttpResponse:
-    if isinstance(error, InvalidPayload):
-        return _json(400, {"error": str(error), "field": error.field})
-    status = 404 if isinstance(error, NotFound) else 409 if isinstance(error, Conflict) else 422
-    return _json(status, {"error": str(error)})
+def _bad_request(error: InvalidPayload) -> func.HttpResponse:
+    return _json(400, {"error": str(error), "field": error.field})
 
 
 def _body(req: func.HttpRequest) -> dict:
@@ -122,12 +119,16 @@ def _text(body: dict, name: str, *, required: bool = True) -> str:
     return str(int(value) if isinstance(value, float) and value.is_integer() else value).strip()
 
 
-def _run_command(command, created_key: str = "created") -> func.HttpResponse:
+# A command the bus recorded as failed: answer with the status its error class stands for.
+_STATUS = {"InvalidPayload": 400, "NotFound": 404, "Conflict": 409}
+
+
+def _run_command(command) -> func.HttpResponse:
     results = runtime().bus.handle(command)
     failed = next((r for r in results if r.outcome in ("rejected", "failed")), None)
     if failed is not None:
-        return _json(409 if "Conflict" in failed.reason or "roll back to" in failed.reason else 422,
-                     {"error": failed.reason, "outcome": failed.outcome})
+        return _json(_STATUS.get(str(failed.data.get("error")), 422), {"error": failed.reason,
+                                                                        "outcome": failed.outcome})
     answer = {}
     for r in results:
         answer.update(r.data)
@@ -157,7 +158,7 @@ def reruns(req: func.HttpRequest) -> func.HttpResponse:
             command = StartTraining(event_id=event_id, asset=asset, version=version, attempt=0 if force else 1,
                                     reason=reason or "rerun requested over HTTP", actor=actor)
     except InvalidPayload as error:
-        return _error(error)
+        return _bad_request(error)
     return _run_command(command)
 
 
@@ -171,7 +172,7 @@ def rollbacks(req: func.HttpRequest) -> func.HttpResponse:
                            reason=_text(body, "reason"), to_deployment=_text(body, "to_deployment", required=False),
                            actor=_actor(req, body))
     except InvalidPayload as error:
-        return _error(error)
+        return _bad_request(error)
     return _run_command(command)
 
 
@@ -194,7 +195,7 @@ def monitor_alert(req: func.HttpRequest) -> func.HttpResponse:
         message = eventgrid.from_common_alert(_body(req))
     except InvalidPayload as error:
         rt.bus.reject(f"alert-{uuid.uuid4()}", "AzureMonitorAlert", error)
-        return _error(error)
+        return _bad_request(error)
     results = rt.bus.handle(message)
     return _json(202, {"event_id": message.event_id,
                        "decisions": [{"message": r.message, "outcome": r.outcome, "reason": r.reason}
@@ -210,5 +211,3 @@ def outbox_sweep(timer: func.TimerRequest) -> None:
         delivered = flush(max_seconds=60.0)
         logger.info("outbox sweep delivered %s alerts", delivered)
 
-
-__all__ = ["app", "runtime", "use_runtime", "PermanentError"]

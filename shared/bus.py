@@ -86,7 +86,8 @@ class Bus:
             raise
         except PermanentError as error:
             self._record_failure(key, message.event_id, message.type, error)
-            return [Handled(error.outcome, str(error), message=message.type, event_id=message.event_id)]
+            return [Handled(error.outcome, str(error), message=message.type, event_id=message.event_id,
+                            data={"error": type(error).__name__})]
         self.ledger.complete(key, result.outcome, result.reason)
         logger.info("%s %s: %s %s", message.type, message.event_id, result.outcome, result.reason)
         done = Handled(result.outcome, result.reason, result.resources, result.follow_ups, message.type,
