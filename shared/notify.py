@@ -1,0 +1,531 @@
+"""The Notifier: an outbox that queues alerts, dedupes incidents, routes them to Teams/console and delivers later.
+
+    handler ──notify(alert)──▶ dedupe by incident key ──▶ route (kind, severity, failures-only) ──▶ store.add
+                                                                                                     │
+    bus after commit / timer ──flush()──▶ due alerts ──▶ each target not yet reached ──▶ TeamsWebhook / console
+                                                       ◀── delivered | retry later (backoff) | failed for good
+
+``notify`` never sends and never raises; ``flush`` never raises. Webhook URLs are secrets: only their
+fingerprints reach logs, errors and the store.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
+
+from shared.cards import build_card, message_payload, render_text
+from shared.domain import ALERT_KINDS, SEVERITIES, Alert
+from shared.errors import InvalidPayload, PermanentError, ServiceRejected, TransientError
+from shared.ports import OutboxStore
+
+if TYPE_CHECKING:  # httpx only when Teams is configured: importing this module stays light
+    import httpx
+
+    from shared.adapters.teams import TeamsWebhook
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_RANK = {s: i for i, s in enumerate(SEVERITIES)}
+ROUTES_SETTING = "MLOPS_TEAMS_ROUTES"
+
+
+def is_failure(alert: Alert) -> bool:
+    """What failures-only mode lets through: error and critical alerts, and every rollback."""
+    return _RANK.get(alert.severity, 0) >= _RANK["error"] or alert.kind == "rollback"
+
+
+# --- channels ------------------------------------------------------------------------------------------
+
+class Channel(Protocol):
+    key: str  # stable, non-secret id recorded per delivered alert (a URL fingerprint, "console", "log")
+    label: str  # safe to log
+
+    def send(self, alert: Alert, *, time_left: float | None = None) -> None:
+        """Deliver within ``time_left`` seconds or raise TransientError (retry later) / PermanentError (this target will never take it)."""
+
+
+class TeamsChannel:
+    """One Workflows webhook URL. The URL is kept out of repr and logs; ``key`` is its fingerprint."""
+
+    def __init__(self, url: str, webhook: "TeamsWebhook", *, studio_url: str = "", status_url: str = "") -> None:
+        from shared.adapters.teams import fingerprint
+
+        self._url = url
+        self.webhook = webhook
+        self.key = "teams:" + fingerprint(url)
+        self.label = self.key
+        self.studio_url = studio_url
+        self.status_url = status_url
+
+    def __repr__(self) -> str:
+        return f"TeamsChannel({self.key})"
+
+    def send(self, alert: Alert, *, time_left: float | None = None) -> None:
+        card = build_card(alert, studio_url=self.studio_url, status_url=self.status_url)
+        self.webhook.post(self._url, message_payload(card), time_budget=time_left)
+
+
+class ConsoleChannel:
+    """Writes ``render_text`` to a stream (the CLI and the local demo)."""
+
+    key = "console"
+    label = "console"
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def send(self, alert: Alert, *, time_left: float | None = None) -> None:
+        try:
+            self.stream.write(render_text(alert) + "\n\n")
+            self.stream.flush()
+        except (OSError, ValueError) as exc:  # a closed or broken stream will not heal by retrying
+            raise ServiceRejected(f"console stream unusable: {type(exc).__name__}") from None
+
+
+class LogChannel:
+    """Renders alerts through logging when no webhook is configured, so nothing is silently dropped."""
+
+    key = "log"
+    label = "log"
+
+    def send(self, alert: Alert, *, time_left: float | None = None) -> None:
+        level = logging.WARNING if _RANK.get(alert.severity, 0) >= _RANK["warning"] and not alert.resolved \
+            else logging.INFO
+        logger.log(level, "alert\n%s", render_text(alert))
+
+
+# --- routing -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Route:
+    """Alerts of ``kinds`` (all when None) at ``min_severity`` or above go to ``urls``."""
+
+    urls: tuple[str, ...]
+    kinds: frozenset[str] | None = None
+    min_severity: str = "info"
+    also_default: bool = False  # also send matching alerts to the default URLs
+
+    def matches(self, alert: Alert) -> bool:
+        return ((self.kinds is None or alert.kind in self.kinds)
+                and _RANK.get(alert.severity, 0) >= _RANK[self.min_severity])
+
+    def __repr__(self) -> str:  # URLs are secrets
+        return (f"Route(kinds={sorted(self.kinds) if self.kinds else 'all'}, min_severity={self.min_severity}, "
+                f"urls={len(self.urls)}, also_default={self.also_default})")
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    """Which webhook URLs an alert goes to. Matching routes' URLs, plus the defaults when no route matched
+    (or a matching route says ``also_default``); nothing but failures in failures-only mode."""
+
+    default: tuple[str, ...] = ()
+    routes: tuple[Route, ...] = ()
+    failures_only: bool = False
+
+    def __repr__(self) -> str:
+        return f"RoutingTable(default={len(self.default)} url(s), routes={list(self.routes)}, " \
+               f"failures_only={self.failures_only})"
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys([*self.default, *(u for r in self.routes for u in r.urls)]))
+
+    def urls_for(self, alert: Alert) -> list[str]:
+        if self.failures_only and not is_failure(alert):
+            return []
+        matched = [r for r in self.routes if r.matches(alert)]
+        urls = [u for r in matched for u in r.urls]
+        if not matched or any(r.also_default for r in matched):
+            urls += self.default
+        return list(dict.fromkeys(urls))
+
+    @classmethod
+    def parse(cls, raw: str, *, default_url: str = "", failures_only: bool = False) -> "RoutingTable":
+        """Read MLOPS_TEAMS_ROUTES (see the README). Errors name the bad entry, never echo a value: URLs are secrets.
+
+        ``{"default": [url|name], "channels": {name: url}, "routes": [{"kinds": [...], "min_severity": "warning",
+        "urls": [url|name], "also_default": false}], "failures_only": false}``
+        """
+        spec: Any = {}
+        if raw and raw.strip():
+            try:
+                spec = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise InvalidPayload(f"{ROUTES_SETTING} is not valid JSON (line {exc.lineno}, column {exc.colno})",
+                                     field=ROUTES_SETTING) from None
+        if not isinstance(spec, dict):
+            raise InvalidPayload(f"{ROUTES_SETTING} must be a JSON object", field=ROUTES_SETTING)
+        unknown = set(spec) - {"default", "channels", "routes", "failures_only"}
+        if unknown:
+            raise InvalidPayload(f"{ROUTES_SETTING} has unknown keys {sorted(unknown)}", field=ROUTES_SETTING)
+        channels = spec.get("channels") or {}
+        if not isinstance(channels, dict) or not all(isinstance(v, str) and _is_url(v) for v in channels.values()):
+            raise InvalidPayload(f"{ROUTES_SETTING}: channels must map names to http(s) URLs", field=ROUTES_SETTING)
+
+        def resolve(values: object, where: str) -> tuple[str, ...]:
+            items = [values] if isinstance(values, str) else values
+            if not isinstance(items, list):
+                raise InvalidPayload(f"{ROUTES_SETTING}: {where} must be a list", field=ROUTES_SETTING)
+            out = []
+            for i, item in enumerate(items):
+                url = channels.get(item, item) if isinstance(item, str) else None
+                if not url or not _is_url(url):
+                    raise InvalidPayload(f"{ROUTES_SETTING}: {where}[{i}] is neither a channel name nor an "
+                                         "http(s) URL", field=ROUTES_SETTING)
+                out.append(url)
+            return tuple(out)
+
+        default = resolve(spec.get("default") or [], "default")
+        if default_url:
+            default = tuple(dict.fromkeys([default_url, *default]))
+        routes = []
+        raw_routes = spec.get("routes") or []
+        if not isinstance(raw_routes, list):
+            raise InvalidPayload(f"{ROUTES_SETTING}: routes must be a list", field=ROUTES_SETTING)
+        for i, r in enumerate(raw_routes):
+            where = f"routes[{i}]"
+            if not isinstance(r, dict):
+                raise InvalidPayload(f"{ROUTES_SETTING}: {where} must be an object", field=ROUTES_SETTING)
+            extra = set(r) - {"kinds", "min_severity", "urls", "also_default"}
+            if extra:
+                raise InvalidPayload(f"{ROUTES_SETTING}: {where} has unknown keys {sorted(extra)}",
+                                     field=ROUTES_SETTING)
+            kinds = r.get("kinds")
+            if kinds is not None:
+                if isinstance(kinds, str):
+                    kinds = [kinds]
+                bad = [k for k in kinds if k not in ALERT_KINDS]
+                if bad:
+                    raise InvalidPayload(f"{ROUTES_SETTING}: {where}.kinds has unknown kinds {bad}; known: "
+                                         f"{list(ALERT_KINDS)}", field=ROUTES_SETTING)
+            severity = r.get("min_severity", "info")
+            if severity not in SEVERITIES:
+                raise InvalidPayload(f"{ROUTES_SETTING}: {where}.min_severity must be one of {list(SEVERITIES)}",
+                                     field=ROUTES_SETTING)
+            if "urls" not in r:
+                raise InvalidPayload(f"{ROUTES_SETTING}: {where} needs urls", field=ROUTES_SETTING)
+            routes.append(Route(urls=resolve(r["urls"], f"{where}.urls"),
+                                kinds=frozenset(kinds) if kinds is not None else None, min_severity=severity,
+                                also_default=bool(r.get("also_default", False))))
+        return cls(default=default, routes=tuple(routes),
+                   failures_only=failures_only or bool(spec.get("failures_only", False)))
+
+
+def _is_url(value: str) -> bool:
+    return isinstance(value, str) and value.startswith(("https://", "http://")) and len(value) > 10
+
+
+class Router:
+    """Turns an alert into the channels it goes to: routed Teams webhooks plus the always-on local channels."""
+
+    def __init__(self, table: RoutingTable | None = None, *, webhook: "TeamsWebhook | None" = None,
+                 always: Sequence[Channel] = (), studio_url: str = "", status_url: str = "") -> None:
+        self.table = table or RoutingTable()
+        self.always = tuple(always)
+        if self.table.urls and webhook is None:
+            raise ValueError("webhook URLs are configured but no TeamsWebhook was given")
+        self._teams = {url: TeamsChannel(url, webhook, studio_url=studio_url, status_url=status_url)
+                       for url in self.table.urls}
+
+    def __repr__(self) -> str:
+        return f"Router({self.table!r}, always={[c.key for c in self.always]})"
+
+    def targets(self, alert: Alert) -> list[Channel]:
+        return [*self.always, *(self._teams[u] for u in self.table.urls_for(alert))]
+
+
+# --- dedupe --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Admission:
+    """What dedupe decided for one alert."""
+
+    send: bool
+    reason: str  # new | reminder | escalated | reopened | resolved | duplicate | already resolved
+    severity: str  # the severity to route by (a resolved update inherits its incident's)
+    suppressed: int = 0  # repeats held back since the previous card of this incident
+
+
+def incident_step(state: dict | None, alert: Alert, now: float, window: float) -> tuple[dict, Admission]:
+    """Pure dedupe rule: one card per incident key within ``window`` seconds; a repeat after the window is a
+    reminder, a higher severity is an escalation, a resolved alert closes an open incident once."""
+    sev = alert.severity
+    if state is None:
+        fresh = {"state": "resolved" if alert.resolved else "open", "severity": sev, "kind": alert.kind,
+                 "last_sent": now, "suppressed": 0, "suppressed_total": 0}
+        return fresh, Admission(True, "resolved" if alert.resolved else "new", sev)
+    state = dict(state)
+    if alert.resolved:
+        if state["state"] == "open":
+            severity = max(sev, state["severity"], key=lambda s: _RANK.get(s, 0))
+            state.update(state="resolved", last_sent=now, suppressed=0)
+            return state, Admission(True, "resolved", severity)
+        state["suppressed"] += 1
+        state["suppressed_total"] += 1
+        return state, Admission(False, "already resolved", sev)
+    if state["state"] != "open":
+        state.update(state="open", severity=sev, kind=alert.kind, last_sent=now, suppressed=0)
+        return state, Admission(True, "reopened", sev)
+    if _RANK.get(sev, 0) > _RANK.get(state["severity"], 0):
+        held = state["suppressed"]
+        state.update(severity=sev, last_sent=now, suppressed=0)
+        return state, Admission(True, "escalated", sev, held)
+    if now - state["last_sent"] >= window:
+        held = state["suppressed"]
+        state.update(last_sent=now, suppressed=0)
+        return state, Admission(True, "reminder", sev, held)
+    state["suppressed"] += 1
+    state["suppressed_total"] += 1
+    return state, Admission(False, "duplicate", sev, state["suppressed"])
+
+
+class _MemoryTracking:
+    """Per-target deliveries and the incident index for stores that only implement the OutboxStore port.
+    In-process only: a restart forgets them (the README says which stores keep them durably)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._delivered: dict[int, set[str]] = {}
+        self._incidents: dict[str, dict] = {}
+
+    def delivered_to(self, alert_id: int) -> set[str]:
+        with self._lock:
+            return set(self._delivered.get(alert_id, ()))
+
+    def record_delivery(self, alert_id: int, target: str) -> None:
+        with self._lock:
+            self._delivered.setdefault(alert_id, set()).add(target)
+
+    def update_incident(self, key: str, step: Callable[[dict | None], tuple[dict | None, T]]) -> T:
+        with self._lock:
+            new, result = step(self._incidents.get(key))
+            if new is None:
+                self._incidents.pop(key, None)
+            else:
+                self._incidents[key] = new
+            return result
+
+
+# --- the outbox ----------------------------------------------------------------------------------------
+
+class Outbox:
+    """The Notifier port. ``notify`` queues (fast, never raises); ``flush`` delivers what is due (never raises).
+
+    ``clock`` is wall time in epoch seconds (dedupe windows, retry times; share it with the store in tests);
+    ``monotonic`` bounds a flush. Stores that offer ``claim_due``, ``defer``, ``delivered_to``,
+    ``record_delivery`` and ``update_incident`` (SqliteOutbox does) keep dedupe and per-target progress durable;
+    for others they live in this process.
+    """
+
+    def __init__(self, store: OutboxStore, router: Router | None = None, *, dedupe_window_minutes: float = 60,
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
+                 retry_base_seconds: float = 15.0, retry_max_seconds: float = 900.0, give_up_after: int = 48,
+                 batch: int = 50, closers: Iterable[Callable[[], object]] = ()) -> None:
+        self.store = store
+        self.router = router or Router(always=[LogChannel()])
+        self.window = dedupe_window_minutes * 60.0
+        self.clock = clock
+        self.monotonic = monotonic
+        self.retry_base = retry_base_seconds
+        self.retry_max = retry_max_seconds
+        self.give_up_after = give_up_after
+        self.batch = batch
+        self._closers = list(closers)
+        memory = _MemoryTracking()
+        self._tracking = {name: getattr(store, name, None) or getattr(memory, name)
+                          for name in ("delivered_to", "record_delivery", "update_incident")}
+        self._flush_lock = threading.Lock()
+        self._paused: dict[str, float] = {}  # channel key → epoch seconds before which it is not tried again
+        self.counters = {"queued": 0, "suppressed": 0, "unrouted": 0, "delivered": 0, "failed": 0, "retries": 0}
+
+    def __repr__(self) -> str:
+        return f"Outbox({self.store!r}, {self.router!r})"
+
+    # --- Notifier ---
+
+    def notify(self, alert: Alert) -> None:
+        """Dedupe, route and queue the alert. Never sends inline and never raises into the reported action."""
+        try:
+            admitted = self._admit(alert)
+            if admitted is None:
+                return
+            if not self.router.targets(admitted):
+                self.counters["unrouted"] += 1
+                logger.info("alert %s not sent: no route takes it (failures-only: %s)", alert.kind,
+                            self.router.table.failures_only)
+                return
+            alert_id = self.store.add(admitted)
+            self.counters["queued"] += 1
+            logger.info("queued alert #%s %s (%s): %s", alert_id, alert.kind, admitted.severity, alert.title)
+        except Exception:  # noqa: BLE001 - the port promises never to fail the action an alert reports
+            logger.exception("could not queue a %s alert; it follows here so it is not lost", alert.kind)
+            logger.error("unqueued alert\n%s", render_text(alert))
+
+    def _admit(self, alert: Alert) -> Alert | None:
+        if not alert.incident_key:
+            return alert
+        now = self.clock()
+        verdict: Admission = self._tracking["update_incident"](
+            alert.incident_key, lambda state: incident_step(state, alert, now, self.window))
+        if not verdict.send:
+            self.counters["suppressed"] += 1
+            logger.info("suppressed repeat of incident %s (%s, %d held back so far)", alert.incident_key,
+                        verdict.reason, verdict.suppressed)
+            return None
+        if verdict.severity != alert.severity:
+            alert = dataclasses.replace(alert, severity=verdict.severity)
+        if verdict.suppressed:
+            alert = dataclasses.replace(alert, facts=(*alert.facts, (
+                "Repeats held back", f"{verdict.suppressed} since the previous card ({verdict.reason})")))
+        return alert
+
+    # --- delivery ---
+
+    def flush(self, max_seconds: float = 5.0) -> int:
+        """Deliver due alerts for at most about ``max_seconds``; returns how many were fully delivered.
+
+        Never raises: an unreachable target leaves the alert pending with a next-try time, a target that rejects
+        it for good (4xx) marks it failed and logs why. Only one flush runs at a time per Outbox.
+        """
+        if not self._flush_lock.acquire(blocking=False):
+            return 0  # another thread is flushing; it will pick these alerts up too
+        try:
+            return self._flush(max_seconds)
+        except Exception:  # noqa: BLE001 - delivery problems must never surface in the action that alerted
+            logger.exception("alert flush stopped early; undelivered alerts stay queued")
+            return 0
+        finally:
+            self._flush_lock.release()
+
+    def _flush(self, max_seconds: float) -> int:
+        deadline = self.monotonic() + max_seconds
+        claim = getattr(self.store, "claim_due", None)
+        due = claim(limit=self.batch, lease_seconds=max(60.0, 2 * max_seconds)) if claim \
+            else self.store.pending(limit=self.batch)
+        delivered = 0
+        for index, (alert_id, alert, attempts) in enumerate(due):
+            if self.monotonic() >= deadline:
+                self._defer([a for a, _, _ in due[index:]], self.clock())
+                break
+            outcome = self._deliver(alert_id, alert, attempts, deadline)
+            if outcome == "out of time":
+                self._defer([a for a, _, _ in due[index:]], self.clock())
+                break
+            delivered += outcome == "delivered"
+        return delivered
+
+    def _deliver(self, alert_id: int, alert: Alert, attempts: int, deadline: float) -> str:
+        done = self._tracking["delivered_to"](alert_id)
+        todo = [c for c in self.router.targets(alert) if c.key not in done]
+        now = self.clock()
+        waiting = [c for c in todo if self._paused.get(c.key, 0.0) > now]
+        if waiting and len(waiting) == len(todo):
+            # Every remaining target failed moments ago: do not spend an attempt, just wait for it to recover.
+            self._defer([alert_id], min(self._paused[c.key] for c in waiting))
+            return "waiting"
+        transient: list[str] = []
+        permanent: list[str] = []
+        failed_keys: list[str] = []
+        retry_after = 0.0
+        for channel in todo:
+            if channel in waiting:
+                transient.append(f"{channel.label}: waiting after a recent failure")
+                continue
+            try:
+                channel.send(alert, time_left=max(0.0, deadline - self.monotonic()))
+            except TransientError as exc:
+                if getattr(exc, "deadline_reached", False) and not transient and not permanent:
+                    return "out of time"
+                transient.append(f"{channel.label}: {exc}")
+                failed_keys.append(channel.key)
+                retry_after = max(retry_after, getattr(exc, "retry_after", None) or 0.0)
+            except PermanentError as exc:
+                permanent.append(f"{channel.label}: {exc}")
+            except Exception as exc:  # noqa: BLE001 - a bug in one channel must not lose the alert
+                logger.exception("channel %s failed unexpectedly on alert #%s", channel.label, alert_id)
+                transient.append(f"{channel.label}: unexpected {type(exc).__name__}")
+                failed_keys.append(channel.key)
+            else:
+                self._tracking["record_delivery"](alert_id, channel.key)
+        error = "; ".join([*permanent, *transient])
+        if transient and attempts + 1 < self.give_up_after:
+            delay = self._retry_delay(attempts, retry_after)
+            for key in failed_keys:
+                self._paused[key] = self.clock() + delay
+            self.store.mark(alert_id, delivered=False, error=error, retry_in_seconds=delay)
+            self.counters["retries"] += 1
+            logger.warning("alert #%s %s not delivered yet, next try in %.0fs: %s", alert_id, alert.kind, delay,
+                           error)
+            return "retry"
+        if transient or permanent:
+            self.store.mark(alert_id, delivered=False, error=error, retry_in_seconds=None)
+            self.counters["failed"] += 1
+            logger.error("alert #%s %s failed for good after %d attempt(s): %s", alert_id, alert.kind,
+                         attempts + 1, error)
+            return "failed"
+        self.store.mark(alert_id, delivered=True)
+        self.counters["delivered"] += 1
+        logger.info("delivered alert #%s %s to %s", alert_id, alert.kind,
+                    ", ".join(c.label for c in todo) or "its targets (earlier)")
+        return "delivered"
+
+    def _retry_delay(self, attempts: int, retry_after: float) -> float:
+        ceiling = min(self.retry_max, self.retry_base * 2 ** attempts)
+        return max(retry_after, ceiling / 2 + random.random() * ceiling / 2)
+
+    def _defer(self, alert_ids: list[int], until: float) -> None:
+        defer = getattr(self.store, "defer", None)
+        if defer is not None and alert_ids:
+            defer(alert_ids, until)
+
+    # --- views and lifecycle ---
+
+    def stats(self) -> dict[str, int]:
+        """The store's counts (when it keeps them) plus this process's counters."""
+        store_stats = getattr(self.store, "stats", None)
+        out = dict(store_stats()) if callable(store_stats) else {}
+        out.update({f"process_{k}": v for k, v in self.counters.items()})
+        return out
+
+    def close(self) -> None:
+        for closer in self._closers:
+            closer()
+
+
+def build_notifier(settings: Any, *, store: OutboxStore, client: "httpx.Client | None" = None,
+                   stream: IO[str] | None = None, webhook: "TeamsWebhook | None" = None,
+                   clock: Callable[[], float] = time.time, **options: Any) -> Outbox:
+    """The Outbox for ``settings``: Teams webhooks from MLOPS_TEAMS_WEBHOOK_URL / MLOPS_TEAMS_ROUTES (an
+    ``httpx.Client`` is made when none is given), console output on ``stream``, and logging when neither exists.
+    Raises InvalidPayload for a malformed routing table (at startup, not at the first alert)."""
+    table = RoutingTable.parse(settings.teams_routes, default_url=settings.teams_webhook_url,
+                               failures_only=settings.teams_failures_only)
+    always: list[Channel] = []
+    if stream is not None:
+        always.append(ConsoleChannel(stream))
+    elif not table.urls:
+        always.append(LogChannel())
+    closers: list[Callable[[], object]] = []
+    if table.urls and webhook is None:
+        from shared.adapters.teams import TeamsWebhook
+
+        if client is None:
+            import httpx
+
+            client = httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False)
+            closers.append(client.close)
+        webhook = TeamsWebhook(client)
+    router = Router(table, webhook=webhook, always=always, studio_url=settings.studio_url,
+                    status_url=settings.status_url)
+    logger.info("notifier: %d Teams webhook(s), %d route(s), failures-only %s, local channels %s",
+                len(table.urls), len(table.routes), table.failures_only, [c.key for c in always] or "none")
+    return Outbox(store, router, clock=clock, closers=closers, **options)
