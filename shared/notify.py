@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
+REJECTED = "rejected:"  # prefix of a delivery record meaning "this target refused the alert for good"
 ROUTES_SETTING = "MLOPS_TEAMS_ROUTES"
 
 
@@ -425,7 +426,10 @@ class Outbox:
 
     def _deliver(self, alert_id: int, alert: Alert, attempts: int, deadline: float) -> str:
         done = self._tracking["delivered_to"](alert_id)
-        todo = [c for c in self.router.targets(alert) if c.key not in done]
+        # A target that rejected this alert for good is recorded as "rejected:<key>": a retry for the other
+        # targets must neither resend to it nor forget that the alert failed somewhere.
+        rejected_before = any(k.startswith(REJECTED) for k in done)
+        todo = [c for c in self.router.targets(alert) if c.key not in done and REJECTED + c.key not in done]
         now = self.clock()
         waiting = [c for c in todo if self._paused.get(c.key, 0.0) > now]
         if waiting and len(waiting) == len(todo):
@@ -450,6 +454,7 @@ class Outbox:
                 retry_after = max(retry_after, getattr(exc, "retry_after", None) or 0.0)
             except PermanentError as exc:
                 permanent.append(f"{channel.label}: {exc}")
+                self._tracking["record_delivery"](alert_id, REJECTED + channel.key)
             except Exception as exc:  # noqa: BLE001 - a bug in one channel must not lose the alert
                 logger.exception("channel %s failed unexpectedly on alert #%s", channel.label, alert_id)
                 transient.append(f"{channel.label}: unexpected {type(exc).__name__}")
@@ -466,8 +471,9 @@ class Outbox:
             logger.warning("alert #%s %s not delivered yet, next try in %.0fs: %s", alert_id, alert.kind, delay,
                            error)
             return "retry"
-        if transient or permanent:
-            self.store.mark(alert_id, delivered=False, error=error, retry_in_seconds=None)
+        if transient or permanent or rejected_before:
+            self.store.mark(alert_id, delivered=False, error=error or "rejected by a target earlier",
+                            retry_in_seconds=None)
             self.counters["failed"] += 1
             logger.error("alert #%s %s failed for good after %d attempt(s): %s", alert_id, alert.kind,
                          attempts + 1, error)

@@ -192,7 +192,8 @@ class SqliteOutbox:
         conn = self._conn()
         out = {PENDING: 0, DELIVERED: 0, FAILED: 0}
         out.update({r[0]: r[1] for r in conn.execute("SELECT status, COUNT(*) FROM alerts GROUP BY status")})
-        out["deliveries"] = conn.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0]
+        out["deliveries"] = conn.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE target NOT LIKE 'rejected:%'").fetchone()[0]
         suppressed = open_ = 0
         for (raw,) in conn.execute("SELECT state FROM incidents"):
             state = json.loads(raw)
