@@ -376,3 +376,74 @@ def test_no_webhook_url_path_or_signature_in_logs_errors_or_the_store(hook, make
     stored = json.dumps([store.status(i) for i in (1, 2)])
     assert not [s for s in secrets if s in stored]
     assert not [s for s in secrets if s in repr(outbox) + repr(webhook)]
+
+
+# --- the pieces without a server: limiter, routing table, never-raise guarantees ---------------------------
+
+def test_limiter_spaces_requests_and_never_puts_five_in_one_second():
+    from shared.adapters.teams import RateLimiter
+
+    now = [0.0]
+    limiter = RateLimiter(4.0, ((60, 30.0),), clock=lambda: now[0])
+    starts = [limiter.reserve("k") for _ in range(80)]
+    assert all(b - a >= 0.25 - 1e-9 for a, b in zip(starts, starts[1:]))
+    assert all(starts[i + 4] - starts[i] >= 1.0 for i in range(len(starts) - 4))
+    assert all(starts[i + 60] - starts[i] >= 30.0 for i in range(len(starts) - 60)), "60 per 30 s holds too"
+    assert limiter.reserve("other") == 0.0, "limits are per URL"
+    assert limiter.reserve("k", deadline=1.0) is None, "no slot within the deadline: nothing is reserved"
+
+
+def test_limiter_holds_a_url_after_retry_after():
+    from shared.adapters.teams import RateLimiter
+
+    limiter = RateLimiter(4.0, clock=lambda: 10.0)
+    limiter.hold("k", 25.0)
+    assert limiter.reserve("k") == 25.0
+
+
+@pytest.mark.parametrize("raw,needle", [
+    ("{not json", "not valid JSON"),
+    ('{"routes": [{"kinds": ["rolback"], "urls": ["https://example.invalid/x/secret-sig"]}]}', "unknown kinds"),
+    ('{"routes": [{"urls": ["oncall"]}]}', "routes[0].urls[0] is neither a channel name nor an http(s) URL"),
+    ('{"routes": [{"min_severity": "loud", "urls": ["https://example.invalid/x/secret-sig"]}]}', "min_severity"),
+    ('{"default": ["htp://example.invalid/x/secret-sig"]}', "default[0]"),
+    ('{"route": []}', "unknown keys"),
+])
+def test_routes_setting_errors_name_the_entry_and_never_echo_a_value(raw, needle):
+    from shared.errors import InvalidPayload
+    from shared.notify import RoutingTable
+
+    with pytest.raises(InvalidPayload) as caught:
+        RoutingTable.parse(raw)
+    assert needle in str(caught.value) and caught.value.field == "MLOPS_TEAMS_ROUTES"
+    assert "secret-sig" not in str(caught.value)
+
+
+def test_without_webhooks_alerts_render_on_the_console_stream_and_in_logs(tmp_path, clock, caplog):
+    import io
+
+    stream = io.StringIO()
+    store = SqliteOutbox(tmp_path / "o.db", clock=clock)
+    outbox = build_notifier(Settings(), store=store, stream=stream, clock=clock)
+    outbox.notify(alert("rollback", severity="critical", key="rb"))
+    assert stream.getvalue() == "", "notify never sends inline"
+    assert outbox.flush() == 1
+    assert stream.getvalue().startswith("[CRITICAL] rollback rb")
+
+    caplog.set_level(logging.INFO, logger="shared.notify")
+    logged = build_notifier(Settings(), store=SqliteOutbox(tmp_path / "o2.db", clock=clock), clock=clock)
+    logged.notify(alert("drift_detected", severity="warning", key="d"))
+    assert logged.flush() == 1
+    assert any(r.getMessage().startswith("alert\n[WARNING] drift_detected d") for r in caplog.records)
+    store.close()
+
+
+def test_notify_and_flush_never_raise_when_the_store_is_broken(tmp_path, clock, caplog):
+    store = SqliteOutbox(tmp_path / "o.db", clock=clock)
+    outbox = build_notifier(Settings(), store=store, clock=clock)
+    store._conn().execute("DROP TABLE alerts")  # a real failure of the real store, not a mock
+    outbox.notify(alert("training_failed", key="x"))  # must not raise
+    assert outbox.flush() == 0
+    assert any("unqueued alert" in r.getMessage() and "training_failed x" in r.getMessage()
+               for r in caplog.records), "an alert the store could not take is still rendered in the log"
+    store.close()
