@@ -503,8 +503,11 @@ class Outbox:
         return out
 
     def close(self) -> None:
-        for closer in self._closers:
-            closer()
+        """Close what build_notifier created (the HTTP client) and the store; safe to call twice."""
+        for closer in [*self._closers, getattr(self.store, "close", None)]:
+            if callable(closer):
+                closer()
+        self._closers = []
 
 
 def build_notifier(settings: Any, *, store: OutboxStore, client: "httpx.Client | None" = None,

@@ -340,7 +340,9 @@ def test_a_target_that_rejected_the_alert_is_not_retried_while_another_recovers(
 # --- secrets ---------------------------------------------------------------------------------------------
 
 def test_no_webhook_url_path_or_signature_in_logs_errors_or_the_store(hook, make, http, caplog, clock):
-    caplog.set_level(logging.DEBUG)
+    # Other code may quiet httpx (WARNING) for production; here every logger is opened up to DEBUG.
+    for name in (None, "httpx", "httpcore", "shared"):
+        caplog.set_level(logging.DEBUG, logger=name)
     secrets = []
     for name in ("feed", "bad", "slow"):
         url = hook.url(name)
