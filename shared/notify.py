@@ -56,7 +56,7 @@ class Channel(Protocol):
 class TeamsChannel:
     """One Workflows webhook URL. The URL is kept out of repr and logs; ``key`` is its fingerprint."""
 
-    def __init__(self, url: str, webhook: "TeamsWebhook", *, studio_url: str = "", status_url: str = "") -> None:
+    def __init__(self, url: str, webhook: TeamsWebhook, *, studio_url: str = "", status_url: str = "") -> None:
         from shared.adapters.teams import fingerprint
 
         self._url = url
@@ -150,7 +150,7 @@ class RoutingTable:
         return list(dict.fromkeys(urls))
 
     @classmethod
-    def parse(cls, raw: str, *, default_url: str = "", failures_only: bool = False) -> "RoutingTable":
+    def parse(cls, raw: str, *, default_url: str = "", failures_only: bool = False) -> RoutingTable:
         """Read MLOPS_TEAMS_ROUTES (see the README). Errors name the bad entry, never echo a value: URLs are secrets.
 
         ``{"default": [url|name], "channels": {name: url}, "routes": [{"kinds": [...], "min_severity": "warning",
@@ -228,7 +228,7 @@ def _is_url(value: str) -> bool:
 class Router:
     """Turns an alert into the channels it goes to: routed Teams webhooks plus the always-on local channels."""
 
-    def __init__(self, table: RoutingTable | None = None, *, webhook: "TeamsWebhook | None" = None,
+    def __init__(self, table: RoutingTable | None = None, *, webhook: TeamsWebhook | None = None,
                  always: Sequence[Channel] = (), studio_url: str = "", status_url: str = "") -> None:
         self.table = table or RoutingTable()
         self.always = tuple(always)
@@ -510,8 +510,8 @@ class Outbox:
         self._closers = []
 
 
-def build_notifier(settings: Any, *, store: OutboxStore, client: "httpx.Client | None" = None,
-                   stream: IO[str] | None = None, webhook: "TeamsWebhook | None" = None,
+def build_notifier(settings: Any, *, store: OutboxStore, client: httpx.Client | None = None,
+                   stream: IO[str] | None = None, webhook: TeamsWebhook | None = None,
                    clock: Callable[[], float] = time.time, **options: Any) -> Outbox:
     """The Outbox for ``settings``: Teams webhooks from MLOPS_TEAMS_WEBHOOK_URL / MLOPS_TEAMS_ROUTES (an
     ``httpx.Client`` is made when none is given), console output on ``stream``, and logging when neither exists.
