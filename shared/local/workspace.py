@@ -4,6 +4,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import re
 import shutil
 import sqlite3
@@ -331,9 +332,13 @@ class LocalWorkspace:
         out.mkdir(parents=True, exist_ok=True)
         log = (self._job_dir(name) / "job.log").open("wb")
         cmd = [self.python, "-m", "shared.training.train", "--data", row["data_path"], "--output", str(out)]
+        # Share the cores between parallel runs: two xgboost processes each spinning two OpenMP threads on two
+        # cores took 11 s instead of 0.3 s for the same 400 rows (spin-waiting threads starve each other).
+        threads = str(max(1, (os.cpu_count() or 1) // self.max_parallel))
+        env = {**os.environ, "OMP_NUM_THREADS": threads, "PYTHONUNBUFFERED": "1"}
         try:
             proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
+                                    stdin=subprocess.DEVNULL, env=env)
         except OSError:
             log.close()
             raise
