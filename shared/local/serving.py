@@ -152,6 +152,8 @@ class ScoringServer:
 def _handler(server: ScoringServer) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in two writes; with Nagle on, keep-alive clients wait ~40 ms for a delayed ACK.
+        disable_nagle_algorithm = True
 
         def log_message(self, fmt: str, *args) -> None:  # the stdlib writes to stderr; keep it in logging
             logger.debug("%s " + fmt, self.address_string(), *args)
