@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from shared.domain import DataAsset, Deployment, Endpoint, Job, JobStatus, Model, ModelSpec, TrainingJobSpec
 from shared.errors import Conflict, InvalidPayload, NotFound, PermanentError
@@ -316,7 +316,8 @@ class LocalWorkspace:
         while self._queue and len(self._running) < self.max_parallel:
             name = self._queue.popleft()
             if name in self._preempted:
-                actions.append(lambda n=name, r=self._preempted.pop(name): self._preempt(n, r))
+                reason = self._preempted.pop(name)
+                actions.append(lambda n=name, r=reason: self._preempt(n, r))
                 continue
             try:
                 self._running[name] = self._start(name)
