@@ -190,13 +190,14 @@ def _handler(server: ScoringServer) -> type[BaseHTTPRequestHandler]:
                     logger.exception("scoring on %s failed", endpoint)
                     status, deployment, body, rows, outputs = 500, None, {"error": f"scoring failed: {error}"}, [], []
             latency = (time.perf_counter() - started) * 1000.0
-            self._send(status, body, deployment)
+            # Logged before answering, so a client (or the monitor) that saw the answer also finds its row.
             try:
                 server.workspace.record_request(endpoint=endpoint, deployment=deployment, inputs=rows,
                                                 outputs=outputs, latency_ms=latency, status=status,
                                                 error="" if status < 300 else str(body.get("error", "")))
-            except Exception:  # noqa: BLE001 - losing one log row must not fail a request already answered
+            except Exception:  # noqa: BLE001 - losing one log row must not fail the request
                 logger.exception("could not log a request to %s", endpoint)
+            self._send(status, body, deployment)
 
     return Handler
 
