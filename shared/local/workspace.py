@@ -473,7 +473,7 @@ class LocalWorkspace:
             if sum(traffic.values()) != 100:
                 raise InvalidPayload(f"traffic must add up to 100, not {sum(traffic.values())} ({dict(traffic)})",
                                      field="traffic")
-            split = {name: int(traffic.get(name, 0)) for name in deployments}
+            split = {name: int(share) for name, share in traffic.items()}  # exactly as given; the rest serve 0
             merged = {**json.loads(rows[0]["tags"]), **_tags(tags)}
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -500,7 +500,7 @@ class LocalWorkspace:
                                        tags=json.loads(d["tags"]), created_at=datetime.fromisoformat(d["created_at"]))
                             for d in deps)
         return Endpoint(name=name, deployments=deployments,
-                        traffic={d.name: int(traffic.get(d.name, 0)) for d in deployments},
+                        traffic={k: int(v) for k, v in traffic.items()},
                         tags=json.loads(rows[0]["tags"]), scoring_uri=self.scoring_url(name))
 
     def list_endpoints(self) -> list[Endpoint]:
