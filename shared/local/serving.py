@@ -203,10 +203,11 @@ def _handler(server: ScoringServer) -> type[BaseHTTPRequestHandler]:
 
 
 def score(url_or_workspace: Any, endpoint: str, rows: Sequence[Mapping[str, object]], *,
-          deployment: str | None = None, timeout: float = 30.0) -> tuple[str, list[float]]:
+          deployment: str | None = None, timeout: float = 30.0, client=None) -> tuple[str, list[float]]:
     """Score rows over real HTTP as a client would: returns (deployment that served, churn probabilities).
 
     ``url_or_workspace`` is the server's base URL, an endpoint's scoring URI, or a workspace (its ``scoring_url``).
+    Pass an ``httpx.Client`` to reuse connections: a fresh client per call costs ~30 ms of setup.
     """
     import httpx
 
@@ -222,7 +223,7 @@ def score(url_or_workspace: Any, endpoint: str, rows: Sequence[Mapping[str, obje
                            "data": [[row.get(c) for c in columns] for row in rows]}}
     headers = {DEPLOYMENT_HEADER: deployment} if deployment else {}
     try:
-        r = httpx.post(url, json=body, headers=headers, timeout=timeout)
+        r = (client or httpx).post(url, json=body, headers=headers, timeout=timeout)
     except httpx.TransportError as error:
         raise TransientError(f"scoring {endpoint} failed: {error}") from error
     if r.status_code == 200:

@@ -369,7 +369,8 @@ def test_concurrent_calls_from_threads_keep_one_consistent_state(ws, tmp_path):
         ws.tag_model("churn-model", "1.1", {f"t{i}": str(i)})
         ws.create_deployment("ep", "blue", model, {})
         ws.set_traffic("ep", {"blue": 90, "green": 10}, deployment_tags={"blue": {f"k{i}": "v"}})
-        return [score(ws, "ep", rows)[0] for _ in range(25)]
+        with httpx.Client() as client:
+            return [score(ws, "ep", rows, client=client)[0] for _ in range(25)]
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         served = [d for batch in pool.map(work, range(4)) for d in batch]
