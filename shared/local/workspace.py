@@ -53,6 +53,16 @@ CREATE INDEX IF NOT EXISTS requests_by_endpoint ON requests (endpoint, at);
 """
 
 
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")  # Azure's job/model name characters; no path tricks
+
+
+def _safe(value: str, what: str) -> str:
+    # Names become folder names under root: refuse anything that could climb out of it.
+    if not SAFE_NAME.match(value or "") or ".." in value:
+        raise InvalidPayload(f"{what} {value!r} must be letters, digits, '.', '_' or '-'", field=what)
+    return value
+
+
 def _now() -> str:
     # Microseconds, so creation order survives a round trip through the text column.
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
@@ -198,6 +208,7 @@ class LocalWorkspace:
     # --- jobs ----------------------------------------------------------------------------------------
 
     def submit_training(self, spec: TrainingJobSpec) -> Job:
+        _safe(spec.name, "job name")
         data = self.get_data(spec.asset, spec.data_version)  # NotFound before anything is created
         with self._cond:
             if self._closed:
@@ -389,6 +400,8 @@ class LocalWorkspace:
     # --- models --------------------------------------------------------------------------------------
 
     def register_model(self, spec: ModelSpec) -> Model:
+        _safe(spec.name, "model name")
+        _safe(spec.version, "model version")
         job = self.get_job(spec.job_name)  # NotFound for an unknown job
         with self._db_lock:
             existing = self._query("SELECT * FROM models WHERE name = ? AND version = ?", (spec.name, spec.version))

@@ -347,6 +347,10 @@ def test_blob_urls_map_into_the_local_datastore_and_land_emits_blob_created(ws, 
         ws.register_data("churn", "5", "https://mlopslocaldata.blob.core.windows.net/landing/../../etc/passwd")
     with pytest.raises(InvalidPayload):
         ws.land("landing", "../escape.csv", source)
+    with pytest.raises(InvalidPayload):
+        ws.submit_training(spec("../../escape", version="2"))
+    with pytest.raises(InvalidPayload):
+        ws.register_model(ModelSpec(name="m", version="../1", job_name="train-folder", tags={}))
 
     ws.submit_training(spec("train-folder", version="2"))  # a folder version trains on all its files
     assert ws.wait_for_jobs(60)
