@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import collections
+import datetime
 import email.utils
 import hashlib
 import json
 import logging
+import math
 import random
 import re
 import threading
@@ -28,6 +30,8 @@ DEFAULT_WINDOWS: tuple[tuple[int, float], ...] = ((60, 30.0),)
 # Windows are measured a little longer than nominal so that network jitter between our clock and Teams' clock
 # cannot squeeze one request too many into a window on their side.
 _WINDOW_SAFETY = 1.05
+# A Retry-After longer than this is read as this: the outbox keeps the alert and tries again later anyway.
+MAX_RETRY_AFTER = 3600.0
 
 
 def fingerprint(url: str) -> str:
@@ -197,6 +201,9 @@ class TeamsWebhook:
                 # A request never runs past the budget either (Workflows can be slow to answer under load).
                 timeout = max(0.5, min(self.timeout, end - self.clock()))
                 response = self.client.post(url, content=body, headers=headers, timeout=timeout)
+            except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+                # The URL itself is unusable: retrying cannot help, and its text must not reach the message.
+                raise ServiceRejected(f"Teams webhook {fp}: unusable URL ({type(exc).__name__})") from None
             except httpx.TimeoutException as exc:
                 last = f"timeout ({type(exc).__name__})"
             except httpx.TransportError as exc:
@@ -246,16 +253,20 @@ class TeamsWebhook:
 
 
 def _retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds: either a number or an HTTP date."""
+    """Retry-After as seconds (a number or an HTTP date), within 0..MAX_RETRY_AFTER; None when unreadable."""
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # an HTTP date is GMT; a naive result would compare against local time
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        seconds = when.timestamp() - time.time()
+    if not math.isfinite(seconds):  # "inf" / "nan" would park the URL forever
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return min(MAX_RETRY_AFTER, max(0.0, seconds))
