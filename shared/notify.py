@@ -306,6 +306,10 @@ class _MemoryTracking:
         with self._lock:
             self._delivered.setdefault(alert_id, set()).add(target)
 
+    def forget(self, alert_id: int) -> None:
+        with self._lock:
+            self._delivered.pop(alert_id, None)
+
     def update_incident(self, key: str, step: Callable[[dict | None], tuple[dict | None, T]]) -> T:
         with self._lock:
             new, result = step(self._incidents.get(key))
@@ -341,9 +345,10 @@ class Outbox:
         self.give_up_after = give_up_after
         self.batch = batch
         self._closers = list(closers)
-        memory = _MemoryTracking()
+        self._memory = memory = _MemoryTracking()
         self._tracking = {name: getattr(store, name, None) or getattr(memory, name)
                           for name in ("delivered_to", "record_delivery", "update_incident")}
+        self._memory_deliveries = getattr(store, "delivered_to", None) is None
         self._flush_lock = threading.Lock()
         self._paused: dict[str, float] = {}  # channel key → epoch seconds before which it is not tried again
         self.counters = {"queued": 0, "suppressed": 0, "unrouted": 0, "delivered": 0, "failed": 0, "retries": 0}
@@ -419,9 +424,13 @@ class Outbox:
                 break
             outcome = self._deliver(alert_id, alert, attempts, deadline)
             if outcome == "out of time":
-                self._defer([a for a, _, _ in due[index:]], self.clock())
-                break
+                # Its target has no free slot before the deadline (rate limit or Retry-After): give the claim
+                # back without spending an attempt, and go on, so alerts for other targets are not held up.
+                self._defer([alert_id], self.clock())
+                continue
             delivered += outcome == "delivered"
+            if outcome in ("delivered", "failed"):
+                self._forget(alert_id)
         return delivered
 
     def _deliver(self, alert_id: int, alert: Alert, attempts: int, deadline: float) -> str:
@@ -487,6 +496,11 @@ class Outbox:
     def _retry_delay(self, attempts: int, retry_after: float) -> float:
         ceiling = min(self.retry_max, self.retry_base * 2 ** attempts)
         return max(retry_after, ceiling / 2 + random.random() * ceiling / 2)
+
+    def _forget(self, alert_id: int) -> None:
+        """Drop in-process delivery records of an alert that is finished (durable stores keep their own)."""
+        if self._memory_deliveries:
+            self._memory.forget(alert_id)
 
     def _defer(self, alert_ids: list[int], until: float) -> None:
         defer = getattr(self.store, "defer", None)
