@@ -137,7 +137,14 @@ class SqliteOutbox:
 
     def claim_due(self, *, limit: int = 100, lease_seconds: float = 60.0) -> list[tuple[int, Alert, int]]:
         """Like ``pending`` but pushes the returned rows' next try ``lease_seconds`` ahead in the same transaction,
-        so a concurrent flusher skips them; a flusher that dies mid-way just lets the lease run out."""
+        so a concurrent flusher skips them; a flusher that dies mid-way just lets the lease run out.
+
+        When nothing is due it answers from a plain read, without taking the write lock: the bus calls this after
+        every message, and must not queue behind another process's write for nothing."""
+        if self._conn().execute("SELECT 1 FROM alerts WHERE status = ? AND next_try <= ? LIMIT 1",
+                                (PENDING, self.clock())).fetchone() is None:
+            return []
+
         def work(conn: sqlite3.Connection) -> list[tuple[int, Alert, int]]:
             now = self.clock()
             rows = conn.execute(
