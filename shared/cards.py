@@ -99,8 +99,7 @@ def build_card(alert: Alert, *, studio_url: str = "", status_url: str = "") -> d
 
 def message_payload(card: dict) -> dict:
     """The body a Teams Workflows webhook ("When a Teams webhook request is received") expects."""
-    return {"type": "message",
-            "attachments": [{"contentType": CONTENT_TYPE, "contentUrl": None, "content": card}]}
+    return {"type": "message", "attachments": [{"contentType": CONTENT_TYPE, "content": card}]}
 
 
 def render_text(alert: Alert, *, detail_limit: int = 2000) -> str:

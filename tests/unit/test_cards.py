@@ -179,7 +179,7 @@ def test_message_payload_is_the_workflows_shape():
     card = build_card(alert("training_started"))
     payload = message_payload(card)
     assert payload == {"type": "message", "attachments": [{
-        "contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": None, "content": card}]}
+        "contentType": "application/vnd.microsoft.card.adaptive", "content": card}]}
 
 
 def test_build_card_is_pure():
