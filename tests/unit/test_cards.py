@@ -209,3 +209,41 @@ def test_render_text_tells_what_happened_why_what_was_done_facts_and_links(sever
 
 def test_render_text_marks_resolved_alerts():
     assert render_text(alert("drift_detected", resolved=True)).startswith("[RESOLVED] ")
+
+
+def _break(card: dict, how: str) -> dict:
+    broken = copy.deepcopy(card)
+    broken.pop("msteams", None)
+    if how == "unknown element":
+        broken["body"].append({"type": "Blink", "text": "x"})
+    elif how == "text not a string":
+        broken["body"][1]["text"] = 42
+    elif how == "open-url without url":
+        broken["actions"][0].pop("url")
+    elif how == "factset without facts":
+        next(b for b in broken["body"] if b["type"] == "FactSet").pop("facts")
+    elif how == "bad container style":
+        broken["body"][0]["style"] = "loud"
+    elif how == "not an AdaptiveCard":
+        broken["type"] = "HeroCard"
+    return broken
+
+
+@pytest.mark.parametrize("how", ["unknown element", "text not a string", "open-url without url",
+                                 "factset without facts", "bad container style", "not an AdaptiveCard"])
+def test_the_validator_does_reject_broken_cards(validator, how):
+    card = build_card(alert("rollback", severity="critical"), status_url=STATUS)
+    validate(validator, card)  # the intact card passes ...
+    with pytest.raises(AssertionError):  # ... and the same check fails once it is broken
+        validate(validator, _break(card, how))
+
+
+def test_host_keys_are_what_the_schema_would_refuse(validator):
+    card = build_card(alert("training_started"))
+    assert list(validator.iter_errors(card)), "msteams is Teams-only: the official schema refuses it"
+    validate(validator, card)  # and passes once it is removed, as Teams would read it
+
+
+def test_sizes_of_every_kind_are_far_below_the_limit_without_detail():
+    sizes = {kind: card_size(build_card(alert(kind), status_url=STATUS)) for kind in ALERT_KINDS}
+    assert max(sizes.values()) < 8 * 1024, sizes
