@@ -33,6 +33,7 @@ class Reply:
     status: int = 202
     body: str = ""
     headers: dict = field(default_factory=dict)
+    delay: float = 0.0  # seconds before answering (a slow Teams: the client times out)
 
 
 class Hook:
@@ -57,13 +58,18 @@ class Hook:
                     hook.hits.append(Hit(path, time.monotonic(), attachments[0]["content"]))
                     queue = hook.script.get(path) or []
                     reply = queue.pop(0) if queue else hook.always.get(path, Reply())
+                if reply.delay:
+                    time.sleep(reply.delay)
                 body = reply.body.encode()
-                self.send_response(reply.status)
-                for k, v in reply.headers.items():
-                    self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(reply.status)
+                    for k, v in reply.headers.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:  # the client gave up (timed out) and closed the connection
+                    self.close_connection = True
 
             def log_message(self, *args) -> None:  # keep the test output quiet
                 pass
@@ -270,6 +276,31 @@ def test_5xx_is_retried_then_delivered(hook, make):
     assert len(hook.hits) == 3
 
 
+def test_a_timeout_is_retried_on_a_new_request_then_delivered(hook, make):
+    hook.script[path_of("feed")] = [Reply(202, delay=1.5)]
+    outbox, store = make(Settings(teams_webhook_url=hook.url("feed")), timeout=0.5)
+    outbox.notify(alert())
+    started = time.monotonic()
+    assert outbox.flush(max_seconds=10) == 1
+    assert 0.5 <= time.monotonic() - started < 1.5, "the slow answer was not waited for"
+    assert len(hook.hits) == 2 and store.stats()["delivered"] == 1
+
+
+def test_adapter_errors_say_what_happened_by_fingerprint(hook, http):
+    webhook = TeamsWebhook(http, max_attempts=2, backoff_base=0.01)
+    hook.always[path_of("bad")] = Reply(403, "Forbidden: flow disabled")
+    with pytest.raises(ServiceRejected) as rejected:
+        webhook.post(hook.url("bad"), {"type": "message", "attachments": []})
+    assert rejected.value.status == 403 and "flow disabled" in str(rejected.value)
+    hook.always[path_of("busy")] = Reply(200, "Microsoft Teams endpoint returned HTTP error 429 with ContextId x")
+    with pytest.raises(TransientError) as throttled:
+        webhook.post(hook.url("busy"), {"type": "message", "attachments": []})
+    assert "2 attempt(s)" in str(throttled.value) and "HTTP error 429" in str(throttled.value)
+    assert len(hook.hits_for("bad")) == 1 and len(hook.hits_for("busy")) == 2
+    for error in (rejected.value, throttled.value):
+        assert "SIG" not in str(error) and "/workflows/" not in str(error)
+
+
 def test_permanent_400_is_recorded_as_failed_and_not_retried(hook, make, clock):
     hook.always[path_of("feed")] = Reply(400, "Bad card")
     outbox, store = make(Settings(teams_webhook_url=hook.url("feed")))
@@ -378,74 +409,3 @@ def test_no_webhook_url_path_or_signature_in_logs_errors_or_the_store(hook, make
     stored = json.dumps([store.status(i) for i in (1, 2)])
     assert not [s for s in secrets if s in stored]
     assert not [s for s in secrets if s in repr(outbox) + repr(webhook)]
-
-
-# --- the pieces without a server: limiter, routing table, never-raise guarantees ---------------------------
-
-def test_limiter_spaces_requests_and_never_puts_five_in_one_second():
-    from shared.adapters.teams import RateLimiter
-
-    now = [0.0]
-    limiter = RateLimiter(4.0, ((60, 30.0),), clock=lambda: now[0])
-    starts = [limiter.reserve("k") for _ in range(80)]
-    assert all(b - a >= 0.25 - 1e-9 for a, b in zip(starts, starts[1:], strict=False))
-    assert all(starts[i + 4] - starts[i] >= 1.0 for i in range(len(starts) - 4))
-    assert all(starts[i + 60] - starts[i] >= 30.0 for i in range(len(starts) - 60)), "60 per 30 s holds too"
-    assert limiter.reserve("other") == 0.0, "limits are per URL"
-    assert limiter.reserve("k", deadline=1.0) is None, "no slot within the deadline: nothing is reserved"
-
-
-def test_limiter_holds_a_url_after_retry_after():
-    from shared.adapters.teams import RateLimiter
-
-    limiter = RateLimiter(4.0, clock=lambda: 10.0)
-    limiter.hold("k", 25.0)
-    assert limiter.reserve("k") == 25.0
-
-
-@pytest.mark.parametrize("raw,needle", [
-    ("{not json", "not valid JSON"),
-    ('{"routes": [{"kinds": ["rolback"], "urls": ["https://example.invalid/x/secret-sig"]}]}', "unknown kinds"),
-    ('{"routes": [{"urls": ["oncall"]}]}', "routes[0].urls[0] is neither a channel name nor an http(s) URL"),
-    ('{"routes": [{"min_severity": "loud", "urls": ["https://example.invalid/x/secret-sig"]}]}', "min_severity"),
-    ('{"default": ["htp://example.invalid/x/secret-sig"]}', "default[0]"),
-    ('{"route": []}', "unknown keys"),
-])
-def test_routes_setting_errors_name_the_entry_and_never_echo_a_value(raw, needle):
-    from shared.errors import InvalidPayload
-    from shared.notify import RoutingTable
-
-    with pytest.raises(InvalidPayload) as caught:
-        RoutingTable.parse(raw)
-    assert needle in str(caught.value) and caught.value.field == "MLOPS_TEAMS_ROUTES"
-    assert "secret-sig" not in str(caught.value)
-
-
-def test_without_webhooks_alerts_render_on_the_console_stream_and_in_logs(tmp_path, clock, caplog):
-    import io
-
-    stream = io.StringIO()
-    store = SqliteOutbox(tmp_path / "o.db", clock=clock)
-    outbox = build_notifier(Settings(), store=store, stream=stream, clock=clock)
-    outbox.notify(alert("rollback", severity="critical", key="rb"))
-    assert stream.getvalue() == "", "notify never sends inline"
-    assert outbox.flush() == 1
-    assert stream.getvalue().startswith("[CRITICAL] rollback rb")
-
-    caplog.set_level(logging.INFO, logger="shared.notify")
-    logged = build_notifier(Settings(), store=SqliteOutbox(tmp_path / "o2.db", clock=clock), clock=clock)
-    logged.notify(alert("drift_detected", severity="warning", key="d"))
-    assert logged.flush() == 1
-    assert any(r.getMessage().startswith("alert\n[WARNING] drift_detected d") for r in caplog.records)
-    store.close()
-
-
-def test_notify_and_flush_never_raise_when_the_store_is_broken(tmp_path, clock, caplog):
-    store = SqliteOutbox(tmp_path / "o.db", clock=clock)
-    outbox = build_notifier(Settings(), store=store, clock=clock)
-    store._conn().execute("DROP TABLE alerts")  # a real failure of the real store, not a mock
-    outbox.notify(alert("training_failed", key="x"))  # must not raise
-    assert outbox.flush() == 0
-    assert any("unqueued alert" in r.getMessage() and "training_failed x" in r.getMessage()
-               for r in caplog.records), "an alert the store could not take is still rendered in the log"
-    store.close()
