@@ -14,7 +14,7 @@ import pytest
 from shared.adapters.teams import RateLimiter, _retry_after
 from shared.config import Settings
 from shared.domain import ALERT_KINDS, SEVERITIES, Alert
-from shared.errors import InvalidPayload, ServiceRejected, TransientError
+from shared.errors import InvalidPayload, ServiceRejected, Throttled, TransientError
 from shared.local.outbox import SqliteOutbox
 from shared.notify import (
     ConsoleChannel,
@@ -471,3 +471,25 @@ def test_limiter_holds_a_url_after_retry_after():
                                          ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)])
 def test_retry_after_is_read_bounded_and_never_forever(raw, seconds):
     assert _retry_after(raw) == seconds
+
+
+class SlotOnlyLater(Recorder):
+    """Has no free slot before the flush deadline for the incident "held" (rate limit or Retry-After)."""
+
+    def send(self, alert: Alert, *, time_left: float | None = None) -> None:
+        if alert.incident_key == "held":
+            error = Throttled("no slot within the time budget", retry_after=30)
+            error.deadline_reached = True  # type: ignore[attr-defined] - as TeamsWebhook marks it
+            raise error
+        super().send(alert, time_left=time_left)
+
+
+def test_an_alert_whose_target_has_no_slot_does_not_hold_up_the_others(store, clock):
+    rec = SlotOnlyLater()
+    outbox = outbox_with(store, clock, rec)
+    outbox.notify(alert("rollback", "critical", key="held"))
+    outbox.notify(alert("training_failed", "error", key="next"))
+    assert outbox.flush() == 1
+    assert [a.title for a in rec.sent] == ["training_failed next"]
+    held = store.status(1)
+    assert held["status"] == "pending" and held["attempts"] == 0 and held["next_try"] <= clock.now
