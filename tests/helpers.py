@@ -1,0 +1,86 @@
+"""Test helpers: a recording notifier and a harness that drives the bus on the embedded backend."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from shared import eventgrid
+from shared.bootstrap import build
+from shared.config import Settings
+from shared.domain import Alert
+from shared.errors import InvalidPayload
+from shared.local.churn import write_csv
+from shared.local.clock import SimClock
+
+
+class Recording:
+    """The Notifier port, keeping every alert (a fake of our own one-method port, not a mock)."""
+
+    def __init__(self) -> None:
+        self.alerts: list[Alert] = []
+
+    def notify(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+
+    def kinds(self) -> list[str]:
+        return [a.kind for a in self.alerts]
+
+
+class Harness:
+    """The real bus, handlers, SQLite ledger and LocalWorkspace; events the workspace emits are collected and
+    delivered by ``pump()`` in Event Grid wire format, optionally twice each."""
+
+    def __init__(self, home: Path, *, env: dict[str, str] | None = None, **policy) -> None:
+        self.home = home
+        self.events: list[dict] = []
+        self._lock = threading.Lock()
+        self.clock = SimClock()
+        settings = Settings.from_env({"MLOPS_HOME": str(home), **(env or {})})
+        self.settings = settings.with_policy(**policy) if policy else settings
+        self.notifier = Recording()
+        self.rt = build(self.settings, emit=self._emit, notifier=self.notifier, clock=self.clock)
+        self.ws = self.rt.workspace
+        self.delivered: list[dict] = []
+
+    def _emit(self, event: dict) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def deliver(self, event: dict):
+        try:
+            message = eventgrid.to_message(event)
+        except InvalidPayload as error:
+            return [self.rt.bus.reject(event.get("id", "?"), event.get("eventType", "?"), error)]
+        self.delivered.append(event)
+        return self.rt.bus.handle(message)
+
+    def pump(self, *, twice: bool = False, timeout: float = 120) -> list:
+        results = []
+        while True:
+            self.ws.wait_for_jobs(timeout=timeout)
+            with self._lock:
+                batch, self.events = self.events, []
+            if not batch:
+                self.ws.wait_for_jobs(timeout=timeout)
+                with self._lock:
+                    if not self.events:
+                        return results
+                continue
+            for event in batch:
+                results.extend(self.deliver(event))
+                if twice:
+                    results.extend(self.deliver(event))
+
+    def land(self, version: str, **gen) -> dict:
+        path = write_csv(self.home / "gen" / f"v{version}.csv", **gen)
+        return self.ws.land(self.settings.landing_container, f"churn/{version}/data.csv", path)
+
+    def traffic(self) -> dict[str, int]:
+        ep = self.ws.get_endpoint("churn-endpoint")
+        return {k: v for k, v in ep.traffic.items() if v} if ep else {}
+
+    def decisions(self, decision: str | None = None) -> list:
+        return [r for r in self.rt.audit.recent(limit=1000) if decision is None or r.decision == decision]
+
+    def close(self) -> None:
+        self.rt.close()
