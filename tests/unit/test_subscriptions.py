@@ -232,7 +232,8 @@ def test_run_finished_takes_terminal_run_events_and_run_completed_which_has_no_s
     tags = {"mlops_owner": "mlops-automation"}
     assert subs.matches(run, "ml", wire.run_completed("r1", experiment="e", tags=tags))
     for status, expected in (("Completed", True), ("Failed", True), ("Canceled", True), ("Running", False),
-                             ("Queued", False), ("Finalizing", False)):
+                             ("Queued", False), ("Finalizing", False), ("NotResponding", False), ("Paused", False),
+                             ("Unknown", False)):
         assert subs.matches(run, "ml", wire.run_status_changed("r1", status, experiment="e", tags=tags)) is expected
 
 
