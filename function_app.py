@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import uuid
 
 import azure.functions as func
@@ -17,15 +18,18 @@ from shared.messages import RerunJob, RollBack, StartTraining
 logger = logging.getLogger(__name__)
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 _runtime = None
+_runtime_lock = threading.Lock()
 
 
 def runtime():
     """The wired app, built on first use and kept for the life of the worker."""
     global _runtime
     if _runtime is None:
-        from shared.bootstrap import build
+        with _runtime_lock:  # the worker runs sync functions on a thread pool: build once, not once per thread
+            if _runtime is None:
+                from shared.bootstrap import build
 
-        _runtime = build()
+                _runtime = build()
     return _runtime
 
 

@@ -51,3 +51,28 @@ def test_http_functions_have_routes_methods_and_function_auth(indexed_functions)
 def test_outbox_sweep_runs_every_five_minutes(indexed_functions):
     trigger = indexed_functions["outbox_sweep"]["bindings"][0]
     assert trigger["type"] == "timerTrigger" and trigger["schedule"] == "0 */5 * * * *"
+
+
+def test_concurrent_first_invocations_build_the_runtime_once(monkeypatch):
+    import threading
+    import time
+
+    import function_app
+    from shared import bootstrap
+
+    built = []
+
+    def slow_build():
+        time.sleep(0.05)  # long enough for every thread to arrive while the first is still building
+        built.append(object())
+        return built[-1]
+
+    monkeypatch.setattr(bootstrap, "build", slow_build)
+    monkeypatch.setattr(function_app, "_runtime", None)
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(function_app.runtime())) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(built) == 1 and seen == [built[0]] * 8
