@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -45,6 +46,8 @@ def gate(candidate: Mapping[str, float], champion: Mapping[str, float] | None, p
     if p not in candidate:
         return Decision(Action.REJECT, f"run logged no {p!r} metric (logged: {', '.join(sorted(candidate)) or 'none'})")
     value = float(candidate[p])
+    if not math.isfinite(value):  # NaN compares False with everything: it would slip past every check below
+        return Decision(Action.REJECT, f"{p} is {value}, not a number the gate can rank")
     if value < policy.min_primary:
         return Decision(Action.REJECT, f"{p} {_fmt(value)} is below the minimum {_fmt(policy.min_primary)}")
     checks = [f"{p} {_fmt(value)} ≥ minimum {_fmt(policy.min_primary)}"]
@@ -60,6 +63,8 @@ def gate(candidate: Mapping[str, float], champion: Mapping[str, float] | None, p
                 continue
             if g not in candidate:
                 return Decision(Action.REJECT, f"guard metric {g!r} missing from the run, champion has it")
+            if not math.isfinite(float(candidate[g])):
+                return Decision(Action.REJECT, f"guard metric {g} is {float(candidate[g])}, not a number")
             worse = float(candidate[g]) - float(champion[g])
             if worse > policy.guard_tolerance:
                 return Decision(Action.REJECT, f"guard {g} regressed {_fmt(float(champion[g]))} → "

@@ -23,6 +23,9 @@ P = Policy(min_primary=0.70, min_improvement=0.005, guard_metrics=("logloss",), 
     ({"auc": 0.90, "logloss": 0.425}, {"auc": 0.84, "logloss": 0.41}, A.APPROVE, "within"),
     ({"auc": 0.90}, {"auc": 0.84, "logloss": 0.41}, A.REJECT, "guard metric 'logloss' missing"),
     ({"auc": 0.90}, {"auc": 0.84}, A.APPROVE, "beats champion"),  # champion without the guard: nothing to compare
+    ({"auc": float("nan"), "logloss": 0.4}, None, A.REJECT, "not a number"),  # NaN is never below a floor
+    ({"auc": float("inf"), "logloss": 0.4}, {"auc": 0.84, "logloss": 0.41}, A.REJECT, "not a number"),
+    ({"auc": 0.90, "logloss": float("nan")}, {"auc": 0.84, "logloss": 0.41}, A.REJECT, "guard metric logloss is nan"),
 ])
 def test_gate(candidate, champion, action, why):
     d = rules.gate(candidate, champion, P)
