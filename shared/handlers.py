@@ -15,21 +15,50 @@ from shared import policy as rules
 from shared.bus import Handled
 from shared.config import Settings
 from shared.domain import (
-    OWNER_TAG, OWNER_VALUE, TAG_ACTOR, TAG_ASSET, TAG_ATTEMPT, TAG_CODE, TAG_DATA_VERSION, TAG_EVENT, TAG_GATE,
-    TAG_GATE_REASON, TAG_JOB, TAG_KNOWN_GOOD, TAG_METRIC_PREFIX, TAG_ROLLED_BACK, TAG_TRAFFIC_CHANGED, Alert,
-    AuditRecord, Endpoint, Job, JobStatus, ModelSpec, TrainingJobSpec, deployment_name_for, model_version_for,
+    OWNER_TAG,
+    OWNER_VALUE,
+    TAG_ACTOR,
+    TAG_ASSET,
+    TAG_ATTEMPT,
+    TAG_CODE,
+    TAG_DATA_VERSION,
+    TAG_EVENT,
+    TAG_GATE,
+    TAG_GATE_REASON,
+    TAG_JOB,
+    TAG_KNOWN_GOOD,
+    TAG_METRIC_PREFIX,
+    TAG_ROLLED_BACK,
+    TAG_TRAFFIC_CHANGED,
+    Alert,
+    AuditRecord,
+    Endpoint,
+    Job,
+    JobStatus,
+    ModelSpec,
+    TrainingJobSpec,
+    deployment_name_for,
+    model_version_for,
     training_job_name,
 )
-from shared.errors import Conflict, InvalidPayload, NotFound, TransientError
+from shared.errors import Conflict, InvalidPayload, NotFound, PermanentError, TransientError
 from shared.messages import (
-    DataRegistered, DriftDetected, EventIgnored, ModelDeployed, ModelRegistered, RerunJob, RollBack, RunFinished,
+    DataRegistered,
+    DriftDetected,
+    EventIgnored,
+    ModelDeployed,
+    ModelRegistered,
+    RerunJob,
+    RollBack,
+    RunFinished,
     StartTraining,
 )
-from shared.ports import AuditLog, Ledger, Notifier, Publisher, RunMetrics, Workspace
+from shared.ports import AuditLog, Ledger, Monitor, Notifier, Publisher, RunMetrics, Workspace
 
 logger = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 TRAINING_CODE = Path(__file__).parent / "training"
+HEALTH_WINDOW_MINUTES = 15  # request statistics read as evidence before acting on a drift or health alert
 
 
 def code_version(settings: Settings) -> str:
@@ -302,11 +331,43 @@ def _failed(msg, job: Job, audit: AuditLog, notifier: Notifier, settings: Settin
 
 # --- drift → rollback or retrain ----------------------------------------------------------------------
 
+def _health_evidence(monitor: Monitor | None, endpoint: Endpoint | None) -> dict[str, dict]:
+    """Each serving deployment's requests, error share and latency over the last window, read from the monitor
+    before acting, so the audit trail and the alert show what production looked like when the decision was made.
+    A monitor that cannot answer for good (not configured, rejected) is recorded, not fatal; throttling raises."""
+    if monitor is None or endpoint is None:
+        return {}
+    out: dict[str, dict] = {}
+    for name in sorted(n for n, share in endpoint.traffic.items() if share > 0):
+        try:
+            h = monitor.health(endpoint.name, name, HEALTH_WINDOW_MINUTES)
+        except PermanentError as error:
+            out[name] = {"error": str(error)}
+            continue
+        out[name] = {"requests": h.requests, "error_share": round(h.error_share, 4),
+                     "latency_p50_ms": h.latency_p50_ms, "latency_p95_ms": h.latency_p95_ms, "partial": h.partial}
+    return out
+
+
+def _health_line(evidence: dict[str, dict]) -> str:
+    parts = []
+    for name, h in evidence.items():
+        if "error" in h:
+            parts.append(f"{name}: unavailable")
+            continue
+        p95 = f", p95 {h['latency_p95_ms']:.0f} ms" if h.get("latency_p95_ms") is not None else ""
+        parts.append(f"{name}: {h['requests']} req, {h['error_share']:.1%} errors{p95}"
+                     + (" (partial)" if h.get("partial") else ""))
+    return "; ".join(parts)
+
+
 def drift_detected(msg: DriftDetected, *, workspace: Workspace, audit: AuditLog, notifier: Notifier,
-                   settings: Settings, clock: Clock, publisher: Publisher | None = None) -> Handled:
+                   settings: Settings, clock: Clock, publisher: Publisher | None = None,
+                   monitor: Monitor | None = None) -> Handled:
     """Roll back a recent rollout to the last known-good deployment, or retrain, by policy."""
     now = clock()
     endpoint = workspace.get_endpoint(msg.endpoint) if msg.endpoint else None
+    health = _health_evidence(monitor, endpoint) if not msg.resolved else {}
     asset = msg.asset or _asset_of(endpoint)
     newest = workspace.latest_data(asset) if asset else None
     recent = audit.recent(subject=msg.endpoint, decisions=["rollback", "retrain"], limit=1,
@@ -323,13 +384,16 @@ def drift_detected(msg: DriftDetected, *, workspace: Workspace, audit: AuditLog,
                    if endpoint and endpoint.traffic_changed_at else None,
                    "last_automatic_change": facts.last_automatic_change.isoformat()
                    if facts.last_automatic_change else None,
-                   "newest_data": f"{newest.name}:{newest.version}" if newest else None, "asset": asset}
+                   "newest_data": f"{newest.name}:{newest.version}" if newest else None, "asset": asset,
+                   "health_window_minutes": HEALTH_WINDOW_MINUTES if health else None, "health": health}
     incident = f"drift:{msg.endpoint or asset}:{msg.rule or msg.metric}"
     measured = f"{msg.metric} {msg.value:.3f}" if msg.value is not None else msg.metric or "alert"
     if msg.threshold is not None:
         measured += f" (threshold {msg.threshold:.3f})"
     drift_facts = (("Endpoint", msg.endpoint or "—"), ("Source", msg.source), ("Signal", measured),
                    ("Rule", msg.rule or "—"))
+    if health:
+        drift_facts += ((f"Health, last {HEALTH_WINDOW_MINUTES} min", _health_line(health)),)
     if decision.action is rules.Action.ROLLBACK:
         return _roll_back(msg, endpoint, decision, workspace, audit, notifier, settings, clock, "automation",
                           audit_facts, publisher)
@@ -379,7 +443,9 @@ def _roll_back(msg, endpoint: Endpoint, decision: rules.Decision, workspace: Wor
         summary=f"All traffic moved to {decision.target}: {decision.reason}. "
                 f"Marked as rolled back (never a target again): {', '.join(decision.mark_bad) or 'none'}.",
         facts=(("Endpoint", endpoint.name), ("From", split_before or "—"), ("To", f"{decision.target} 100%"),
-               ("Marked bad", ", ".join(bad_models) or "—"), ("By", actor)),
+               ("Marked bad", ", ".join(bad_models) or "—"), ("By", actor))
+              + (((f"Health, last {HEALTH_WINDOW_MINUTES} min", _health_line(facts["health"])),)
+                 if facts.get("health") else ()),
         links=_links(settings, endpoint=endpoint.name), incident_key=f"rollback:{endpoint.name}:{msg.event_id}",
         actor=actor, event_id=msg.event_id))
     if publisher is not None:

@@ -1,12 +1,15 @@
 """Handlers through the bus on the embedded backend: real training, gate, registration, rollout, rollback, retry."""
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from shared.domain import TAG_EVENT
 from shared.errors import TransientError
 from shared.local import wire
+from shared.local.churn import feature_rows
 from shared.local.ledger import SqliteLedger
+from shared.local.serving import score
 from shared.messages import RollBack, RunFinished, StartTraining
 from tests.helpers import Harness
 
@@ -119,10 +122,21 @@ def _drift(h: Harness, **extra) -> dict:
 
 def test_drift_soon_after_a_rollout_rolls_back_to_the_known_good_deployment_and_marks_the_suspect(arc):
     _canary(arc)
+    served = {}
+    with httpx.Client() as client:
+        for i in range(20):
+            name, _ = score(arc.ws, ENDPOINT, feature_rows(5, seed=i, drift=1.0), client=client)
+            served[name] = served.get(name, 0) + 1
     arc.clock.advance(minutes=10)
     results = arc.deliver(_drift(arc))
     assert results[0].outcome == "done" and "rolled back to v1-1" in results[0].reason
     assert arc.traffic() == {"v1-1": 100}
+    # what production looked like when the decision was made is kept with it and shown in the alert
+    health = arc.decisions("rollback")[0].facts["health"]
+    assert {name: h["requests"] for name, h in health.items()} == served
+    assert all(h["error_share"] == 0 and h["latency_p95_ms"] > 0 for h in health.values())
+    card_facts = dict(next(a for a in arc.notifier.alerts if a.kind == "rollback").facts)
+    assert f"v2-1: {served['v2-1']} req, 0.0% errors" in card_facts["Health, last 15 min"]
     ep = arc.ws.get_endpoint(ENDPOINT)
     assert ep.deployment("v2-1").rolled_back and ep.traffic.get("v2-1", 0) == 0
     assert arc.ws.get_model(MODEL, "2.1").tags["mlops_rolled_back"] == "true"
