@@ -522,7 +522,7 @@ class TableOutbox:
         raise Busy(f"{MAX_ATTEMPTS} concurrent writers got an alert id first")
 
     def add(self, alert: Alert) -> int:
-        now = self.clock()
+        now = float(self.clock())  # Edm.Double always: Table queries compare a property only with its own type
         alert_id = self._next_id()
         row: dict[str, Any] = {"PartitionKey": ALERT_PK, "RowKey": _rk(_QUEUED, alert_id), "id": alert_id,
                                "created_at": now, "kind": alert.kind, "severity": alert.severity,
@@ -550,7 +550,7 @@ class TableOutbox:
 
     def mark(self, alert_id: int, *, delivered: bool, error: str = "", retry_in_seconds: float | None = None) -> None:
         for attempt in range(MAX_ATTEMPTS):
-            now = self.clock()
+            now = float(self.clock())
             row = self._t.get(ALERT_PK, _rk(_QUEUED, alert_id))
             if row is None:
                 logger.debug("mark(%s): not pending (finished or unknown); nothing to do", alert_id)
@@ -618,7 +618,7 @@ class TableOutbox:
                 lost = self._t.delete(INCIDENT_PK, rk, row.metadata["etag"]) if row is not None else None
             else:
                 state = {"PartitionKey": INCIDENT_PK, "RowKey": rk, "key": cut(key, 1000),
-                         "state": cut(json.dumps(new, sort_keys=True), CHUNK_UNITS), "updated_at": float(self.clock())}
+                         "state": json.dumps(new, sort_keys=True), "updated_at": float(self.clock())}
                 lost = self._t.replace(state, row.metadata["etag"]) if row is not None else self._t.create(state)
             if lost is None:
                 return result

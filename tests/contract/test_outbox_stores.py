@@ -318,3 +318,44 @@ def test_incident_step_stays_pure_so_a_store_may_run_it_twice():
     state, first = incident_step(None, alert(key="k"), 0.0, 600)
     again_state, again = incident_step(None, alert(key="k"), 0.0, 600)
     assert (state, first) == (again_state, again)
+
+
+# --- Table Storage only: a flusher that loses an ETag race ---------------------------------------------------
+
+def test_table_outbox_finishing_an_alert_a_rival_changed_meanwhile_rereads_and_keeps_the_rivals_change(azurite):
+    from azure.data.tables import TableClient
+
+    plain = azurite.fresh_table()
+
+    class Rivalled(TableClient):
+        rival = None
+
+        def submit_transaction(self, *args, **kwargs):
+            rival, self.rival = self.rival, None
+            if rival is not None:
+                rival()
+            return super().submit_transaction(*args, **kwargs)
+
+    client = Rivalled(azurite.endpoint, plain.table_name, credential=plain.credential)
+    store, now = TableOutbox(client, clock=lambda: 1_750_000_000), 1_750_000_000
+    alert_id = store.add(alert())
+
+    def rival_records_a_failed_try() -> None:
+        row = plain.get_entity("alert", f"q{alert_id:012d}")
+        row["attempts"] += 1
+        row["last_error"] = "rival: 503"
+        plain.update_entity(row)
+
+    client.rival = rival_records_a_failed_try
+    store.mark(alert_id, delivered=True)
+    status = store.status(alert_id)
+    assert status["status"] == "delivered" and status["attempts"] == 2, "the rival's attempt was not overwritten"
+    assert store.pending() == [] and store.stats()["delivered"] == 1
+    assert store.status(alert_id)["next_try"] == now
+
+
+def test_table_outbox_with_a_whole_second_clock_still_finds_due_alerts(azurite):
+    store = TableOutbox(azurite.fresh_table(), clock=lambda: 1_750_000_000)
+    alert_id = store.add(alert())
+    store.mark(alert_id, delivered=False, error="503", retry_in_seconds=0)
+    assert [i for i, _, _ in store.claim_due()] == [alert_id]
