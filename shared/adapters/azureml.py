@@ -1,0 +1,650 @@
+"""Azure ML workspace adapter: the Workspace port (and RunMetrics) over azure-ai-ml's MLClient.
+
+Every SDK call runs inside ``translated`` (shared/adapters/errors.py), so callers only ever see the app's error tree.
+Idempotency comes from deterministic names: each create first reads, and a create that loses a race (409) resolves
+to a read. Long-running operations (online endpoints and deployments) are waited for at most ``lro_timeout``
+seconds; one still running after that raises TransientError, Azure carries on, and the redelivered event finds it.
+
+azure-ai-ml is imported inside functions only: importing this module costs nothing on a Function App cold start.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, unquote
+
+from shared.adapters.errors import DEFAULT_BUDGET_SECONDS, translate, translated
+from shared.config import Settings
+from shared.domain import (
+    OWNER_TAG,
+    OWNER_VALUE,
+    DataAsset,
+    Deployment,
+    Endpoint,
+    Job,
+    JobStatus,
+    Model,
+    ModelSpec,
+    TrainingJobSpec,
+)
+from shared.errors import Conflict, InvalidPayload, NotFound, PermanentError, ServiceRejected, TransientError
+
+logger = logging.getLogger(__name__)
+
+TRAINING_CODE = Path(__file__).resolve().parents[1] / "training"  # uploaded as the job's code (train.py, score.py)
+RUN_OUTPUT = "output"  # train.py --output: metrics.json, baseline.json and model/
+MODEL_OUTPUT = "model"  # the MLflow model folder alone, typed mlflow_model, registered from here
+# The same invocation as the embedded backend (train.py --data <file or folder> --output <dir>), run from the code
+# folder; the MLflow model it writes under <output>/model is copied to its own output so Azure ML knows its type.
+TRAIN_COMMAND = ("python train.py --data ${{inputs.data}} --output ${{outputs.output}}"
+                 " && cp -r ${{outputs.output}}/model/. ${{outputs.model}}")
+ARM_SCOPE = "https://management.azure.com/.default"
+PROVIDER = "Microsoft.MachineLearningServices"
+BUSY_STATES = frozenset({"creating", "updating", "deleting", "scaling"})  # provisioning still under way
+BLOB_URL = re.compile(r"^https://([a-z0-9]+)\.blob\.core\.[a-z0-9.]+/([^/?#]+)/([^?#]+)$", re.IGNORECASE)
+LONG_DATASTORE_URI = re.compile(
+    r"^azureml://subscriptions/[^/]+/resourcegroups/[^/]+/(?:providers/microsoft\.machinelearningservices/)?"
+    r"workspaces/[^/]+/datastores/", re.IGNORECASE)
+MODEL_ARM_ID = re.compile(r"/models/([^/]+)/versions/([^/]+)$", re.IGNORECASE)
+MODEL_SHORT_ID = re.compile(r"^azureml:([^:/]+):([^:/]+)$")
+
+
+def budget_retry_policy(budget_seconds: float = DEFAULT_BUDGET_SECONDS, **kwargs: Any):
+    """azure-core's RetryPolicy bounded by a per-call time budget (see ``_retry_policy_class``)."""
+    return _retry_policy_class()(budget_seconds=budget_seconds, **kwargs)
+
+
+@functools.cache
+def _retry_policy_class():
+    from azure.core.pipeline.policies import RetryPolicy
+
+    class BudgetRetryPolicy(RetryPolicy):
+        """azure-core's retry, except that one call never waits past ``budget_seconds``.
+
+        azure-core sleeps whatever Retry-After a 429/503 names (an hour, if the service says so) and retries up to
+        ten times. Here a Retry-After longer than what is left of the budget ends the retries at once, so the
+        throttled answer reaches the adapter (→ Throttled, with the service's wait) while the invocation still has
+        time; backoffs are capped by the same budget.
+        """
+
+        def __init__(self, *, budget_seconds: float, **kw: Any) -> None:
+            kw.setdefault("retry_total", 3)
+            kw.setdefault("retry_backoff_factor", 0.5)
+            kw.setdefault("retry_backoff_max", 4)
+            kw.setdefault("timeout", budget_seconds)
+            super().__init__(**kw)
+            self.budget_seconds = budget_seconds
+
+        def configure_retries(self, options):
+            settings = super().configure_retries(options)
+            settings["deadline"] = time.monotonic() + self.budget_seconds
+            return settings
+
+        def is_retry(self, settings, response) -> bool:
+            if not super().is_retry(settings, response):
+                return False
+            wait = self.get_retry_after(response) or 0.0
+            return wait < settings["deadline"] - time.monotonic()
+
+        def sleep(self, settings, transport, response=None) -> None:
+            left = max(0.0, settings["deadline"] - time.monotonic())
+            wait = (self.get_retry_after(response) if response is not None else None) or self.get_backoff_time(settings)
+            if min(wait, left) > 0:
+                transport.sleep(min(wait, left))
+
+    return BudgetRetryPolicy
+
+
+def build_ml_client(settings: Settings, credential, **kwargs: Any):
+    """MLClient for the configured workspace. ``kwargs`` go to MLClient and on to every client it builds
+    (``transport=`` in tests); the retry policy defaults to one bounded by the function's time budget."""
+    from azure.ai.ml import MLClient
+
+    for name, value in (("MLOPS_SUBSCRIPTION_ID", settings.subscription_id),
+                        ("MLOPS_RESOURCE_GROUP", settings.resource_group), ("MLOPS_WORKSPACE", settings.workspace)):
+        if not value:
+            raise InvalidPayload(f"{name} must be set for the azure backend", field=name)
+    kwargs.setdefault("retry_policy", budget_retry_policy())
+    kwargs.setdefault("show_progress", False)  # no progress bars on a Function App's stderr
+    kwargs.setdefault("enable_telemetry", False)
+    return MLClient(credential, settings.subscription_id, settings.resource_group, settings.workspace, **kwargs)
+
+
+def build_workspace(settings: Settings, credential, **kwargs: Any) -> AzureMLWorkspace:
+    """The adapter with its MLClient; ``kwargs`` (e.g. ``transport=``) reach both MLClient and the REST calls
+    MLClient has no API for (run metrics, a failed run's error)."""
+    return AzureMLWorkspace(build_ml_client(settings, credential, **kwargs), settings, credential=credential,
+                            transport=kwargs.get("transport"))
+
+
+def _tags(value: Mapping[str, object] | None) -> dict[str, str]:
+    return {str(k): str(v) for k, v in (value or {}).items()}
+
+
+def _created(entity: Any):
+    context = getattr(entity, "creation_context", None)
+    return getattr(context, "created_at", None)
+
+
+def _missing(exc: BaseException) -> bool:
+    """True when an SDK error (or one it wraps) says the resource does not exist."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, ResourceNotFoundError) or getattr(exc, "status_code", None) == 404:
+            return True
+        if "resource_not_found" in str(getattr(exc, "error_type", "")).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class AzureMLWorkspace:
+    """The Workspace and RunMetrics ports on an Azure ML workspace, through azure-ai-ml's MLClient."""
+
+    def __init__(self, ml_client, settings: Settings, *, credential=None, transport=None,
+                 budget_seconds: float = DEFAULT_BUDGET_SECONDS, lro_timeout: float | None = None) -> None:
+        self.ml = ml_client
+        self.settings = settings
+        self.budget_seconds = budget_seconds
+        self.lro_timeout = budget_seconds if lro_timeout is None else lro_timeout
+        # MLClient has no API for run metrics or a run's error: those two REST calls go through a small pipeline
+        # of our own, with the same credential and transport (taken from the MLClient when not given).
+        self._credential = credential if credential is not None else getattr(ml_client, "_credential", None)
+        self._transport = transport if transport is not None else getattr(ml_client, "_kwargs", {}).get("transport")
+        self._rest = None
+        self._urls: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    # --- plumbing ------------------------------------------------------------------------------------
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.budget_seconds
+
+    @property
+    def _ws_path(self) -> str:
+        s = self.settings
+        return (f"/subscriptions/{s.subscription_id}/resourceGroups/{s.resource_group}/providers/{PROVIDER}"
+                f"/workspaces/{s.workspace}")
+
+    def _wait(self, poller, what: str, deadline: float):
+        """The finished operation's result; TransientError when it is still running at the time limit."""
+        limit = max(0.0, min(self.lro_timeout, deadline - time.monotonic()))
+        with translated(what, deadline=deadline):
+            poller.wait(timeout=limit)
+            if poller.done():
+                return poller.result()
+        raise TransientError(f"{what}: still {poller.status()} after {limit:.0f} s; Azure carries on and a "
+                             "redelivered event picks the result up")
+
+    def close(self) -> None:
+        if self._rest is not None:
+            self._rest.close()
+
+    # --- data assets ---------------------------------------------------------------------------------
+
+    def datastore_uri(self, path: str) -> str:
+        """``azureml://datastores/<ds>/paths/<path>`` for a datastore URI (short or long form) or a blob URL in the
+        landing container (which the configured datastore covers)."""
+        if path.startswith("azureml://datastores/"):
+            return path
+        if LONG_DATASTORE_URI.match(path):
+            return "azureml://datastores/" + LONG_DATASTORE_URI.sub("", path)
+        m = BLOB_URL.match(path)
+        if m:
+            container, blob = m.group(2), unquote(m.group(3))
+            if container.lower() != self.settings.landing_container.lower():
+                raise InvalidPayload(f"blob {path} is not in the landing container {self.settings.landing_container!r}"
+                                     f" that datastore {self.settings.datastore!r} covers", field="path")
+            return f"azureml://datastores/{self.settings.datastore}/paths/{quote(blob)}"
+        raise InvalidPayload(f"data path {path!r} is neither an azureml://datastores/ URI nor a blob URL in the "
+                             "landing container", field="path")
+
+    def register_data(self, name: str, version: str, path: str, tags: Mapping[str, str] | None = None) -> DataAsset:
+        from azure.ai.ml.constants import AssetTypes
+        from azure.ai.ml.entities import Data
+
+        uri = self.datastore_uri(path)
+        deadline = self._deadline()
+        existing = self._find_data(name, version, deadline)
+        if existing is None:
+            kind = AssetTypes.URI_FOLDER if uri.endswith("/") else AssetTypes.URI_FILE
+            entity = Data(name=name, version=version, path=uri, type=kind, tags=_tags(tags),
+                          description=f"registered by {OWNER_VALUE}")
+            try:
+                with translated(f"register data {name}:{version}", deadline=deadline):
+                    created = self.ml.data.create_or_update(entity)
+                logger.info("registered data %s:%s at %s", name, version, uri)
+                return self._asset(created)
+            except Conflict:
+                existing = self._find_data(name, version, deadline)  # another worker registered it first
+                if existing is None:
+                    raise
+        asset = self._asset(existing)
+        if asset.path != uri:
+            raise Conflict(f"data {name}:{version} already points at {asset.path}; versions are immutable, "
+                           f"register {uri} as a new version")
+        return asset
+
+    def _find_data(self, name: str, version: str, deadline: float):
+        try:
+            with translated(f"get data {name}:{version}", deadline=deadline):
+                return self.ml.data.get(name, version=version)
+        except NotFound:
+            return None
+
+    def get_data(self, name: str, version: str) -> DataAsset:
+        found = self._find_data(name, version, self._deadline())
+        if found is None:
+            raise NotFound(f"data asset {name}:{version} does not exist")
+        return self._asset(found)
+
+    def latest_data(self, name: str) -> DataAsset | None:
+        from azure.core.exceptions import AzureError
+
+        # label="latest" reads the container's latestVersion (the newest by creation), then that version.
+        try:
+            entity = self.ml.data.get(name, label="latest")
+        except AzureError as exc:
+            if _missing(exc):
+                return None
+            raise translate(exc, what=f"get latest data {name}", deadline=self._deadline()) from exc
+        return self._asset(entity)
+
+    def _asset(self, entity) -> DataAsset:
+        return DataAsset(name=entity.name, version=str(entity.version), path=self.datastore_uri(entity.path),
+                         tags=_tags(entity.tags), created_at=_created(entity))
+
+    # --- jobs ----------------------------------------------------------------------------------------
+
+    def submit_training(self, spec: TrainingJobSpec) -> Job:
+        deadline = self._deadline()
+        existing = self._find_job(spec.name, deadline)
+        if existing is not None:
+            return self._job(existing)  # never resubmit: a redelivered event gets the first job back
+        data = self._find_data(spec.asset, spec.data_version, deadline)
+        if data is None:
+            raise NotFound(f"data asset {spec.asset}:{spec.data_version} does not exist")
+        job = self._command_job(spec, data)
+        try:
+            with translated(f"submit job {spec.name}", deadline=deadline):
+                created = self.ml.jobs.create_or_update(job)
+        except (Conflict, ServiceRejected) as error:
+            # A create that raced another worker's: the job exists now, so that one is the answer.
+            if isinstance(error, ServiceRejected) and "already exist" not in str(error).lower():
+                raise
+            found = self._find_job(spec.name, deadline)
+            if found is None:
+                raise
+            return self._job(found)
+        logger.info("submitted %s on %s:%s to %s", spec.name, spec.asset, spec.data_version,
+                    spec.compute or self.settings.compute)
+        return self._job(created)
+
+    def _command_job(self, spec: TrainingJobSpec, data):
+        from azure.ai.ml import Input, Output, command
+        from azure.ai.ml.constants import AssetTypes
+        from azure.ai.ml.entities import QueueSettings
+
+        low_priority = spec.low_priority or self.settings.low_priority
+        job = command(
+            name=spec.name,
+            display_name=spec.name,
+            experiment_name=spec.experiment,
+            description=f"train on {spec.asset}:{spec.data_version} (attempt {spec.attempt})",
+            code=str(TRAINING_CODE),
+            command=TRAIN_COMMAND,
+            inputs={"data": Input(type=data.type or AssetTypes.URI_FILE,
+                                  path=f"azureml:{spec.asset}:{spec.data_version}")},
+            outputs={RUN_OUTPUT: Output(type=AssetTypes.URI_FOLDER),
+                     MODEL_OUTPUT: Output(type=AssetTypes.MLFLOW_MODEL)},
+            environment=self.settings.environment,
+            compute=spec.compute or self.settings.compute,
+            tags=_tags(spec.tags),
+            queue_settings=QueueSettings(job_tier="Spot") if low_priority else None,
+        )
+        job.set_limits(timeout=int(spec.max_run_seconds or self.settings.max_run_seconds))
+        return job
+
+    def _find_job(self, name: str, deadline: float):
+        try:
+            with translated(f"get job {name}", deadline=deadline):
+                return self.ml.jobs.get(name)
+        except NotFound:
+            return None
+
+    def get_job(self, name: str) -> Job:
+        deadline = self._deadline()
+        job = self._find_job(name, deadline)
+        if job is None:
+            raise NotFound(f"job {name} does not exist")
+        status = JobStatus.parse(job.status or "")
+        error = self._run_error(name, deadline) if status is JobStatus.FAILED else ""
+        return self._job(job, error)
+
+    def list_jobs(self, *, status: Iterable[JobStatus] | None = None,
+                  tags: Mapping[str, str] | None = None) -> list[Job]:
+        wanted = {JobStatus(s) for s in status} if status is not None else None
+        tags = _tags(tags)
+        # The service filters by one tag key (Jobs_List "tag"); values and the other keys are matched here.
+        query = {"tag": next(iter(tags))} if tags else {}
+        with translated("list jobs", deadline=self._deadline()):
+            found = [j for j in self.ml.jobs.list(**query) if j is not None]
+        jobs = [self._job(j) for j in found]
+        jobs = [j for j in jobs if (wanted is None or j.status in wanted)
+                and all(j.tags.get(k) == v for k, v in tags.items())]
+        return sorted(jobs, key=lambda j: j.created_at.timestamp() if j.created_at else 0.0, reverse=True)
+
+    def _job(self, job, error: str = "") -> Job:
+        return Job(name=job.name, status=JobStatus.parse(job.status or ""), tags=_tags(job.tags), error=error,
+                   created_at=_created(job), url=getattr(job, "studio_url", None) or "")
+
+    def get_run_metrics(self, job_name: str) -> dict[str, float]:
+        """The last value of every metric the run logged to MLflow (Azure ML's tracking server)."""
+        deadline = self._deadline()
+        run = self._rest_get(f"{self._mlflow_base(deadline)}/api/2.0/mlflow/runs/get",
+                             {"run_id": job_name}, f"get metrics of {job_name}", deadline)
+        metrics = {}
+        for item in (run.get("run") or {}).get("data", {}).get("metrics") or []:
+            try:
+                metrics[str(item["key"])] = float(item["value"])
+            except (KeyError, TypeError, ValueError):
+                continue
+        if not metrics:
+            status = ((run.get("run") or {}).get("info") or {}).get("status", "unknown")
+            raise PermanentError(f"job {job_name} logged no metrics (MLflow run status {status})")
+        return metrics
+
+    def _run_error(self, name: str, deadline: float) -> str:
+        """A failed run's error message (RunHistory); empty when the service has none to give."""
+        try:
+            run = self._rest_get(f"{self._history_base(deadline)}/history/v1.0{self._ws_path}/runs/{quote(name)}",
+                                 {}, f"get run error of {name}", deadline)
+        except PermanentError as error:
+            logger.warning("no error details for failed job %s: %s", name, error)
+            return ""
+        root = (run.get("error") or {}).get("error") or {}
+        return str(root.get("message") or root.get("code") or "")
+
+    # --- REST calls MLClient has no API for ----------------------------------------------------------------
+
+    def _pipeline(self):
+        from azure.core import PipelineClient
+        from azure.core.pipeline.policies import (
+            BearerTokenCredentialPolicy,
+            HeadersPolicy,
+            NetworkTraceLoggingPolicy,
+            UserAgentPolicy,
+        )
+
+        with self._lock:
+            if self._rest is None:
+                if self._credential is None:
+                    raise PermanentError("the Azure ML adapter needs a credential for run metrics")
+                policies = [HeadersPolicy(), UserAgentPolicy(sdk_moniker="mlops-reflex"),
+                            budget_retry_policy(self.budget_seconds),
+                            BearerTokenCredentialPolicy(self._credential, ARM_SCOPE), NetworkTraceLoggingPolicy()]
+                kwargs = {"transport": self._transport} if self._transport is not None else {}
+                self._rest = PipelineClient(base_url="https://management.azure.com", policies=policies, **kwargs)
+            return self._rest
+
+    def _rest_get(self, url: str, params: Mapping[str, str], what: str, deadline: float) -> dict:
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+        from azure.core.rest import HttpRequest
+
+        request = HttpRequest("GET", url, params=dict(params), headers={"Accept": "application/json"})
+        with translated(what, deadline=deadline):
+            response = self._pipeline().send_request(request)
+            if response.status_code == 404:
+                raise ResourceNotFoundError(response=response)
+            if response.status_code >= 400:
+                raise HttpResponseError(response=response)
+            return response.json()
+
+    def _workspace_urls(self, deadline: float) -> dict[str, str]:
+        with self._lock:
+            if self._urls:
+                return self._urls
+        with translated(f"get workspace {self.settings.workspace}", deadline=deadline):
+            ws = self.ml.workspaces.get(self.settings.workspace)
+        urls = {"mlflow": (ws.mlflow_tracking_uri or "").replace("azureml://", "https://", 1).rstrip("/"),
+                "discovery": ws.discovery_url or ""}
+        with self._lock:
+            self._urls.update(urls)
+            return self._urls
+
+    def _mlflow_base(self, deadline: float) -> str:
+        base = self._workspace_urls(deadline)["mlflow"]
+        if not base:
+            raise PermanentError(f"workspace {self.settings.workspace} reports no MLflow tracking URI")
+        return base
+
+    def _history_base(self, deadline: float) -> str:
+        urls = self._workspace_urls(deadline)
+        if "history" not in urls:
+            found = self._rest_get(urls["discovery"], {}, "discover workspace services", deadline)
+            with self._lock:
+                urls["history"] = str(found.get("history") or found.get("api") or "").rstrip("/")
+        return urls["history"]
+
+    # --- models --------------------------------------------------------------------------------------
+
+    def register_model(self, spec: ModelSpec) -> Model:
+        from azure.ai.ml.constants import AssetTypes
+        from azure.ai.ml.entities import Model as AzureModel
+
+        deadline = self._deadline()
+        job = self._find_job(spec.job_name, deadline)
+        if job is None:
+            raise NotFound(f"job {spec.job_name} does not exist")
+        existing = self._find_model(spec.name, spec.version, deadline)
+        if existing is not None:
+            return self._model(existing)  # registered before: returned unchanged
+        status = JobStatus.parse(job.status or "")
+        if status is not JobStatus.COMPLETED:
+            raise Conflict(f"job {spec.job_name} has no model output (status {status.value})")
+        entity = AzureModel(name=spec.name, version=spec.version, type=AssetTypes.MLFLOW_MODEL,
+                            path=f"azureml://jobs/{spec.job_name}/outputs/{MODEL_OUTPUT}", tags=_tags(spec.tags),
+                            description=spec.description or None, properties={"mlops_job": spec.job_name})
+        try:
+            with translated(f"register model {spec.name}:{spec.version}", deadline=deadline):
+                created = self.ml.models.create_or_update(entity)
+        except Conflict:
+            found = self._find_model(spec.name, spec.version, deadline)  # registered by a racing worker
+            if found is None:
+                raise
+            return self._model(found)
+        logger.info("registered model %s:%s from %s", spec.name, spec.version, spec.job_name)
+        return self._model(created)
+
+    def _find_model(self, name: str, version: str, deadline: float):
+        try:
+            with translated(f"get model {name}:{version}", deadline=deadline):
+                return self.ml.models.get(name, version=version)
+        except NotFound:
+            return None
+
+    def get_model(self, name: str, version: str) -> Model:
+        found = self._find_model(name, version, self._deadline())
+        if found is None:
+            raise NotFound(f"model {name}:{version} does not exist")
+        return self._model(found)
+
+    def list_models(self, name: str) -> list[Model]:
+        try:
+            with translated(f"list models {name}", deadline=self._deadline()):
+                found = list(self.ml.models.list(name=name))
+        except NotFound:
+            return []
+        models = [self._model(m) for m in found]
+        return sorted(models, key=lambda m: m.created_at.timestamp() if m.created_at else 0.0, reverse=True)
+
+    def tag_model(self, name: str, version: str, tags: Mapping[str, str]) -> Model:
+        deadline = self._deadline()
+        entity = self._find_model(name, version, deadline)
+        if entity is None:
+            raise NotFound(f"model {name}:{version} does not exist")
+        merged = {**_tags(entity.tags), **_tags(tags)}
+        if merged == _tags(entity.tags):
+            return self._model(entity)
+        entity.tags = merged
+        with translated(f"tag model {name}:{version}", deadline=deadline):
+            updated = self.ml.models.create_or_update(entity)
+        return self._model(updated)
+
+    @staticmethod
+    def _model(entity) -> Model:
+        return Model(name=entity.name, version=str(entity.version), tags=_tags(entity.tags), path=entity.path or "",
+                     created_at=_created(entity))
+
+    # --- endpoints -----------------------------------------------------------------------------------
+
+    def _find_endpoint(self, name: str, deadline: float):
+        try:
+            with translated(f"get endpoint {name}", deadline=deadline):
+                return self.ml.online_endpoints.get(name)
+        except NotFound:
+            return None
+
+    def _deployments(self, endpoint: str, deadline: float) -> list:
+        with translated(f"list deployments of {endpoint}", deadline=deadline):
+            return list(self.ml.online_deployments.list(endpoint_name=endpoint))
+
+    def get_endpoint(self, name: str) -> Endpoint | None:
+        deadline = self._deadline()
+        entity = self._find_endpoint(name, deadline)
+        if entity is None:
+            return None
+        return self._endpoint(entity, self._deployments(name, deadline))
+
+    def list_endpoints(self) -> list[Endpoint]:
+        deadline = self._deadline()
+        with translated("list endpoints", deadline=deadline):
+            found = list(self.ml.online_endpoints.list())
+        return [self._endpoint(e, self._deployments(e.name, deadline)) for e in found]
+
+    def create_deployment(self, endpoint: str, deployment: str, model: Model, tags: Mapping[str, str]) -> Endpoint:
+        from azure.ai.ml.entities import ManagedOnlineDeployment, ManagedOnlineEndpoint
+
+        deadline = self._deadline()
+        registered = self._find_model(model.name, model.version, deadline)
+        if registered is None:  # a deployment of a model that does not exist cannot serve
+            raise NotFound(f"model {model.name}:{model.version} does not exist")
+        entity = self._find_endpoint(endpoint, deadline)
+        if entity is None:
+            new = ManagedOnlineEndpoint(name=endpoint, auth_mode="key", tags={OWNER_TAG: OWNER_VALUE},
+                                        description=f"managed by {OWNER_VALUE}")
+            self._put(self.ml.online_endpoints.begin_create_or_update, new, f"create endpoint {endpoint}", deadline)
+            logger.info("created endpoint %s", endpoint)
+        else:
+            self._not_busy(f"endpoint {endpoint}", entity.provisioning_state)
+        current = next((d for d in self._deployments(endpoint, deadline) if d.name.lower() == deployment.lower()),
+                       None)
+        if current is not None and (current.provisioning_state or "").lower() != "failed":
+            self._not_busy(f"deployment {endpoint}/{deployment}", current.provisioning_state)
+            return self.get_endpoint(endpoint)  # existing deployments are kept as they are
+        new_deployment = ManagedOnlineDeployment(
+            name=deployment, endpoint_name=endpoint, model=registered.id or f"azureml:{model.name}:{model.version}",
+            instance_type=self.settings.instance_type, instance_count=1, tags=_tags(tags),
+            description=f"{model.name}:{model.version}, deployed by {OWNER_VALUE}")
+        self._put(self.ml.online_deployments.begin_create_or_update, new_deployment,
+                  f"create deployment {endpoint}/{deployment}", deadline)
+        logger.info("deployed %s:%s as %s/%s at 0%%", model.name, model.version, endpoint, deployment)
+        return self.get_endpoint(endpoint)
+
+    def set_traffic(self, endpoint: str, traffic: Mapping[str, int], *, tags: Mapping[str, str] | None = None,
+                    deployment_tags: Mapping[str, Mapping[str, str]] | None = None) -> Endpoint:
+        deadline = self._deadline()
+        entity = self._find_endpoint(endpoint, deadline)
+        if entity is None:
+            raise NotFound(f"endpoint {endpoint} does not exist")
+        deployments = {d.name.lower(): d for d in self._deployments(endpoint, deadline)}
+        unknown = sorted(n for n in {*traffic, *(deployment_tags or {})} if n.lower() not in deployments)
+        if unknown:
+            raise NotFound(f"endpoint {endpoint} has no deployment {', '.join(unknown)}")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 100 for v in traffic.values()):
+            raise InvalidPayload(f"traffic shares must be whole percents 0-100, not {dict(traffic)}", field="traffic")
+        if sum(traffic.values()) != 100:
+            raise InvalidPayload(f"traffic must add up to 100, not {sum(traffic.values())} ({dict(traffic)})",
+                                 field="traffic")
+        self._not_busy(f"endpoint {endpoint}", entity.provisioning_state)
+        for d in deployments.values():
+            self._not_busy(f"deployment {endpoint}/{d.name}", d.provisioning_state)
+        # Deployment tags first: if the traffic change then fails, the redelivered event still sees the old split
+        # and does the whole change again; the other order could leave a new split whose tags never follow.
+        for name, extra in (deployment_tags or {}).items():
+            current = deployments[name.lower()]
+            merged = {**_tags(current.tags), **_tags(extra)}
+            if merged != _tags(current.tags):
+                current.tags = merged
+                self._put(self.ml.online_deployments.begin_create_or_update, current,
+                          f"tag deployment {endpoint}/{current.name}", deadline)
+        split = {deployments[n.lower()].name: int(v) for n, v in traffic.items()}
+        live = {n: v for n, v in split.items() if v}
+        # Live traffic wins over mirroring: the service refuses a deployment that would get both.
+        mirror = {n: int(v) for n, v in (entity.mirror_traffic or {}).items() if int(v or 0)
+                  and not any(n.lower() == k.lower() for k in live)}
+        dropped = {n for n, v in (entity.mirror_traffic or {}).items() if int(v or 0)} - set(mirror)
+        if dropped:
+            logger.warning("endpoint %s: mirror traffic to %s stopped, it now serves live traffic", endpoint,
+                           ", ".join(sorted(dropped)))
+        merged_tags = {**_tags(entity.tags), **_tags(tags)}
+        # MLClient drops 0% entries and lower-cases names in place before the PUT; a name absent from the map
+        # serves 0%, which is exactly the split asked for. The read-back below proves it.
+        entity.traffic = dict(live)
+        entity.mirror_traffic = mirror
+        entity.tags = merged_tags
+        self._put(self.ml.online_endpoints.begin_create_or_update, entity, f"set traffic of {endpoint}", deadline)
+        after = self.get_endpoint(endpoint)
+        if after is None:
+            raise TransientError(f"endpoint {endpoint} vanished while its traffic was set")
+        names = {*split, *after.traffic}
+        got = {n: after.traffic.get(n, 0) for n in names}
+        want = {n: split.get(n, 0) for n in names}
+        if got != want:
+            raise TransientError(f"traffic of {endpoint} is {got} after the update, not {want}")
+        logger.info("traffic of %s is now %s", endpoint, {k: v for k, v in want.items() if v})
+        return after
+
+    def _put(self, begin, entity, what: str, deadline: float):
+        """Start a create-or-update and wait for it. A 409 here means another operation on the endpoint is still
+        running (our reads already ruled out the rest), which is worth retrying, not a permanent conflict."""
+        try:
+            with translated(what, deadline=deadline):
+                poller = begin(entity)
+            return self._wait(poller, what, deadline)
+        except Conflict as error:
+            raise TransientError(f"{what}: {error}") from error
+
+    @staticmethod
+    def _not_busy(what: str, state: str | None) -> None:
+        if (state or "").lower() in BUSY_STATES:
+            raise TransientError(f"{what} is still {state}: try again once Azure has finished")
+
+    def _endpoint(self, entity, deployments: list) -> Endpoint:
+        live = {str(k).lower(): int(v or 0) for k, v in (entity.traffic or {}).items()}
+        mirrored = {str(k).lower(): int(v or 0) for k, v in (entity.mirror_traffic or {}).items()}
+        ordered = sorted(deployments, key=lambda d: _created(d).timestamp() if _created(d) else 0.0)
+        names = {d.name.lower(): d.name for d in ordered}
+        traffic = {d.name: live.get(d.name.lower(), 0) for d in ordered}
+        traffic.update({k: v for k, v in live.items() if k not in names})
+        mirror = {names.get(k, k): v for k, v in mirrored.items() if v}
+        return Endpoint(name=entity.name, deployments=tuple(self._deployment(d) for d in ordered), traffic=traffic,
+                        tags=_tags(entity.tags), scoring_uri=entity.scoring_uri or "", mirror_traffic=mirror)
+
+    @staticmethod
+    def _deployment(entity) -> Deployment:
+        ref = entity.model if isinstance(entity.model, str) else getattr(entity.model, "id", "") or ""
+        m = MODEL_ARM_ID.search(ref) or MODEL_SHORT_ID.match(ref)
+        model_name, model_version = (m.group(1), m.group(2)) if m else (ref, "")
+        return Deployment(name=entity.name, model_name=model_name, model_version=model_version,
+                          tags=_tags(entity.tags), created_at=_created(entity),
+                          state=entity.provisioning_state or "Succeeded")
