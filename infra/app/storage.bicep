@@ -56,6 +56,20 @@ resource deadLetterContainer 'Microsoft.Storage/storageAccounts/blobServices/con
   }
 }
 
+// The ledger, audit trail and alert outbox (shared/adapters/tables.py DEFAULT_TABLES; a test keeps the names in
+// step). Declared here so the app never needs to create them on a cold start.
+var ledgerTableNames = ['mlopsledger', 'mlopsaudit', 'mlopsoutbox']
+
+resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-01' = {
+  parent: account
+  name: 'default'
+}
+
+resource ledgerTables 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' = [for tableName in ledgerTableNames: {
+  parent: tableService
+  name: tableName
+}]
+
 output name string = account.name
 output id string = account.id
 output blobEndpoint string = account.properties.primaryEndpoints.blob

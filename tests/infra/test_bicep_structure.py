@@ -199,3 +199,13 @@ def test_function_name_override_is_honoured():
               'def handler(e):\n    pass\n\n@app.route(route="x")\ndef not_eg(req):\n    pass\n')
     names = c.event_grid_functions(source)
     assert "renamed" in names and "handler" not in names and "not_eg" not in names
+
+
+def test_storage_declares_exactly_the_tables_the_ledger_adapter_uses():
+    from shared.adapters.tables import DEFAULT_TABLES
+
+    text = (c.INFRA / "app" / "storage.bicep").read_text()
+    declared = re.search(r"var ledgerTableNames = \[([^\]]*)\]", text)
+    assert declared, "storage.bicep no longer declares ledgerTableNames"
+    assert sorted(re.findall(r"'([^']+)'", declared.group(1))) == sorted(DEFAULT_TABLES.values())
+    assert "tableServices/tables@" in text and "for tableName in ledgerTableNames" in text
