@@ -21,7 +21,6 @@ from shared.adapters.tables import (
 from shared.domain import AuditRecord
 from shared.errors import Busy, InvalidPayload, ServiceRejected
 from tests.contract.ledger_contract import AuditContract, LedgerContract
-from tests.integration import azurite as _azurite
 from tests.integration.azurite import (
     AZURITE_TABLE,
     STORAGE_SCOPE,
@@ -29,8 +28,6 @@ from tests.integration.azurite import (
     start_azurite,
     unsigned_storage_token,
 )
-
-azurite = _azurite.azurite  # the session fixture, under its own name
 
 
 class TestTableLedger(LedgerContract):

@@ -19,9 +19,6 @@ from shared.domain import Alert
 from shared.errors import ServiceRejected, TransientError
 from shared.local.outbox import SqliteOutbox
 from shared.notify import Outbox, Router, build_notifier, incident_step
-from tests.integration import azurite as _azurite
-
-azurite = _azurite.azurite  # the session fixture, under its own name
 
 
 class Clock:
