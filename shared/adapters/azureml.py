@@ -53,6 +53,9 @@ LONG_DATASTORE_URI = re.compile(
     r"workspaces/[^/]+/datastores/", re.IGNORECASE)
 MODEL_ARM_ID = re.compile(r"/models/([^/]+)/versions/([^/]+)$", re.IGNORECASE)
 MODEL_SHORT_ID = re.compile(r"^azureml:([^:/]+):([^:/]+)$")
+# MLClient copies an endpoint's systemData into its property bag when it reads it; a read-modify-PUT would store
+# them as user properties (with a stale lastModifiedAt), so they are taken out again before the PUT.
+SDK_SYSTEM_PROPERTIES = ("createdBy", "createdAt", "lastModifiedAt")
 
 
 def budget_retry_policy(budget_seconds: float = DEFAULT_BUDGET_SECONDS, **kwargs: Any):
@@ -89,7 +92,10 @@ def _retry_policy_class():
         def is_retry(self, settings, response) -> bool:
             if not super().is_retry(settings, response):
                 return False
-            wait = self.get_retry_after(response) or 0.0
+            # The wait before the next try: the service's Retry-After, else the backoff once this failure counts.
+            wait = self.get_retry_after(response) or self.get_backoff_time(
+                {**settings, "history": [*settings["history"], None]})
+            # No time for it: stop here, so the service's own answer (429/5xx and its message) reaches the caller.
             return wait < settings["deadline"] - time.monotonic()
 
         def sleep(self, settings, transport, response=None) -> None:
@@ -125,6 +131,11 @@ def build_workspace(settings: Settings, credential, **kwargs: Any) -> AzureMLWor
 
 def _tags(value: Mapping[str, object] | None) -> dict[str, str]:
     return {str(k): str(v) for k, v in (value or {}).items()}
+
+
+def _text(value: Any) -> str:
+    """An SDK enum member (e.g. DeploymentProvisioningState.SUCCEEDED) or a string, as its plain string value."""
+    return str(getattr(value, "value", value) or "")
 
 
 def _created(entity: Any):
@@ -548,7 +559,7 @@ class AzureMLWorkspace:
             self._not_busy(f"endpoint {endpoint}", entity.provisioning_state)
         current = next((d for d in self._deployments(endpoint, deadline) if d.name.lower() == deployment.lower()),
                        None)
-        if current is not None and (current.provisioning_state or "").lower() != "failed":
+        if current is not None and _text(current.provisioning_state).lower() != "failed":
             self._not_busy(f"deployment {endpoint}/{deployment}", current.provisioning_state)
             return self.get_endpoint(endpoint)  # existing deployments are kept as they are
         new_deployment = ManagedOnlineDeployment(
@@ -602,6 +613,7 @@ class AzureMLWorkspace:
         entity.traffic = dict(live)
         entity.mirror_traffic = mirror
         entity.tags = merged_tags
+        entity.properties = {k: v for k, v in (entity.properties or {}).items() if k not in SDK_SYSTEM_PROPERTIES}
         self._put(self.ml.online_endpoints.begin_create_or_update, entity, f"set traffic of {endpoint}", deadline)
         after = self.get_endpoint(endpoint)
         if after is None:
@@ -626,8 +638,8 @@ class AzureMLWorkspace:
 
     @staticmethod
     def _not_busy(what: str, state: str | None) -> None:
-        if (state or "").lower() in BUSY_STATES:
-            raise TransientError(f"{what} is still {state}: try again once Azure has finished")
+        if _text(state).lower() in BUSY_STATES:
+            raise TransientError(f"{what} is still {_text(state)}: try again once Azure has finished")
 
     def _endpoint(self, entity, deployments: list) -> Endpoint:
         live = {str(k).lower(): int(v or 0) for k, v in (entity.traffic or {}).items()}
@@ -647,4 +659,4 @@ class AzureMLWorkspace:
         model_name, model_version = (m.group(1), m.group(2)) if m else (ref, "")
         return Deployment(name=entity.name, model_name=model_name, model_version=model_version,
                           tags=_tags(entity.tags), created_at=_created(entity),
-                          state=entity.provisioning_state or "Succeeded")
+                          state=_text(entity.provisioning_state) or "Succeeded")

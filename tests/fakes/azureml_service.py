@@ -25,7 +25,8 @@ state and request log. Any other host is refused like an unreachable network (``
 
 Every request is recorded (method, host, path, api-version, query, headers, parsed JSON body) with the status it got.
 ``fail_next`` injects a fault (429 with Retry-After, 500, 409, ...) for matching requests; ``finish_job`` ends a job
-as the service would (status, logged metrics, error); ``hold_operations`` keeps long-running operations in progress.
+as the service would (status, logged metrics, error); ``hold_operations`` keeps long-running operations in progress and
+``fail_next_operation`` ends the next one Failed.
 Assumptions where the specification is silent are marked "assumed" below.
 """
 from __future__ import annotations
@@ -166,6 +167,7 @@ class FakeAzureML(HttpTransport):
         self._ids = itertools.count(1)
         self._adapter = requests.adapters.HTTPAdapter()
         self._blob_server: ThreadingHTTPServer | None = None
+        self._fail_operation: str | None = None
         self.workspace_id = str(uuid.UUID(int=0x5EED))
         self.ws_path = (f"/subscriptions/{subscription_id}/resourceGroups/{resource_group}/providers/{PROVIDER}"
                         f"/workspaces/{workspace}")
@@ -435,8 +437,10 @@ class FakeAzureML(HttpTransport):
             items = [v for k, v in self._resources.items()
                      if len(k) == 4 and k[:3] == (kind, segs[1].lower(), "versions")]
             if kind == "codes" and r.query.get("hash"):
-                items = [v for v in items if v["properties"].get("properties", {}).get("hash_sha256")
-                         == r.query["hash"]]
+                # azure-ai-ml asks under a fresh random name and reuses whatever version it gets back, so the
+                # service must match the content hash across every code asset of the workspace.
+                items = [v for k, v in self._resources.items() if k[0] == "codes" and len(k) == 4
+                         and v["properties"].get("properties", {}).get("hash_sha256") == r.query["hash"]]
             return self._page(r, items)
         if len(segs) == 4 and segs[2].lower() == "versions":
             if r.method == "GET":
@@ -605,7 +609,8 @@ class FakeAzureML(HttpTransport):
         """A PUT answered as a long-running operation with Azure-AsyncOperation (OnlineEndpoints_CreateOrUpdate)."""
         op = f"{uuid.uuid4()}"
         self._operations[op] = {"target": resource["id"], "status": "InProgress", "polls": 0,
-                                "start": self._now()}
+                                "start": self._now(), "fail": self._fail_operation}
+        self._fail_operation = None
         status_url = (f"https://{ARM_HOST}/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
                       f"/providers/{PROVIDER}/locations/{self.location}/mfeOperationsStatus/{op}"
                       f"?api-version=2023-04-01-preview")
@@ -621,27 +626,28 @@ class FakeAzureML(HttpTransport):
         entry["polls"] += 1
         body = {"id": op, "name": op, "status": entry["status"], "startTime": entry["start"]}
         if entry["status"] == "InProgress" and not self.hold_operations:
-            entry["status"] = body["status"] = "Succeeded"
+            entry["status"] = body["status"] = "Failed" if entry["fail"] else "Succeeded"
             target = self._resources.get(self._key_of(entry["target"]))
             if target is not None:
-                target["properties"]["provisioningState"] = "Succeeded"
+                target["properties"]["provisioningState"] = entry["status"]
                 self._touch(target)
         if entry["status"] != "InProgress":
             body["endTime"] = self._now()
-        if entry.get("error"):
-            body["error"] = {"code": "OperationFailed", "message": entry["error"]}
+        if entry["status"] == "Failed":
+            body["error"] = {"code": "DeploymentFailed", "message": entry["fail"]}
         return _Answer(200, body, {"retry-after-ms": str(self.lro_delay_ms)})
 
-    def fail_operations(self, message: str = "deployment failed: the container crashed") -> None:
-        """Every long-running operation still in progress ends Failed (the resource too) on its next poll."""
+    def fail_next_operation(self, message: str = "the deployment failed") -> None:
+        """The next long-running operation ends Failed on its first poll, and its resource with it."""
         with self._lock:
-            for entry in self._operations.values():
-                if entry["status"] == "InProgress":
-                    entry["status"] = "Failed"
-                    entry["error"] = message
-                    target = self._resources.get(self._key_of(entry["target"]))
-                    if target is not None:
-                        target["properties"]["provisioningState"] = "Failed"
+            self._fail_operation = message
+
+    def set_endpoint_property(self, endpoint: str, name: str, value: Any) -> None:
+        """Change an endpoint behind the adapter's back, as a person in Studio would."""
+        with self._lock:
+            resource = self._resources[("onlineendpoints", endpoint.lower())]
+            resource["properties"][name] = value
+            self._touch(resource)
 
     # --- api.azureml.ms: discovery, MLflow, RunHistory ----------------------------------------------
 

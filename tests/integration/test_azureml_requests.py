@@ -1,0 +1,572 @@
+"""What the Azure ML adapter really sends: the real MLClient against the fake Azure ML service, request by request.
+
+Each test drives the adapter through the port and then reads the fake's request log: method, path, api-version and
+the body fields that matter (job command, code, environment, compute, queue settings, model type, traffic, ...).
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from shared.adapters.azureml import (
+    MODEL_OUTPUT,
+    TRAIN_COMMAND,
+    TRAINING_CODE,
+    AzureMLWorkspace,
+    budget_retry_policy,
+    build_workspace,
+)
+from shared.config import Settings
+from shared.domain import Endpoint, JobStatus, ModelSpec, TrainingJobSpec
+from shared.errors import (
+    Conflict,
+    InvalidPayload,
+    NotFound,
+    PermanentError,
+    ServiceRejected,
+    Throttled,
+    TransientError,
+)
+from tests.fakes.azureml_service import FakeAzureML, FakeCredential
+
+LANDING_BLOB = "https://mlopsdata.blob.core.windows.net/landing/churn/1/churn.csv"
+DATA_URI = "azureml://datastores/landing/paths/churn/1/churn.csv"
+TAGS = {"mlops_owner": "mlops-automation", "mlops_data_asset": "churn", "mlops_data_version": "1"}
+
+
+@pytest.fixture
+def fake():
+    service = FakeAzureML()
+    yield service
+    service.hold_operations = False
+    service.shutdown()
+    assert service.unexpected == [], "a request left for a host the fake does not serve"
+
+
+def _settings(fake: FakeAzureML, **changes) -> Settings:
+    return Settings(backend="azure", subscription_id=fake.subscription_id, resource_group=fake.resource_group,
+                    workspace=fake.workspace, datastore="landing", compute="cpu-cluster", **changes)
+
+
+@pytest.fixture
+def ws(fake):
+    workspace = build_workspace(_settings(fake), FakeCredential(), transport=fake)
+    yield workspace
+    workspace.close()
+
+
+def _spec(name: str = "train-churn-v1-a1", **changes) -> TrainingJobSpec:
+    values = {"name": name, "asset": "churn", "data_version": "1", "attempt": 1, "tags": dict(TAGS),
+              "compute": "cpu-cluster", "max_run_seconds": 300, "experiment": "mlops-automation"}
+    values.update(changes)
+    return TrainingJobSpec(**values)
+
+
+def _endpoint_puts(fake: FakeAzureML) -> list:
+    return [r for r in fake.find("PUT") if r.path.endswith("/onlineEndpoints/churn-ep")]
+
+
+def _trained(ws: AzureMLWorkspace, fake: FakeAzureML, name: str = "train-churn-v1-a1") -> str:
+    if ws.latest_data("churn") is None:
+        ws.register_data("churn", "1", LANDING_BLOB)
+    ws.submit_training(_spec(name))
+    fake.finish_job(name, metrics={"auc": 0.81, "logloss": 0.45})
+    return name
+
+
+def _endpoint_with(ws: AzureMLWorkspace, fake: FakeAzureML, *deployments: str) -> str:
+    job = _trained(ws, fake)
+    model = ws.register_model(ModelSpec(name="churn-model", version="1.1", job_name=job, tags={}))
+    for d in deployments:
+        ws.create_deployment("churn-ep", d, model, {"mlops_owner": "mlops-automation"})
+    return "churn-ep"
+
+
+# --- data assets ---------------------------------------------------------------------------------------
+
+
+def test_register_data_puts_a_uri_file_version_on_the_landing_datastore(ws, fake):
+    asset = ws.register_data("churn", "1", LANDING_BLOB, tags={"mlops_trigger_event": "evt-1"})
+    assert asset.path == DATA_URI
+    [put] = fake.find("PUT", "/data/")
+    assert put.path == f"{fake.ws_path}/data/churn/versions/1"
+    assert put.api_version == "2023-04-01-preview"
+    props = put.json["properties"]
+    assert (props["dataType"], props["dataUri"]) == ("uri_file", DATA_URI)
+    assert props["tags"] == {"mlops_trigger_event": "evt-1"} and props["isAnonymous"] is False
+
+
+def test_a_folder_is_registered_as_uri_folder_and_a_long_datastore_uri_is_shortened(ws, fake):
+    long_form = (f"azureml://subscriptions/{fake.subscription_id}/resourcegroups/{fake.resource_group}/workspaces/"
+                 f"{fake.workspace}/datastores/landing/paths/churn/2/")
+    asset = ws.register_data("churn", "2", long_form)
+    assert asset.path == "azureml://datastores/landing/paths/churn/2/"
+    props = fake.find("PUT", "/data/churn/versions/2")[0].json["properties"]
+    assert (props["dataType"], props["dataUri"]) == ("uri_folder", "azureml://datastores/landing/paths/churn/2/")
+
+
+def test_registering_the_same_data_again_only_reads(ws, fake):
+    ws.register_data("churn", "1", LANDING_BLOB)
+    fake.requests.clear()
+    again = ws.register_data("churn", "1", DATA_URI)
+    assert again.path == DATA_URI
+    assert [(r.method, r.status) for r in fake.requests] == [("GET", 200)]
+
+
+def test_another_path_for_an_existing_version_conflicts_without_writing(ws, fake):
+    ws.register_data("churn", "1", LANDING_BLOB)
+    fake.requests.clear()
+    with pytest.raises(Conflict):
+        ws.register_data("churn", "1", "azureml://datastores/landing/paths/churn/1/other.csv")
+    assert fake.find("PUT") == []
+
+
+def test_a_blob_outside_the_landing_container_or_a_local_path_is_rejected_before_any_request(ws, fake):
+    with pytest.raises(InvalidPayload):
+        ws.register_data("churn", "1", "https://mlopsdata.blob.core.windows.net/other/churn/1/churn.csv")
+    with pytest.raises(InvalidPayload):
+        ws.register_data("churn", "1", "/tmp/churn.csv")
+    assert fake.requests == []
+
+
+def test_latest_data_reads_the_container_then_that_version(ws, fake):
+    assert ws.latest_data("churn") is None
+    ws.register_data("churn", "9", DATA_URI)
+    ws.register_data("churn", "10", DATA_URI)
+    fake.requests.clear()
+    assert ws.latest_data("churn").version == "10"
+    assert [r.path.removeprefix(fake.ws_path) for r in fake.requests] == ["/data/churn", "/data/churn/versions/10"]
+
+
+# --- jobs ----------------------------------------------------------------------------------------------
+
+
+def test_submit_training_sends_a_command_job_that_runs_train_py_like_the_embedded_backend(ws, fake):
+    ws.register_data("churn", "1", LANDING_BLOB)
+    job = ws.submit_training(_spec())
+    assert job.name == "train-churn-v1-a1" and job.status is JobStatus.QUEUED
+    assert job.url.startswith("https://ml.azure.com/runs/train-churn-v1-a1")
+    [put] = fake.find("PUT", "/jobs/")
+    assert put.path == f"{fake.ws_path}/jobs/train-churn-v1-a1"
+    assert put.api_version == "2025-01-01-preview"
+    props = put.json["properties"]
+    assert props["jobType"] == "Command"
+    assert props["command"] == TRAIN_COMMAND
+    assert props["command"].startswith("python train.py --data ${{inputs.data}} --output ${{outputs.output}}")
+    assert props["inputs"] == {"data": {"jobInputType": "uri_file",
+                                        "uri": f"{fake.ws_path}/data/churn/versions/1"}}
+    assert props["outputs"] == {"output": {"jobOutputType": "uri_folder"},
+                                MODEL_OUTPUT: {"jobOutputType": "mlflow_model"}}
+    assert props["environmentId"] == Settings().environment
+    assert props["computeId"] == f"{fake.ws_path}/computes/cpu-cluster"
+    assert props["experimentName"] == "mlops-automation" and props["displayName"] == "train-churn-v1-a1"
+    assert props["tags"] == TAGS
+    assert props["limits"] == {"jobLimitsType": "Command", "timeout": "PT5M"}
+    assert "queueSettings" not in props  # dedicated nodes unless low priority is asked for
+    # The code is the shared/training folder, uploaded before the job names it by its code version id.
+    [code_put] = fake.find("PUT", "/codes/")
+    assert props["codeId"] == code_put.path and code_put.api_version == "2023-04-01"
+
+
+def test_the_training_code_is_uploaded_through_a_pending_upload_sas(ws, fake):
+    ws.register_data("churn", "1", LANDING_BLOB)
+    ws.submit_training(_spec())
+    [hashes] = fake.find("GET", "/codes/")
+    assert hashes.path.endswith("/versions") and hashes.query["hash"] and hashes.query["hashVersion"]
+    [pending] = fake.find("POST", "/startPendingUpload")
+    assert pending.api_version == "2023-04-01"
+    assert pending.json == {"pendingUploadType": "TemporaryBlobReference"}
+    blob_puts = [r for r in fake.find("PUT", host="127.0.0.1") if r.query.get("comp") != "metadata"]
+    uploaded = {r.path.rsplit("/", 1)[1] for r in blob_puts}
+    assert {"train.py", "score.py"} <= uploaded
+    assert all(r.query.get("sig") for r in blob_puts), "the upload must carry the SAS the service handed out"
+    train_put = next(r for r in blob_puts if r.path.endswith("/train.py"))
+    assert train_put.body == (TRAINING_CODE / "train.py").read_bytes()
+    code = fake.find("PUT", "/codes/")[0].json["properties"]
+    assert code["codeUri"].endswith("/training") and code["isAnonymous"] is True
+    assert code["properties"]["hash_sha256"] == hashes.query["hash"]
+
+
+def test_a_second_job_with_the_same_code_reuses_the_uploaded_code_version(ws, fake):
+    ws.register_data("churn", "1", LANDING_BLOB)
+    ws.submit_training(_spec("train-churn-v1-a1"))
+    ws.submit_training(_spec("train-churn-v1-a2", attempt=2))
+    assert len(fake.find("POST", "/startPendingUpload")) == 1
+    codes = {r.json["properties"]["codeId"] for r in fake.find("PUT", "/jobs/")}
+    assert len(codes) == 1
+
+
+def test_low_priority_jobs_ask_for_the_spot_tier(fake):
+    ws = build_workspace(_settings(fake, low_priority=True), FakeCredential(), transport=fake)
+    ws.register_data("churn", "1", LANDING_BLOB)
+    ws.submit_training(_spec(max_run_seconds=7200))
+    props = fake.find("PUT", "/jobs/")[0].json["properties"]
+    assert props["queueSettings"] == {"jobTier": "Spot"}
+    assert props["limits"]["timeout"] == "PT2H"
+
+
+def test_resubmitting_a_job_name_only_reads_it(ws, fake):
+    ws.register_data("churn", "1", LANDING_BLOB)
+    ws.submit_training(_spec())
+    fake.requests.clear()
+    again = ws.submit_training(_spec(tags={**TAGS, "mlops_attempt": "9"}))
+    assert again.tags == TAGS
+    assert [(r.method, r.path.removeprefix(fake.ws_path), r.api_version) for r in fake.requests] == [
+        ("GET", "/jobs/train-churn-v1-a1", "2024-01-01-preview")]
+
+
+def test_a_create_that_loses_a_race_resolves_to_the_existing_job(ws, fake):
+    ws.register_data("churn", "1", LANDING_BLOB)
+    ws.submit_training(_spec())  # the other worker's job
+    fake.requests.clear()
+    fake.fail_next(404, method="GET", path_contains="/jobs/train-churn-v1-a1")  # it was not there yet when we looked
+    job = ws.submit_training(_spec(tags={"mlops_attempt": "2"}))
+    assert job.tags == TAGS
+    assert [(r.method, r.status) for r in fake.requests if "/jobs/" in r.path] == [
+        ("GET", 404), ("PUT", 409), ("GET", 200)]
+
+
+def test_submitting_on_a_missing_data_version_creates_nothing(ws, fake):
+    with pytest.raises(NotFound):
+        ws.submit_training(_spec())
+    assert fake.find("PUT") == [] and fake.find("POST") == []
+
+
+@pytest.mark.parametrize(("service", "port"), [
+    ("NotStarted", JobStatus.QUEUED), ("Queued", JobStatus.QUEUED), ("Preparing", JobStatus.RUNNING),
+    ("Running", JobStatus.RUNNING), ("Finalizing", JobStatus.RUNNING), ("Completed", JobStatus.COMPLETED),
+    ("Failed", JobStatus.FAILED), ("Canceled", JobStatus.CANCELED), ("CancelRequested", JobStatus.CANCELED),
+])
+def test_azure_ml_job_statuses_map_onto_the_port(ws, fake, service, port):
+    ws.register_data("churn", "1", LANDING_BLOB)
+    ws.submit_training(_spec())
+    fake.set_job_status("train-churn-v1-a1", service)
+    assert ws.get_job("train-churn-v1-a1").status is port
+
+
+def test_a_failed_job_carries_the_run_error_found_through_workspace_discovery(ws, fake):
+    ws.register_data("churn", "1", LANDING_BLOB)
+    ws.submit_training(_spec())
+    fake.finish_job("train-churn-v1-a1", "Failed", error="The low priority node was preempted")
+    fake.requests.clear()
+    job = ws.get_job("train-churn-v1-a1")
+    assert job.status is JobStatus.FAILED and job.error == "The low priority node was preempted"
+    assert [(r.host, r.path.replace(fake.ws_path, "{ws}"), r.api_version) for r in fake.requests] == [
+        ("management.azure.com", "{ws}/jobs/train-churn-v1-a1", "2024-01-01-preview"),
+        ("management.azure.com", "{ws}", "2024-10-01-preview"),
+        (f"{fake.location}.api.azureml.ms", "/discovery", None),
+        (f"{fake.location}.api.azureml.ms", "/history/v1.0{ws}/runs/train-churn-v1-a1", None)]
+    assert all(r.headers.get("Authorization") == "Bearer fake-token-for-tests" for r in fake.requests)
+
+
+def test_run_metrics_come_from_the_mlflow_tracking_uri_of_the_workspace(ws, fake):
+    name = _trained(ws, fake)
+    fake.requests.clear()
+    assert ws.get_run_metrics(name) == {"auc": 0.81, "logloss": 0.45}
+    mlflow = fake.requests[-1]
+    assert mlflow.host == f"{fake.location}.api.azureml.ms"
+    assert mlflow.path == f"/mlflow/v1.0{fake.ws_path}/api/2.0/mlflow/runs/get"
+    assert mlflow.query == {"run_id": name}
+    fake.requests.clear()
+    ws.get_run_metrics(name)
+    assert len(fake.requests) == 1, "the tracking URI is looked up once"
+
+
+def test_a_run_that_logged_nothing_is_a_permanent_error(ws, fake):
+    ws.register_data("churn", "1", LANDING_BLOB)
+    ws.submit_training(_spec())
+    fake.finish_job("train-churn-v1-a1", "Completed", metrics={})
+    with pytest.raises(PermanentError, match="logged no metrics"):
+        ws.get_run_metrics("train-churn-v1-a1")
+
+
+def test_list_jobs_filters_by_tag_key_on_the_service_and_pages_through_next_links(fake):
+    fake.page_size = 2
+    ws = build_workspace(_settings(fake), FakeCredential(), transport=fake)
+    ws.register_data("churn", "1", LANDING_BLOB)
+    names = [f"train-churn-v1-a{i}" for i in range(1, 6)]
+    for i, name in enumerate(names, start=1):
+        ws.submit_training(_spec(name, tags={**TAGS, "mlops_attempt": str(i)}))
+    fake.finish_job(names[1], "Failed")
+    fake.requests.clear()
+    listed = ws.list_jobs(tags={"mlops_data_asset": "churn", "mlops_data_version": "1"})
+    assert [j.name for j in listed] == list(reversed(names))
+    first, *rest = fake.find("GET", "/jobs")
+    assert first.api_version == "2024-01-01-preview" and first.query["tag"] == "mlops_data_asset"
+    assert len(rest) == 2 and all(r.query.get("$skipToken") for r in rest)
+    assert [j.name for j in ws.list_jobs(status=[JobStatus.FAILED], tags={"mlops_data_asset": "churn"})] == [names[1]]
+    assert ws.list_jobs(tags={"mlops_data_asset": "churn", "mlops_attempt": "3"})[0].name == names[2]
+
+
+# --- models --------------------------------------------------------------------------------------------
+
+
+def test_register_model_puts_an_mlflow_model_from_the_job_model_output(ws, fake):
+    job = _trained(ws, fake)
+    fake.requests.clear()
+    model = ws.register_model(ModelSpec(name="churn-model", version="1.1", job_name=job,
+                                        tags={"metric_auc": "0.81"}, description="trained by " + job))
+    assert (model.name, model.version, model.tags) == ("churn-model", "1.1", {"metric_auc": "0.81"})
+    [put] = fake.find("PUT")
+    assert put.path == f"{fake.ws_path}/models/churn-model/versions/1.1"
+    assert put.api_version == "2023-08-01-preview"
+    props = put.json["properties"]
+    assert props["modelType"] == "mlflow_model"
+    assert props["modelUri"] == f"azureml://jobs/{job}/outputs/{MODEL_OUTPUT}"
+    assert props["tags"] == {"metric_auc": "0.81"} and props["description"] == "trained by " + job
+    assert props["properties"] == {"mlops_job": job}
+
+
+def test_a_model_of_an_unfinished_job_is_not_registered(ws, fake):
+    ws.register_data("churn", "1", LANDING_BLOB)
+    ws.submit_training(_spec())
+    fake.set_job_status("train-churn-v1-a1", "Running")
+    with pytest.raises(Conflict, match="no model output"):
+        ws.register_model(ModelSpec(name="churn-model", version="1.1", job_name="train-churn-v1-a1", tags={}))
+    assert fake.find("PUT", "/models/") == []
+
+
+def test_re_registering_a_model_version_only_reads(ws, fake):
+    job = _trained(ws, fake)
+    ws.register_model(ModelSpec(name="churn-model", version="1.1", job_name=job, tags={"a": "1"}))
+    fake.requests.clear()
+    again = ws.register_model(ModelSpec(name="churn-model", version="1.1", job_name=job, tags={"a": "2"}))
+    assert again.tags == {"a": "1"}
+    assert fake.find("PUT") == []
+
+
+def test_tag_model_puts_the_merged_tags_back(ws, fake):
+    job = _trained(ws, fake)
+    ws.register_model(ModelSpec(name="churn-model", version="1.1", job_name=job, tags={"mlops_gate": "approved"}))
+    fake.requests.clear()
+    ws.tag_model("churn-model", "1.1", {"mlops_rolled_back": "true"})
+    [put] = fake.find("PUT")
+    assert put.json["properties"]["tags"] == {"mlops_gate": "approved", "mlops_rolled_back": "true"}
+    assert put.json["properties"]["modelUri"] == f"azureml://jobs/{job}/outputs/{MODEL_OUTPUT}"
+    fake.requests.clear()
+    ws.tag_model("churn-model", "1.1", {"mlops_rolled_back": "true"})
+    assert fake.find("PUT") == [], "tags already there: nothing to write"
+
+
+# --- endpoints -----------------------------------------------------------------------------------------
+
+
+def test_create_deployment_creates_a_managed_endpoint_then_the_deployment_and_waits_for_both(ws, fake):
+    job = _trained(ws, fake)
+    model = ws.register_model(ModelSpec(name="churn-model", version="1.1", job_name=job, tags={}))
+    fake.requests.clear()
+    endpoint = ws.create_deployment("churn-ep", "v1-1", model, {"mlops_owner": "mlops-automation"})
+    puts = fake.find("PUT")
+    assert [(r.path.removeprefix(fake.ws_path), r.api_version) for r in puts] == [
+        ("/onlineEndpoints/churn-ep", "2022-02-01-preview"),
+        ("/onlineEndpoints/churn-ep/deployments/v1-1", "2023-04-01-preview")]
+    ep_body, dep_body = puts[0].json, puts[1].json
+    assert ep_body["location"] == fake.location and ep_body["properties"]["authMode"] == "Key"
+    assert ep_body["properties"]["traffic"] == {} and ep_body["tags"] == {"mlops_owner": "mlops-automation"}
+    assert dep_body["properties"]["model"] == f"{fake.ws_path}/models/churn-model/versions/1.1"
+    assert dep_body["properties"]["instanceType"] == "Standard_DS3_v2"
+    assert dep_body["properties"]["endpointComputeType"] == "Managed"
+    assert dep_body["sku"]["capacity"] == 1 and dep_body["tags"] == {"mlops_owner": "mlops-automation"}
+    polls = fake.find("GET", "/mfeOperationsStatus/")
+    assert len(polls) == 2, "each long-running operation was polled to its end"
+    assert endpoint.traffic == {"v1-1": 0}
+    assert endpoint.deployment("v1-1").state == "Succeeded"
+    assert (endpoint.deployment("v1-1").model_name, endpoint.deployment("v1-1").model_version) == ("churn-model", "1.1")
+
+
+def test_set_traffic_for_a_rollback_ends_with_exactly_the_split_including_the_zero(ws, fake):
+    endpoint = _endpoint_with(ws, fake, "v1-1", "v2-1")
+    ws.set_traffic(endpoint, {"v1-1": 10, "v2-1": 90})
+    fake.requests.clear()
+    got = ws.set_traffic(endpoint, {"v1-1": 100, "v2-1": 0}, tags={"mlops_traffic_changed_at": "2026-01-01"},
+                         deployment_tags={"v2-1": {"mlops_rolled_back": "true"}})
+    assert got.traffic == {"v1-1": 100, "v2-1": 0}
+    assert ws.get_endpoint(endpoint).traffic == {"v1-1": 100, "v2-1": 0}
+    [ep_put] = _endpoint_puts(fake)
+    # MLClient drops 0% entries from the body: the service reads a missing name as 0%, which is the split asked for.
+    assert ep_put.json["properties"]["traffic"] == {"v1-1": 100}
+    assert ep_put.json["tags"]["mlops_traffic_changed_at"] == "2026-01-01"
+    assert fake.resource("onlineEndpoints", "churn-ep")["properties"]["traffic"] == {"v1-1": 100}
+    assert got.deployment("v2-1").tags["mlops_rolled_back"] == "true"
+    order = [r.path.rsplit("/", 1)[1] for r in fake.find("PUT")]
+    assert order == ["v2-1", "churn-ep"], "deployment tags first, then the traffic"
+
+
+def test_create_deployment_after_a_split_keeps_the_split_and_adds_the_new_one_at_zero(ws, fake):
+    endpoint = _endpoint_with(ws, fake, "v1-1")
+    ws.set_traffic(endpoint, {"v1-1": 100})
+    model = ws.get_model("churn-model", "1.1")
+    got = ws.create_deployment(endpoint, "v2-1", model, {})
+    assert got.traffic == {"v1-1": 100, "v2-1": 0}
+    assert len(_endpoint_puts(fake)) == 2, "created once, written once for the split, not again for v2-1"
+
+
+def test_mirror_traffic_is_kept_but_never_to_a_deployment_that_now_serves_live(ws, fake):
+    endpoint = _endpoint_with(ws, fake, "v1-1", "v2-1", "v3-1")
+    ws.set_traffic(endpoint, {"v1-1": 100})
+    # Someone mirrors 10% to v3-1 by hand (Studio); the automation keeps it while v3-1 serves no live traffic.
+    fake.set_endpoint_property("churn-ep", "mirrorTraffic", {"v3-1": 10})
+    got = ws.set_traffic(endpoint, {"v1-1": 90, "v2-1": 10})
+    assert got.mirror_traffic == {"v3-1": 10} and got.traffic == {"v1-1": 90, "v2-1": 10, "v3-1": 0}
+    assert _endpoint_puts(fake)[-1].json["properties"]["mirrorTraffic"] == {"v3-1": 10}
+    got = ws.set_traffic(endpoint, {"v1-1": 50, "v3-1": 50})
+    assert got.mirror_traffic == {} and got.traffic == {"v1-1": 50, "v2-1": 0, "v3-1": 50}
+    assert _endpoint_puts(fake)[-1].json["properties"]["mirrorTraffic"] == {}
+
+
+def test_the_endpoint_put_does_not_carry_system_data_as_user_properties(ws, fake):
+    endpoint = _endpoint_with(ws, fake, "v1-1")
+    ws.set_traffic(endpoint, {"v1-1": 100})
+    last = _endpoint_puts(fake)[-1]
+    assert not {"createdBy", "createdAt", "lastModifiedAt"} & set(last.json["properties"].get("properties", {}))
+
+
+def test_a_split_the_service_did_not_apply_is_reported_as_transient(fake):
+    class Lossy(FakeAzureML):
+        def _put_endpoint(self, r, segs):
+            answer = super()._put_endpoint(r, segs)
+            self._resources[("onlineendpoints", segs[1].lower())]["properties"]["traffic"] = {}
+            return answer
+
+    lossy = Lossy()
+    try:
+        ws = build_workspace(_settings(lossy), FakeCredential(), transport=lossy)
+        endpoint = _endpoint_with(ws, lossy, "v1-1")
+        with pytest.raises(TransientError, match="after the update"):
+            ws.set_traffic(endpoint, {"v1-1": 100})
+    finally:
+        lossy.shutdown()
+
+
+def test_a_deployment_still_creating_after_the_time_limit_is_transient_and_found_on_redelivery(ws, fake):
+    ws.lro_timeout = 0.3
+    job = _trained(ws, fake)
+    model = ws.register_model(ModelSpec(name="churn-model", version="1.1", job_name=job, tags={}))
+    fake.hold_operations = True
+    started = time.monotonic()
+    with pytest.raises(TransientError, match="create endpoint churn-ep"):
+        ws.create_deployment("churn-ep", "v1-1", model, {})
+    assert time.monotonic() - started < 2.0
+    with pytest.raises(TransientError, match="still Creating"):  # the redelivered event, while Azure works on it
+        ws.create_deployment("churn-ep", "v1-1", model, {})
+    assert len(_endpoint_puts(fake)) == 1
+    fake.hold_operations = False
+    deadline = time.monotonic() + 5
+    while fake.resource("onlineEndpoints", "churn-ep")["properties"]["provisioningState"] != "Succeeded":
+        assert time.monotonic() < deadline, "the background poller never finished the operation"
+        time.sleep(0.01)
+    endpoint = ws.create_deployment("churn-ep", "v1-1", model, {})
+    assert endpoint.traffic == {"v1-1": 0}
+    assert len(_endpoint_puts(fake)) == 1 and len(fake.find("PUT", "/deployments/v1-1")) == 1
+
+
+def test_a_failed_deployment_operation_is_a_permanent_error_with_the_service_message(ws, fake):
+    job = _trained(ws, fake)
+    model = ws.register_model(ModelSpec(name="churn-model", version="1.1", job_name=job, tags={}))
+    ws.create_deployment("churn-ep", "v1-1", model, {})
+    fake.fail_next_operation("ResourceNotReady: the scoring container crashed")
+    with pytest.raises(PermanentError, match="scoring container crashed"):
+        ws.create_deployment("churn-ep", "v2-1", model, {})
+    assert ws.get_endpoint("churn-ep").deployment("v2-1").state == "Failed"
+
+
+def test_list_endpoints_returns_each_with_its_deployments(ws, fake):
+    assert ws.list_endpoints() == []
+    endpoint = _endpoint_with(ws, fake, "v1-1")
+    [listed] = ws.list_endpoints()
+    assert isinstance(listed, Endpoint) and listed.name == endpoint and [d.name for d in listed.deployments] == ["v1-1"]
+    assert fake.find("GET", "/onlineEndpoints")[0].api_version == "2022-02-01-preview"
+
+
+# --- errors --------------------------------------------------------------------------------------------
+
+
+def test_a_429_with_a_long_retry_after_is_throttled_at_once_with_the_wait(ws, fake):
+    fake.fail_next(429, method="GET", path_contains="/jobs/", retry_after=30, message="Too many requests")
+    started = time.monotonic()
+    with pytest.raises(Throttled) as caught:
+        ws.get_job("train-churn-v1-a1")
+    assert time.monotonic() - started < 1.0, "a Retry-After past the budget must not be slept"
+    assert caught.value.retry_after is not None and 0 < caught.value.retry_after <= 30
+    assert len(fake.find("GET", "/jobs/")) == 1 and fake.slept == []
+
+
+def test_a_short_retry_after_is_honoured_by_the_sdk_and_the_call_succeeds(ws, fake):
+    ws.register_data("churn", "1", LANDING_BLOB)
+    fake.requests.clear()
+    fake.fail_next(429, method="GET", path_contains="/data/churn/versions/1", retry_after=0.05)
+    assert ws.get_data("churn", "1").version == "1"
+    assert [r.status for r in fake.find("GET", "/data/churn/versions/1")] == [429, 200]
+    assert fake.slept == [0.05]
+
+
+def test_throttling_never_spins_past_the_time_budget(fake):
+    ws = build_workspace(_settings(fake), FakeCredential(), transport=fake, retry_policy=budget_retry_policy(1.0))
+    fake.fail_next(429, method="GET", retry_after=0.3, times=50)
+    started = time.monotonic()
+    with pytest.raises(Throttled):
+        ws.get_job("train-churn-v1-a1")
+    assert time.monotonic() - started < 1.5
+    assert sum(fake.slept) <= 1.0 and 2 <= len(fake.find("GET")) <= 4
+
+
+def test_server_errors_are_retried_within_the_budget_then_transient(fake):
+    policy = budget_retry_policy(1.0, retry_backoff_factor=0.1)  # waits 0, 0.2 and 0.4 s between the tries
+    ws = build_workspace(_settings(fake), FakeCredential(), transport=fake, retry_policy=policy)
+    fake.fail_next(500, method="GET", times=50, message="Internal server error")
+    started = time.monotonic()
+    with pytest.raises(TransientError) as caught:
+        ws.get_model("churn-model", "1.1")
+    assert not isinstance(caught.value, Throttled)
+    assert time.monotonic() - started < 1.5
+    assert len(fake.find("GET")) == 4, "the first try and three retries"
+    assert "Internal server error" in str(caught.value), "the service's own message is kept"
+
+
+def test_backoff_that_would_outlast_the_budget_is_not_started(fake):
+    ws = build_workspace(_settings(fake), FakeCredential(), transport=fake, retry_policy=budget_retry_policy(1.0))
+    fake.fail_next(503, method="GET", times=50, message="Service unavailable")
+    started = time.monotonic()
+    with pytest.raises(Throttled, match="Service unavailable"):
+        ws.get_model("churn-model", "1.1")
+    # Backoffs 0 then 1.0 s: the second would reach the 1 s budget, so the 503 is answered after two tries.
+    assert time.monotonic() - started < 0.5 and len(fake.find("GET")) == 2
+
+
+def test_a_404_is_not_found(ws, fake):
+    with pytest.raises(NotFound):
+        ws.get_model("churn-model", "1.1")
+    with pytest.raises(NotFound):
+        ws.get_job("train-no-such-job")
+    assert ws.get_endpoint("no-such-endpoint") is None
+
+
+def test_a_400_is_rejected_with_the_service_message_and_not_retried(ws, fake):
+    ws.register_data("churn", "1", LANDING_BLOB)
+    fake.fail_next(400, method="PUT", path_contains="/jobs/", code="UserError",
+                   message="Compute cpu-cluster is not found in the workspace")
+    with pytest.raises(ServiceRejected) as caught:
+        ws.submit_training(_spec())
+    assert caught.value.status == 400
+    assert "Compute cpu-cluster is not found in the workspace" in str(caught.value)
+    assert len(fake.find("PUT", "/jobs/")) == 1
+
+
+def test_a_409_on_an_endpoint_update_means_an_operation_is_running_and_is_transient(ws, fake):
+    endpoint = _endpoint_with(ws, fake, "v1-1")
+    fake.fail_next(409, method="PUT", path_contains="/onlineEndpoints/churn-ep", code="Conflict",
+                   message="There is an operation in progress on the endpoint")
+    with pytest.raises(TransientError, match="operation in progress"):
+        ws.set_traffic(endpoint, {"v1-1": 100})
+
+
+def test_every_request_carried_the_bearer_token_and_stayed_on_the_fake(ws, fake):
+    endpoint = _endpoint_with(ws, fake, "v1-1")
+    ws.set_traffic(endpoint, {"v1-1": 100})
+    ws.get_run_metrics("train-churn-v1-a1")
+    hosts = {r.host for r in fake.requests}
+    assert hosts == {"management.azure.com", "127.0.0.1", f"{fake.location}.api.azureml.ms"}
+    for r in fake.requests:
+        if r.host != "127.0.0.1":  # blob requests authenticate with the SAS in their query instead
+            assert r.headers.get("Authorization") == "Bearer fake-token-for-tests", r
