@@ -591,6 +591,7 @@ class AzureMLWorkspace:
             self._not_busy(f"deployment {endpoint}/{d.name}", d.provisioning_state)
         # Deployment tags first: if the traffic change then fails, the redelivered event still sees the old split
         # and does the whole change again; the other order could leave a new split whose tags never follow.
+        tagged = False
         for name, extra in (deployment_tags or {}).items():
             current = deployments[name.lower()]
             merged = {**_tags(current.tags), **_tags(extra)}
@@ -598,16 +599,24 @@ class AzureMLWorkspace:
                 current.tags = merged
                 self._put(self.ml.online_deployments.begin_create_or_update, current,
                           f"tag deployment {endpoint}/{current.name}", deadline)
+                tagged = True
         split = {deployments[n.lower()].name: int(v) for n, v in traffic.items()}
         live = {n: v for n, v in split.items() if v}
         # Live traffic wins over mirroring: the service refuses a deployment that would get both.
-        mirror = {n: int(v) for n, v in (entity.mirror_traffic or {}).items() if int(v or 0)
-                  and not any(n.lower() == k.lower() for k in live)}
+        canonical = {k: d.name for k, d in deployments.items()}
+        mirror = {canonical.get(n.lower(), n): int(v) for n, v in (entity.mirror_traffic or {}).items()
+                  if int(v or 0) and not any(n.lower() == k.lower() for k in live)}
         dropped = {n for n, v in (entity.mirror_traffic or {}).items() if int(v or 0)} - set(mirror)
         if dropped:
             logger.warning("endpoint %s: mirror traffic to %s stopped, it now serves live traffic", endpoint,
                            ", ".join(sorted(dropped)))
         merged_tags = {**_tags(entity.tags), **_tags(tags)}
+        before = self._endpoint(entity, list(deployments.values()))
+        unchanged = ({n: v for n, v in before.traffic.items() if v} == live and before.mirror_traffic == mirror
+                     and before.tags == merged_tags)
+        if unchanged:  # a redelivered change: the endpoint already is what was asked, so no second operation
+            logger.info("traffic of %s already is %s", endpoint, live)
+            return self.get_endpoint(endpoint) if tagged else before
         # MLClient drops 0% entries and lower-cases names in place before the PUT; a name absent from the map
         # serves 0%, which is exactly the split asked for. The read-back below proves it.
         entity.traffic = dict(live)

@@ -5,7 +5,10 @@ the body fields that matter (job command, code, environment, compute, queue sett
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -393,6 +396,15 @@ def test_set_traffic_for_a_rollback_ends_with_exactly_the_split_including_the_ze
     assert order == ["v2-1", "churn-ep"], "deployment tags first, then the traffic"
 
 
+def test_setting_the_split_the_endpoint_already_has_writes_nothing(ws, fake):
+    endpoint = _endpoint_with(ws, fake, "v1-1", "v2-1")
+    ws.set_traffic(endpoint, {"v1-1": 90, "v2-1": 10}, tags={"a": "1"})
+    fake.requests.clear()
+    got = ws.set_traffic(endpoint, {"v2-1": 10, "v1-1": 90}, tags={"a": "1"})  # the redelivered event
+    assert got.traffic == {"v1-1": 90, "v2-1": 10}
+    assert fake.find("PUT") == [] and {r.method for r in fake.requests} == {"GET"}
+
+
 def test_create_deployment_after_a_split_keeps_the_split_and_adds_the_new_one_at_zero(ws, fake):
     endpoint = _endpoint_with(ws, fake, "v1-1")
     ws.set_traffic(endpoint, {"v1-1": 100})
@@ -559,6 +571,26 @@ def test_a_409_on_an_endpoint_update_means_an_operation_is_running_and_is_transi
                    message="There is an operation in progress on the endpoint")
     with pytest.raises(TransientError, match="operation in progress"):
         ws.set_traffic(endpoint, {"v1-1": 100})
+
+
+def test_the_sdks_own_discovery_lookup_stays_on_the_fake_transport(ws, fake):
+    # Not on the adapter's path (it reads run errors itself), but MLClient's RunHistory client finds its host
+    # through the workspace's discoveryUrl: proof that this client honours the transport too.
+    ws.register_data("churn", "1", LANDING_BLOB)
+    ws.submit_training(_spec())
+    fake.requests.clear()
+    run = ws.ml.jobs._runs_operations.get_run("train-churn-v1-a1")
+    assert run.run_id == "train-churn-v1-a1"
+    assert [(r.host, r.path.replace(fake.ws_path, "{ws}")) for r in fake.requests] == [
+        ("management.azure.com", "{ws}"), (f"{fake.location}.api.azureml.ms", "/discovery"),
+        (f"{fake.location}.api.azureml.ms", "/history/v1.0{ws}/runs/train-churn-v1-a1")]
+
+
+def test_importing_the_adapter_does_not_load_azure_ai_ml():
+    code = "import sys, shared.adapters.azureml; print(any(m.startswith('azure') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "False"
 
 
 def test_every_request_carried_the_bearer_token_and_stayed_on_the_fake(ws, fake):
