@@ -8,6 +8,9 @@ from shared.config import Settings
 from tests.contract.workspace_contract import WorkspaceContract
 from tests.fakes.azureml_service import FakeAzureML, FakeCredential
 
+# azure-ai-ml builds its marshmallow schemas with options marshmallow 4 drops: not ours to fix, only noise.
+pytestmark = pytest.mark.filterwarnings("ignore::marshmallow.warnings.RemovedInMarshmallow4Warning")
+
 
 class TestAzureMLWorkspace(WorkspaceContract):
     @pytest.fixture

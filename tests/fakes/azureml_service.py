@@ -32,7 +32,6 @@ Assumptions where the specification is silent are marked "assumed" below.
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import logging
 import re
@@ -153,6 +152,9 @@ class FakeAzureML(HttpTransport):
         self.page_size = page_size
         self.lro_delay_ms = lro_delay_ms
         self.hold_operations = False  # True: long-running operations stay InProgress until released
+        # True: data versions come back in the long datastore URI form (azureml://subscriptions/.../datastores/...);
+        # assumed possible (Studio shows that form), so the adapter must treat both forms as one path.
+        self.long_data_uris = False
         self.requests: list[Recorded] = []
         self.unexpected: list[str] = []  # URLs on hosts the fake does not serve
         self.slept: list[float] = []  # every wait azure-core asked this transport for (retries, LRO polls)
@@ -164,7 +166,6 @@ class FakeAzureML(HttpTransport):
         self._errors: dict[str, str] = {}
         self._blobs: dict[tuple[str, str], _Blob] = {}
         self._last_time = datetime.now(timezone.utc)
-        self._ids = itertools.count(1)
         self._adapter = requests.adapters.HTTPAdapter()
         self._blob_server: ThreadingHTTPServer | None = None
         self._fail_operation: str | None = None
@@ -452,6 +453,10 @@ class FakeAzureML(HttpTransport):
     def _put_version(self, r: Recorded, kind: str, segs: list[str]) -> _Answer:
         props = dict(r.json.get("properties") or {})
         uri_key = _ASSET_KINDS[kind]
+        short = "azureml://datastores/"
+        if kind == "data" and self.long_data_uris and str(props.get(uri_key, "")).startswith(short):
+            props[uri_key] = (f"azureml://subscriptions/{self.subscription_id}/resourcegroups/{self.resource_group}"
+                              f"/workspaces/{self.workspace}/datastores/" + props[uri_key][len(short):])
         existing = self._resources.get(tuple(s.lower() for s in segs))
         if existing is not None:
             old = existing["properties"].get(uri_key)
