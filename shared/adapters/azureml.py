@@ -271,7 +271,12 @@ class AzureMLWorkspace:
         return self._asset(entity)
 
     def _asset(self, entity) -> DataAsset:
-        return DataAsset(name=entity.name, version=str(entity.version), path=self.datastore_uri(entity.path),
+        # Reading never refuses a path (someone may have registered any URI by hand); only the long datastore form
+        # is shortened, so the same location always compares equal.
+        path = entity.path or ""
+        if LONG_DATASTORE_URI.match(path):
+            path = "azureml://datastores/" + LONG_DATASTORE_URI.sub("", path)
+        return DataAsset(name=entity.name, version=str(entity.version), path=path,
                          tags=_tags(entity.tags), created_at=_created(entity))
 
     # --- jobs ----------------------------------------------------------------------------------------

@@ -145,6 +145,19 @@ def test_a_blob_outside_the_landing_container_or_a_local_path_is_rejected_before
     assert fake.requests == []
 
 
+def test_a_version_registered_by_hand_with_any_uri_can_still_be_read(ws, fake):
+    ws.ml.data.create_or_update(_hand_made_data("https://elsewhere.blob.core.windows.net/other/x.csv"))
+    assert ws.get_data("manual", "1").path == "https://elsewhere.blob.core.windows.net/other/x.csv"
+    with pytest.raises(Conflict):  # and it is still immutable through the port
+        ws.register_data("manual", "1", DATA_URI)
+
+
+def _hand_made_data(path: str):
+    from azure.ai.ml.entities import Data
+
+    return Data(name="manual", version="1", type="uri_file", path=path)
+
+
 def test_latest_data_reads_the_container_then_that_version(ws, fake):
     assert ws.latest_data("churn") is None
     ws.register_data("churn", "9", DATA_URI)
