@@ -172,6 +172,7 @@ class AzureMLWorkspace:
         self._credential = credential if credential is not None else getattr(ml_client, "_credential", None)
         self._transport = transport if transport is not None else getattr(ml_client, "_kwargs", {}).get("transport")
         self._rest = None
+        self._metrics = None
         self._urls: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -199,6 +200,8 @@ class AzureMLWorkspace:
     def close(self) -> None:
         if self._rest is not None:
             self._rest.close()
+        if self._metrics is not None:
+            self._metrics.close()
 
     # --- data assets ---------------------------------------------------------------------------------
 
@@ -364,20 +367,27 @@ class AzureMLWorkspace:
                    created_at=_created(job), url=getattr(job, "studio_url", None) or "")
 
     def get_run_metrics(self, job_name: str) -> dict[str, float]:
-        """The last value of every metric the run logged to MLflow (Azure ML's tracking server)."""
-        deadline = self._deadline()
-        run = self._rest_get(f"{self._mlflow_base(deadline)}/api/2.0/mlflow/runs/get",
-                             {"run_id": job_name}, f"get metrics of {job_name}", deadline)
-        metrics = {}
-        for item in (run.get("run") or {}).get("data", {}).get("metrics") or []:
-            try:
-                metrics[str(item["key"])] = float(item["value"])
-            except (KeyError, TypeError, ValueError):
-                continue
+        """The final value of every metric the run logged to MLflow (the workspace's tracking server), read by
+        shared/adapters/runmetrics.py. A run that logged none is a PermanentError, as on the embedded backend."""
+        metrics = self._metrics_reader().get_run_metrics(job_name)
         if not metrics:
-            status = ((run.get("run") or {}).get("info") or {}).get("status", "unknown")
-            raise PermanentError(f"job {job_name} logged no metrics (MLflow run status {status})")
+            raise PermanentError(f"job {job_name} logged no metrics to MLflow")
         return metrics
+
+    def _metrics_reader(self):
+        from shared.adapters.runmetrics import MlflowRunMetrics
+
+        with self._lock:
+            if self._metrics is None:
+                if self._credential is None:
+                    raise PermanentError("the Azure ML adapter needs a credential for run metrics")
+                # ARM audience, as Azure ML's own "MLflow REST" sample and azureml-mlflow authenticate.
+                # The ARM host follows MLClient's cloud (Azure Government, China), the public one by default.
+                arm = str(getattr(self.ml, "_base_url", "") or "https://management.azure.com").rstrip("/")
+                self._metrics = MlflowRunMetrics(lambda: self._mlflow_base(self._deadline()), self._credential,
+                                                 scope=f"{arm}/.default", transport=self._transport,
+                                                 budget_seconds=self.budget_seconds)
+            return self._metrics
 
     def _run_error(self, name: str, deadline: float) -> str:
         """A failed run's error message (RunHistory); empty when the service has none to give."""

@@ -16,7 +16,8 @@ the REST specification (azure-rest-api-specs, Microsoft.MachineLearningServices)
     workspaces/{w}/onlineEndpoints[/{e}[/deployments[/{d}]]]  PUT as a long-running operation, GET, list
     locations/{l}/mfeOperationsStatus/{id}                    GET: the operation finishes on its first poll
 
-and on ``https://{location}.api.azureml.ms``: ``/discovery``, MLflow's ``runs/get`` and RunHistory's ``runs/{id}``.
+and on ``https://{location}.api.azureml.ms``: ``/discovery``, MLflow's ``runs/get`` and ``metrics/get-history``,
+and RunHistory's ``runs/{id}``.
 
 azure-storage-blob (which azure-ai-ml uses to upload a job's code with the SAS URI the service hands out) does not
 take MLClient's transport, so the SAS URI points at a loopback HTTP server that passes each blob request to the same
@@ -669,6 +670,16 @@ class FakeAzureML(HttpTransport):
             if job is None:
                 raise _Answer(404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"Run '{run_id}' not found"})
             return _Answer(200, {"run": self._mlflow_run(run_id, job)})
+        if path == f"/mlflow/v1.0{ws}/api/2.0/mlflow/metrics/get-history" and r.method == "GET":
+            run_id, key = r.query.get("run_id") or "", r.query.get("metric_key") or ""
+            job = self._resources.get(("jobs", run_id.lower()))
+            if job is None:
+                raise _Answer(404, {"error_code": "RESOURCE_DOES_NOT_EXIST", "message": f"Run '{run_id}' not found"})
+            logged = self._metrics.get(run_id.lower(), {})
+            created = _millis(job["systemData"]["createdAt"])
+            # one value per metric, logged at step 0: what train.py's mlflow.log_metrics records
+            return _Answer(200, {"metrics": [{"key": key, "value": logged[key], "timestamp": created, "step": 0}]
+                                 if key in logged else []})
         m = re.match(rf"^/history/v1\.0{re.escape(ws)}/runs/([^/]+)$", path)
         if m and r.method == "GET":
             job = self._resources.get(("jobs", m.group(1)))

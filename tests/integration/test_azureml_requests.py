@@ -292,13 +292,15 @@ def test_run_metrics_come_from_the_mlflow_tracking_uri_of_the_workspace(ws, fake
     name = _trained(ws, fake)
     fake.requests.clear()
     assert ws.get_run_metrics(name) == {"auc": 0.81, "logloss": 0.45}
-    mlflow = fake.requests[-1]
-    assert mlflow.host == f"{fake.location}.api.azureml.ms"
-    assert mlflow.path == f"/mlflow/v1.0{fake.ws_path}/api/2.0/mlflow/runs/get"
-    assert mlflow.query == {"run_id": name}
+    mlflow = [r for r in fake.requests if r.host == f"{fake.location}.api.azureml.ms"]
+    base = f"/mlflow/v1.0{fake.ws_path}/api/2.0/mlflow"
+    assert [(r.path, r.query.get("run_id"), r.query.get("metric_key")) for r in mlflow] == [
+        (f"{base}/runs/get", name, None),  # the keys the run logged
+        (f"{base}/metrics/get-history", name, "auc"), (f"{base}/metrics/get-history", name, "logloss")]
+    assert all(r.headers.get("Authorization") == "Bearer fake-token-for-tests" for r in mlflow)
     fake.requests.clear()
     ws.get_run_metrics(name)
-    assert len(fake.requests) == 1, "the tracking URI is looked up once"
+    assert len(fake.requests) == 3, "the tracking URI is looked up once"
 
 
 def test_a_run_that_logged_nothing_is_a_permanent_error(ws, fake):
