@@ -84,7 +84,8 @@ def _local(settings: Settings, given: dict[str, Any]) -> dict[str, Any]:
 def _azure(settings: Settings, given: dict[str, Any]) -> dict[str, Any]:
     from shared.adapters.wiring import build_azure
 
-    deps = {k: v for k, v in build_azure(settings).items() if k not in given}
+    options = {k: given[k] for k in ("credential", "transport") if k in given}
+    deps = {k: v for k, v in build_azure(settings, **options).items() if k not in given}
     if "notifier" not in given:
         from shared.notify import build_notifier
 

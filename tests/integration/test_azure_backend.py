@@ -1,0 +1,129 @@
+"""The reflex arc on the azure backend, offline: the real bus and handlers wired by shared/adapters/wiring.py, the
+real MLClient answered by the fake Azure ML REST service, and the ledger, audit trail and outbox on Azurite.
+
+The embedded backend's tests prove the decisions; these prove the same loop drives Azure's API: the requests that
+reach the service, exactly once over duplicated events, and a rollback that leaves exactly the intended split.
+"""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from shared import eventgrid
+from shared.adapters.azureml import AzureMLWorkspace
+from shared.adapters.tables import TableAuditLog, TableLedger, build_stores
+from shared.bootstrap import build
+from shared.config import Settings
+from shared.local import wire
+from shared.local.clock import SimClock
+from tests.fakes.azureml_service import FakeAzureML, FakeCredential
+from tests.helpers import Recording
+
+pytestmark = pytest.mark.filterwarnings("ignore::marshmallow.warnings.RemovedInMarshmallow4Warning")
+ENDPOINT, MODEL = "churn-endpoint", "churn-model"
+
+
+class AzureArc:
+    def __init__(self, azurite) -> None:
+        self.fake = FakeAzureML()
+        suffix = uuid.uuid4().hex[:12]
+        stores = build_stores(azurite.service(), names={"ledger": f"ledger{suffix}", "audit": f"audit{suffix}",
+                                                        "outbox": f"outbox{suffix}"})
+        self.settings = Settings(
+            backend="azure", subscription_id=self.fake.subscription_id, resource_group=self.fake.resource_group,
+            workspace=self.fake.workspace, datastore="landing", landing_container="landing",
+            ledger_table_uri="https://mlopsapp.table.core.windows.net/").with_policy(min_primary=0.7)
+        self.notifier = Recording()
+        self.clock = SimClock()
+        self.rt = build(self.settings, credential=FakeCredential(), transport=self.fake, notifier=self.notifier,
+                        clock=self.clock, **stores)
+
+    def deliver(self, event: dict) -> list:
+        return self.rt.bus.handle(eventgrid.to_message(event, landing_container="landing"))
+
+    def land(self, version: str) -> dict:
+        return wire.blob_created("landing", f"churn/{version}/churn.csv", content_length=4096, account="mlopsdata")
+
+    def finish(self, job: str, **metrics: float) -> dict:
+        self.fake.finish_job(job, "Completed", metrics=metrics)
+        return wire.run_completed(job, experiment="churn", tags=self.rt.workspace.get_job(job).tags)
+
+    def puts(self, path_contains: str) -> list:
+        return [r for r in self.fake.requests if r.method == "PUT" and path_contains in r.path]
+
+    def traffic(self) -> dict[str, int]:
+        return dict(self.rt.workspace.get_endpoint(ENDPOINT).traffic)
+
+    def close(self) -> None:
+        self.rt.close()
+        self.fake.shutdown()
+
+
+@pytest.fixture
+def arc(azurite):
+    a = AzureArc(azurite)
+    yield a
+    a.close()
+    assert a.fake.unexpected == [], "something tried to leave the machine"
+
+
+def test_the_composition_root_wires_the_azure_adapters(arc):
+    assert isinstance(arc.rt.workspace, AzureMLWorkspace) and arc.rt.metrics is arc.rt.workspace
+    assert isinstance(arc.rt.ledger, TableLedger) and isinstance(arc.rt.audit, TableAuditLog)
+    assert arc.rt.monitor is None and arc.rt.publisher is None  # neither is configured in these settings
+    assert arc.fake.requests == [], "building the runtime sends no request"
+
+
+def test_landed_data_trains_registers_and_rolls_back_on_azure_exactly_once(arc):
+    first = arc.land("1")
+    results = arc.deliver(first) + arc.deliver(first)  # Event Grid delivers at least once
+    assert [r.outcome for r in results] == ["done", "done", "duplicate"]
+    [job_put] = arc.puts("/jobs/train-churn-v1-a1")
+    body = job_put.json["properties"]
+    # the job reads the registered data asset version (lineage in Azure ML), which points at the landed blob
+    assert body["inputs"]["data"]["uri"].endswith(f"/workspaces/{arc.fake.workspace}/data/churn/versions/1")
+    [data_put] = arc.puts("/data/churn/versions/1")
+    assert data_put.json["properties"]["dataUri"] == "azureml://datastores/landing/paths/churn/1/churn.csv"
+    assert body["tags"]["mlops_trigger_event"] == first["id"] and body["tags"]["mlops_owner"] == "mlops-automation"
+
+    done = arc.finish("train-churn-v1-a1", auc=0.80, logloss=0.45)
+    arc.deliver(done)
+    assert arc.deliver(done)[0].outcome == "duplicate"
+    [model_put] = arc.puts(f"/models/{MODEL}/versions/1.1")
+    assert model_put.json["properties"]["modelType"] == "mlflow_model"
+    assert model_put.json["properties"]["tags"]["metric_auc"] == "0.8"
+    assert arc.traffic() == {"v1-1": 100}
+
+    arc.clock.advance(minutes=30)
+    arc.deliver(arc.land("2"))
+    arc.deliver(arc.finish("train-churn-v2-a1", auc=0.86, logloss=0.40))
+    assert arc.traffic() == {"v1-1": 90, "v2-1": 10}
+
+    arc.clock.advance(minutes=10)
+    drift = wire.custom("MLOps.DriftDetected", f"endpoints/{ENDPOINT}",
+                        {"endpoint": ENDPOINT, "metric": "psi", "value": 0.4, "threshold": 0.2})
+    rolled = arc.deliver(drift)
+    assert rolled[0].outcome == "done" and "rolled back to v1-1" in rolled[0].reason
+    assert arc.traffic() == {"v1-1": 100, "v2-1": 0}  # exactly the intended split, the 0 included
+    assert arc.rt.workspace.get_model(MODEL, "2.1").tags["mlops_rolled_back"] == "true"
+    assert arc.rt.workspace.get_endpoint(ENDPOINT).deployment("v2-1").rolled_back
+    assert arc.deliver(drift)[0].outcome == "duplicate"
+
+    # the decisions sit in the Table Storage audit trail, the effects in its ledger
+    decisions = [r.decision for r in reversed(arc.rt.audit.recent(limit=100))]
+    assert decisions.count("start_training") == 2 and decisions.count("rollback") == 1
+    assert arc.rt.audit.recent(subject=ENDPOINT, decisions=["rollback"])[0].facts["from"] == {"v1-1": 90, "v2-1": 10}
+    assert arc.rt.ledger.stats()["duplicates"] == 3
+    assert len(arc.puts("/jobs/")) == 2  # one job per data version, whatever was redelivered
+
+
+def test_a_failed_azure_run_alerts_with_the_service_error_and_starts_nothing(arc):
+    arc.deliver(arc.land("1"))
+    arc.fake.finish_job("train-churn-v1-a1", "Failed", error="ModuleNotFoundError: No module named 'xgboost'")
+    tags = arc.rt.workspace.get_job("train-churn-v1-a1").tags
+    result = arc.deliver(wire.run_status_changed("train-churn-v1-a1", "Failed", experiment="churn", tags=tags))
+    assert result[0].outcome == "done"
+    failed = next(a for a in arc.notifier.alerts if a.kind == "training_failed")
+    assert "No module named 'xgboost'" in failed.detail
+    assert len(arc.puts("/jobs/")) == 1 and not arc.puts("/models/")
