@@ -44,7 +44,7 @@ class Settings:
     compute: str = "cpu-cluster"
     low_priority: bool = False
     max_run_seconds: int = 3600
-    environment: str = "azureml://registries/azureml/environments/sklearn-1.5/labels/latest"
+    environment: str = ""  # empty: built from shared/training/conda.yaml (xgboost, mlflow, azureml-mlflow)
     datastore: str = "workspaceblobstore"
     landing_container: str = "landing"
     model_name: str = "{asset}-model"  # template, formatted with the data asset name

@@ -66,7 +66,7 @@ def code_version(settings: Settings) -> str:
     if settings.code_version:
         return settings.code_version
     h = hashlib.sha256()
-    for f in sorted(TRAINING_CODE.rglob("*.py")):
+    for f in sorted(p for p in TRAINING_CODE.rglob("*") if p.suffix in (".py", ".yaml")):  # code + its environment
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return "sha256:" + h.hexdigest()[:12]

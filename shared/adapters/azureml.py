@@ -45,6 +45,10 @@ MODEL_OUTPUT = "model"  # the MLflow model folder alone, typed mlflow_model, reg
 TRAIN_COMMAND = ("python train.py --data ${{inputs.data}} --output ${{outputs.output}}"
                  " && cp -r ${{outputs.output}}/model/. ${{outputs.model}}")
 ARM_SCOPE = "https://management.azure.com/.default"
+# With MLOPS_ENVIRONMENT empty (the default) the job runs in an environment Azure ML builds from this base image
+# and shared/training/conda.yaml; it is built once and reused while the file is unchanged.
+TRAINING_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
+TRAINING_CONDA = TRAINING_CODE / "conda.yaml"
 PROVIDER = "Microsoft.MachineLearningServices"
 BUSY_STATES = frozenset({"creating", "updating", "deleting", "scaling"})  # provisioning still under way
 BLOB_URL = re.compile(r"^https://([a-z0-9]+)\.blob\.core\.[a-z0-9.]+/([^/?#]+)/([^?#]+)$", re.IGNORECASE)
@@ -325,13 +329,22 @@ class AzureMLWorkspace:
                                   path=f"azureml:{spec.asset}:{spec.data_version}")},
             outputs={RUN_OUTPUT: Output(type=AssetTypes.URI_FOLDER),
                      MODEL_OUTPUT: Output(type=AssetTypes.MLFLOW_MODEL)},
-            environment=self.settings.environment,
+            environment=self._environment(),
             compute=spec.compute or self.settings.compute,
             tags=_tags(spec.tags),
             queue_settings=QueueSettings(job_tier="Spot") if low_priority else None,
         )
         job.set_limits(timeout=int(spec.max_run_seconds or self.settings.max_run_seconds))
         return job
+
+    def _environment(self):
+        """The configured environment (a name, an id or a registry URI), else the one conda.yaml describes."""
+        if self.settings.environment:
+            return self.settings.environment
+        from azure.ai.ml.entities import Environment
+
+        return Environment(image=TRAINING_IMAGE, conda_file=str(TRAINING_CONDA),
+                           description="mlops-automation training: numpy, xgboost, mlflow, azureml-mlflow")
 
     def _find_job(self, name: str, deadline: float):
         try:

@@ -9,7 +9,8 @@ the REST specification (azure-rest-api-specs, Microsoft.MachineLearningServices)
 
     workspaces/{w}                                            GET: location, discoveryUrl, mlFlowTrackingUri
     workspaces/{w}/datastores[/{d}[/listSecrets]]             GET (list, ?isDefault=true), POST listSecrets
-    workspaces/{w}/{data|models|codes}/{n}[/versions[/{v}]]   PUT a version, GET, list; containers keep latestVersion
+    workspaces/{w}/{data|models|codes|environments}/{n}[/versions[/{v}]]
+                                                              PUT a version, GET, list; containers keep latestVersion
     workspaces/{w}/codes/{n}/versions/{v}/startPendingUpload  POST: a SAS URI on the loopback blob endpoint below
     workspaces/{w}/computes/{c}                               GET
     workspaces/{w}/jobs[/{id}]                                PUT (an existing name is 409), GET, list (?tag=<key>)
@@ -62,7 +63,8 @@ ARM_HOST = "management.azure.com"
 PROVIDER = "Microsoft.MachineLearningServices"
 _ARM_PATH = re.compile(r"^/subscriptions/([^/]+)/resourceGroups/([^/]+)/providers/Microsoft\.MachineLearningServices/(.*)$",
                        re.IGNORECASE)
-_ASSET_KINDS = {"data": "dataUri", "models": "modelUri", "codes": "codeUri"}  # the immutable URI of each version
+# The immutable field of each versioned asset (an anonymous environment's version is the hash of its definition).
+_ASSET_KINDS = {"data": "dataUri", "models": "modelUri", "codes": "codeUri", "environments": "image"}
 _LRO_KINDS = ("onlineendpoints",)  # endpoints and their deployments are created as long-running operations
 _MLFLOW_STATUS = {"NotStarted": "SCHEDULED", "Queued": "SCHEDULED", "Preparing": "SCHEDULED", "Starting": "RUNNING",
                   "Running": "RUNNING", "Finalizing": "RUNNING", "Completed": "FINISHED", "Failed": "FAILED",

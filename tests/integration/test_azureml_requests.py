@@ -16,6 +16,7 @@ from shared.adapters.azureml import (
     MODEL_OUTPUT,
     TRAIN_COMMAND,
     TRAINING_CODE,
+    TRAINING_IMAGE,
     AzureMLWorkspace,
     budget_retry_policy,
     build_workspace,
@@ -186,7 +187,12 @@ def test_submit_training_sends_a_command_job_that_runs_train_py_like_the_embedde
                                         "uri": f"{fake.ws_path}/data/churn/versions/1"}}
     assert props["outputs"] == {"output": {"jobOutputType": "uri_folder"},
                                 MODEL_OUTPUT: {"jobOutputType": "mlflow_model"}}
-    assert props["environmentId"] == Settings().environment
+    # no MLOPS_ENVIRONMENT: the environment shipped with the code (base image + shared/training/conda.yaml)
+    [env_put] = fake.find("PUT", "/environments/")
+    assert props["environmentId"] == env_put.path
+    env = env_put.json["properties"]
+    assert env["image"] == TRAINING_IMAGE
+    assert all(pkg in env["condaFile"] for pkg in ("xgboost", "mlflow", "azureml-mlflow", "numpy"))
     assert props["computeId"] == f"{fake.ws_path}/computes/cpu-cluster"
     assert props["experimentName"] == "mlops-automation" and props["displayName"] == "train-churn-v1-a1"
     assert props["tags"] == TAGS
@@ -195,6 +201,17 @@ def test_submit_training_sends_a_command_job_that_runs_train_py_like_the_embedde
     # The code is the shared/training folder, uploaded before the job names it by its code version id.
     [code_put] = fake.find("PUT", "/codes/")
     assert props["codeId"] == code_put.path and code_put.api_version == "2023-04-01"
+
+
+def test_a_configured_environment_is_used_as_given(fake):
+    curated = "azureml://registries/azureml/environments/sklearn-1.5/labels/latest"
+    ws = build_workspace(_settings(fake, environment=curated), FakeCredential(), transport=fake)
+    ws.register_data("churn", "1", LANDING_BLOB)
+    ws.submit_training(_spec())
+    [put] = fake.find("PUT", "/jobs/")
+    assert put.json["properties"]["environmentId"] == curated
+    assert not fake.find("PUT", "/environments/")
+    ws.close()
 
 
 def test_the_training_code_is_uploaded_through_a_pending_upload_sas(ws, fake):
