@@ -61,9 +61,9 @@ def _local(settings: Settings, given: dict[str, Any]) -> dict[str, Any]:
     home = settings.home
     deps: dict[str, Any] = {}
     if "workspace" not in given:
-        from shared.local.workspace import LocalWorkspace
+        from shared.local.workspace import WORKSPACE_DIR, LocalWorkspace
 
-        deps["workspace"] = LocalWorkspace(home / "workspace", emit=given.get("emit"))
+        deps["workspace"] = LocalWorkspace(home / WORKSPACE_DIR, emit=given.get("emit"))
     if "ledger" not in given:
         deps["ledger"] = SqliteLedger(home / "ledger.db")
     if "audit" not in given:

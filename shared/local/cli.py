@@ -54,6 +54,20 @@ def _parser() -> argparse.ArgumentParser:
     _grid_options(post, max_attempts=5)
     post.set_defaults(run=post_event_command)
 
+    land = commands.add_parser("land", help="upload a file into the local datastore's landing container, as data "
+                                            "arrives in Azure, and deliver the BlobCreated event to a running host")
+    land.add_argument("asset", help="data asset name, e.g. churn")
+    land.add_argument("version", help="data asset version, e.g. 1 or 2026-12-01")
+    land.add_argument("file", type=Path, nargs="?",
+                      help="the file to land (default: a synthetic churn table generated with the options below)")
+    land.add_argument("--rows", type=int, default=3000, help="generated rows (default 3000)")
+    land.add_argument("--seed", type=int, default=None, help="generator seed (default: from the version)")
+    land.add_argument("--drift", type=float, default=0.0, help="feature drift of the generated table, 0..1")
+    land.add_argument("--label-noise", type=float, default=0.0, help="share of flipped labels, 0..1")
+    _target_options(land)
+    _grid_options(land, max_attempts=5)
+    land.set_defaults(run=land_command)
+
     replay = commands.add_parser("replay", help="deliver dead-lettered events again; delivered files are removed")
     replay.add_argument("--subscription", help="only this subscription's dead letters")
     _target_options(replay)
@@ -209,6 +223,7 @@ def _banner(host, grid, home: Path) -> None:
         f"  curl -s -H 'x-functions-key: {host.key}' {host.url}/api/status",
         f"  curl -s -X POST -H 'x-functions-key: {host.key}' -H 'Content-Type: application/json' \\",
         f"       -d '{{\"asset\": \"churn\", \"version\": \"1\", \"reason\": \"try it\"}}' {host.url}/api/reruns",
+        "  python -m shared.local land churn 1            # a generated churn table lands → training → deployment",
         "  python -m shared.local post-event tests/fixtures/events/ml_model_registered.json",
         "  python -m shared.local replay",
         "",
@@ -235,6 +250,39 @@ def post_event_command(args: argparse.Namespace) -> int:
     stats = grid.stats()
     print(f"delivered {stats['delivered']}, retried {stats['retried']}, dead-lettered {stats['dead_lettered']}"
           + (f" (see {grid.dead_letter_dir})" if stats["dead_lettered"] else ""))
+    return 1 if stats["dead_lettered"] or stats["pending"] else 0
+
+
+def land_command(args: argparse.Namespace) -> int:
+    """What an upload to the landing container does in Azure: the blob is committed, then BlobCreated fires."""
+    import hashlib
+    import tempfile
+
+    from shared.local import churn
+    from shared.local.workspace import WORKSPACE_DIR, upload
+
+    settings = _settings()
+    url, key = _target(args, settings.home)
+    with tempfile.TemporaryDirectory() as scratch:
+        source = args.file
+        if source is None:
+            seed = args.seed if args.seed is not None else int(hashlib.sha256(args.version.encode()).hexdigest()[:6], 16)
+            source = churn.write_csv(Path(scratch) / "customers.csv", rows=args.rows, seed=seed, drift=args.drift,
+                                     label_noise=args.label_noise)
+        elif not source.is_file():
+            raise FileNotFoundError(f"no such file: {source}")
+        blob = f"{args.asset}/{args.version}/{source.name}"
+        event = upload(settings.home / WORKSPACE_DIR, settings.landing_container, blob, source)
+    grid = _grid(args, url, key, settings.home)
+    try:
+        names = grid.publish(event, "storage")
+        grid.drain(timeout=60)
+    finally:
+        grid.close()
+    stats = grid.stats()
+    print(f"landed {settings.landing_container}/{blob} -> {', '.join(names) or '(no subscription)'}; "
+          f"delivered {stats['delivered']}, dead-lettered {stats['dead_lettered']}")
+    print(f"watch it: curl -s -H 'x-functions-key: <key>' {url}/api/status")
     return 1 if stats["dead_lettered"] or stats["pending"] else 0
 
 

@@ -79,6 +79,31 @@ class _Run:
         self.proc, self.log, self.deadline = proc, log, deadline
 
 
+
+WORKSPACE_DIR = "workspace"  # the embedded workspace lives in $MLOPS_HOME/workspace
+
+
+def datastore_path(root: Path, container: str, blob_path: str) -> Path:
+    """Where the blob ``container/blob_path`` of the local datastore lives under a workspace ``root``."""
+    parts = [p for p in blob_path.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise InvalidPayload(f"blob path {blob_path!r} names no blob inside container {container!r}", field="path")
+    return root / "datastore" / container / Path(*parts)
+
+
+def upload(root: Path, container: str, blob_path: str, source_file: Path | str) -> dict:
+    """Put a file into the local datastore of the workspace at ``root`` as a blob upload would, and return the
+    BlobCreated event that upload causes (the caller emits it: the workspace itself, or the CLI's `land`)."""
+    target = datastore_path(root, container, blob_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write aside, then rename: a reader never sees half a blob (Azure commits a blob atomically too).
+    partial = target.with_name(f".{target.name}.uploading")
+    shutil.copyfile(source_file, partial)
+    partial.replace(target)
+    logger.info("landed %s/%s (%d bytes)", container, blob_path, target.stat().st_size)
+    return wire.blob_created(container, blob_path, content_length=target.stat().st_size, api="PutBlob")
+
+
 class LocalWorkspace:
     """The Workspace and RunMetrics ports on one machine; safe to call from several threads."""
 
@@ -150,11 +175,7 @@ class LocalWorkspace:
         """Where a data path lives on this machine: a blob URL maps into ``root/datastore/<container>/``."""
         m = BLOB_URL.match(path)
         if m:
-            container, blob = m.group(1), unquote(m.group(2))
-            parts = [p for p in blob.split("/") if p]
-            if not parts or any(p in (".", "..") for p in parts):
-                raise InvalidPayload(f"blob URL {path!r} names no blob inside its container", field="path")
-            return self.root / "datastore" / container / Path(*parts)
+            return datastore_path(self.root, m.group(1), unquote(m.group(2)))
         if "://" in path:
             raise InvalidPayload(f"the embedded workspace reads local paths and blob URLs, not {path!r}", field="path")
         return Path(path).expanduser().resolve()
@@ -194,14 +215,7 @@ class LocalWorkspace:
 
     def land(self, container: str, blob_path: str, source_file: Path | str) -> dict:
         """Copy a file into the local datastore as an upload would, and emit the BlobCreated that upload causes."""
-        target = self.local_path(f"https://mlopslocaldata.blob.core.windows.net/{container}/{blob_path}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # Write aside, then rename: a reader never sees half a blob (Azure commits a blob atomically too).
-        partial = target.with_name(f".{target.name}.uploading")
-        shutil.copyfile(source_file, partial)
-        partial.replace(target)
-        event = wire.blob_created(container, blob_path, content_length=target.stat().st_size, api="PutBlob")
-        logger.info("landed %s/%s (%d bytes)", container, blob_path, target.stat().st_size)
+        event = upload(self.root, container, blob_path, source_file)
         self._emit(event)
         return event
 
