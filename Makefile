@@ -24,6 +24,7 @@ serve: $(STAMP)
 	$(PY) -m shared.local serve
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

@@ -12,12 +12,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared import eventgrid  # noqa: E402
+from shared.bootstrap import utcnow  # noqa: E402
 from shared.bus import Bus  # noqa: E402
 from shared.handlers import event_ignored, model_registered  # noqa: E402
 from shared.local import wire  # noqa: E402
 from shared.local.ledger import SqliteAuditLog, SqliteLedger  # noqa: E402
 from shared.messages import EventIgnored, ModelRegistered  # noqa: E402
-from shared.bootstrap import utcnow  # noqa: E402
 
 
 class Quiet:

@@ -66,7 +66,7 @@ class Settings:
     policy: Policy = field(default_factory=Policy)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Read MLOPS_* settings; bad values raise InvalidPayload naming the setting."""
         env = os.environ if environ is None else environ
         r = _Reader(env)
@@ -118,7 +118,7 @@ class Settings:
             policy=policy,
         )
 
-    def with_policy(self, **changes: object) -> "Settings":
+    def with_policy(self, **changes: object) -> Settings:
         """A copy with some policy knobs changed (tests, the demo)."""
         return dataclasses.replace(self, policy=dataclasses.replace(self.policy, **changes))
 

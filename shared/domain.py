@@ -39,7 +39,7 @@ class JobStatus(str, enum.Enum):
         return self in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELED)
 
     @classmethod
-    def parse(cls, value: str) -> "JobStatus":
+    def parse(cls, value: str) -> JobStatus:
         """Any letter case; Azure ML's intermediate states (Preparing, Starting, ...) count as Running."""
         v = (value or "").strip().lower()
         for s in cls:

@@ -12,7 +12,13 @@ from urllib.parse import unquote
 
 from shared.errors import InvalidPayload
 from shared.messages import (
-    DataRegistered, DriftDetected, EventIgnored, Message, ModelDeployed, ModelRegistered, RunFinished,
+    DataRegistered,
+    DriftDetected,
+    EventIgnored,
+    Message,
+    ModelDeployed,
+    ModelRegistered,
+    RunFinished,
 )
 
 ML = "microsoft.machinelearningservices."

@@ -6,7 +6,16 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from shared.domain import (
-    Alert, AuditRecord, DataAsset, Endpoint, Health, Job, JobStatus, Model, ModelSpec, TrainingJobSpec,
+    Alert,
+    AuditRecord,
+    DataAsset,
+    Endpoint,
+    Health,
+    Job,
+    JobStatus,
+    Model,
+    ModelSpec,
+    TrainingJobSpec,
 )
 
 

@@ -51,7 +51,7 @@ def blob_created(container: str, blob_path: str, *, content_length: int, api: st
                  {"api": api, "clientRequestId": str(uuid.uuid4()), "requestId": str(uuid.uuid4()),
                   "eTag": "0x" + uuid.uuid4().hex[:15].upper(), "contentType": "text/csv",
                   "contentLength": content_length, "blobType": "BlockBlob", "url": url,
-                  "sequencer": "%032x" % uuid.uuid4().int, "storageDiagnostics": {"batchId": str(uuid.uuid4())}},
+                  "sequencer": f"{uuid.uuid4().int:032x}", "storageDiagnostics": {"batchId": str(uuid.uuid4())}},
                  event_id=event_id, data_version="")
 
 

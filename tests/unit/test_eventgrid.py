@@ -5,7 +5,12 @@ from shared import eventgrid
 from shared.errors import InvalidPayload
 from shared.local import wire
 from shared.messages import (
-    DataRegistered, DriftDetected, EventIgnored, ModelDeployed, ModelRegistered, RunFinished,
+    DataRegistered,
+    DriftDetected,
+    EventIgnored,
+    ModelDeployed,
+    ModelRegistered,
+    RunFinished,
 )
 
 
