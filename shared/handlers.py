@@ -252,7 +252,9 @@ def _completed(msg, job: Job, workspace: Workspace, metrics: RunMetrics, audit: 
     tags = {OWNER_TAG: OWNER_VALUE, TAG_JOB: job.name, TAG_ASSET: asset, TAG_DATA_VERSION: version,
             TAG_CODE: job.tags.get(TAG_CODE, ""), TAG_EVENT: job.tags.get(TAG_EVENT, ""),
             "mlops_run_event": msg.event_id, TAG_GATE: "approved", TAG_GATE_REASON: verdict.reason[:250]}
-    tags.update({f"{TAG_METRIC_PREFIX}{k}": f"{v:.6g}" for k, v in measured.items()})
+    # repr keeps every digit: the next gate compares with these exact values, and a rounded champion would let
+    # an identical retrain "beat" it (or not) depending on which way the rounding fell.
+    tags.update({f"{TAG_METRIC_PREFIX}{k}": repr(float(v)) for k, v in measured.items()})
     model = workspace.register_model(ModelSpec(name=model_name, version=model_version_for(version, job.attempt),
                                                job_name=job.name, tags=tags,
                                                description=f"trained by {job.name} on {asset}:{version}"))

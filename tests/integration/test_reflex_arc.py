@@ -50,6 +50,9 @@ def test_landed_data_is_registered_trained_gated_and_deployed_at_100_percent(two
     assert model.tags["mlops_job"] == "train-churn-v1-a1"
     assert model.tags["mlops_data_version"] == "1" and model.tags["mlops_gate"] == "approved"
     assert float(model.tags["metric_auc"]) > 0.6
+    # the tags keep the run's metrics exactly: the next gate compares a candidate with these very values
+    assert {k: float(model.tags[f"metric_{k}"]) for k in ("auc", "logloss")} == {
+        k: v for k, v in h.ws.get_run_metrics("train-churn-v1-a1").items() if k in ("auc", "logloss")}
     assert "no champion yet" in model.tags["mlops_gate_reason"]
     first_deploy = next(r for r in h.decisions("deploy") if r.facts["deployment"] == "v1-1")
     assert first_deploy.facts["traffic_after"] == {"v1-1": 100}
