@@ -530,7 +530,14 @@ def build_notifier(settings: Any, *, store: OutboxStore, client: httpx.Client | 
     """The Outbox for ``settings``: Teams webhooks from MLOPS_TEAMS_WEBHOOK_URL / MLOPS_TEAMS_ROUTES (an
     ``httpx.Client`` is made when none is given), console output on ``stream``, and logging when neither exists.
     Raises InvalidPayload for a malformed routing table (at startup, not at the first alert)."""
-    table = RoutingTable.parse(settings.teams_routes, default_url=settings.teams_webhook_url,
+    default_url = settings.teams_webhook_url
+    if default_url and not _is_url(default_url):
+        # Typically an unresolved Key Vault reference (the app cannot read the secret). Posting to it would fail
+        # every alert for good; the log keeps them instead, and this line says why (never the value itself).
+        hint = " (an unresolved Key Vault reference?)" if default_url.startswith("@Microsoft.KeyVault") else ""
+        logger.error("MLOPS_TEAMS_WEBHOOK_URL is not an http(s) URL%s: alerts go to the log until it is fixed", hint)
+        default_url = ""
+    table = RoutingTable.parse(settings.teams_routes, default_url=default_url,
                                failures_only=settings.teams_failures_only)
     always: list[Channel] = []
     if stream is not None:

@@ -327,6 +327,18 @@ def test_without_webhooks_or_stream_alerts_go_to_the_log_at_a_level_by_severity(
                         (logging.INFO, "[RESOLVED] drift_detected d")]
 
 
+def test_an_unresolved_key_vault_reference_sends_alerts_to_the_log_and_says_why(store, clock, caplog):
+    caplog.set_level(logging.INFO, logger="shared.notify")
+    unresolved = "@Microsoft.KeyVault(SecretUri=https://kv-mlops.vault.azure.net/secrets/teams-webhook/)"
+    outbox = build_notifier(Settings(teams_webhook_url=unresolved), store=store, clock=clock)
+    outbox.notify(alert("rollback", "critical", key="rb"))
+    assert outbox.flush() == 1 and store.status(1)["status"] == "delivered"
+    assert any(r.getMessage().startswith("alert\n[CRITICAL] rollback rb") for r in caplog.records)
+    assert any(r.levelno == logging.ERROR and "unresolved Key Vault reference" in r.getMessage()
+               for r in caplog.records)
+    assert not any("kv-mlops" in r.getMessage() for r in caplog.records), "the setting's value is never logged"
+
+
 def test_a_closed_console_stream_fails_the_alert_without_raising(store, clock):
     stream = io.StringIO()
     outbox = outbox_with(store, clock, ConsoleChannel(stream))
