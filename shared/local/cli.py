@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import secrets
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -43,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0 picks a free one")
     serve.add_argument("--key", help="the function key to require (default: a new random one, printed)")
+    serve.add_argument("--drift-every", type=float, default=60.0,
+                       help="seconds between PSI drift checks of every endpoint's logged requests (0 = off; "
+                            "default 60); a drifted endpoint raises MLOps.DriftDetected")
     _grid_options(serve, max_attempts=None)
     serve.set_defaults(run=serve_command)
 
@@ -71,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     replay = commands.add_parser("replay", help="deliver dead-lettered events again; delivered files are removed")
     replay.add_argument("--subscription", help="only this subscription's dead letters")
     _target_options(replay)
-    _grid_options(replay, max_attempts=1)
+    _grid_options(replay, max_attempts=1, delivery=False)
     replay.set_defaults(run=replay_command)
     return parser
 
@@ -81,9 +85,11 @@ def _target_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", help="its function key (default: what `serve` recorded)")
 
 
-def _grid_options(p: argparse.ArgumentParser, *, max_attempts: int | None) -> None:
+def _grid_options(p: argparse.ArgumentParser, *, max_attempts: int | None, delivery: bool = True) -> None:
     p.add_argument("--subscriptions", type=Path, default=None, help="default: infra/subscriptions.json")
     p.add_argument("--dead-letter-dir", type=Path, default=None, help="default: $MLOPS_HOME/deadletter")
+    if not delivery:  # replay delivers each dead letter once: retry and duplicate knobs would be ignored
+        return
     p.add_argument("--max-attempts", type=int, default=max_attempts,
                    help="delivery attempts per event (default: the subscription's retry policy)"
                    if max_attempts is None else f"delivery attempts per event (default {max_attempts})")
@@ -101,8 +107,9 @@ def _grid(args: argparse.Namespace, url: str, key: str, home: Path):
     from shared.local.eventgrid import LocalEventGrid
 
     return LocalEventGrid(subs.load(args.subscriptions), endpoint_url=url, function_key=key,
-                          dead_letter_dir=args.dead_letter_dir or home / "deadletter", max_attempts=args.max_attempts,
-                          backoff=args.backoff, duplicate_every=args.duplicate_every)
+                          dead_letter_dir=args.dead_letter_dir or home / "deadletter",
+                          max_attempts=getattr(args, "max_attempts", 1), backoff=getattr(args, "backoff", 0.05),
+                          duplicate_every=getattr(args, "duplicate_every", 0))
 
 
 def _target(args: argparse.Namespace, home: Path) -> tuple[str, str]:
@@ -191,9 +198,15 @@ def serve_command(args: argparse.Namespace) -> int:
     runtime_file.write_text(json.dumps({"url": stack.host.url, "key": stack.host.key}), encoding="utf-8")
     os.chmod(runtime_file, 0o600)
     _banner(stack.host, stack.grid, settings.home)
+    # `kill` (SIGTERM) stops as cleanly as Ctrl-C: deliveries finish and the recorded URL and key are removed.
+    signal.signal(signal.SIGTERM, _interrupt)
+    next_check = time.monotonic() + args.drift_every
     try:
         while True:
             time.sleep(1)
+            if args.drift_every > 0 and time.monotonic() >= next_check:
+                check_drift(stack.runtime)
+                next_check = time.monotonic() + args.drift_every
     except KeyboardInterrupt:
         print("\nstopping: finishing deliveries in flight ...")
     finally:
@@ -201,6 +214,24 @@ def serve_command(args: argparse.Namespace) -> int:
         runtime_file.unlink(missing_ok=True)
     print(f"stats: {json.dumps(stack.grid.stats())}")
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def check_drift(runtime) -> list:
+    """One pass of the local model monitor over every endpoint: PSI of the logged inputs against the serving
+    model's training baseline. A drifted endpoint emits MLOps.DriftDetected through the local Event Grid, and
+    the drift policy decides (cooldowns and the notifier's dedupe keep a persisting drift from repeating)."""
+    reports = []
+    threshold = runtime.settings.policy.drift_psi_threshold
+    for endpoint in runtime.workspace.list_endpoints():
+        try:
+            reports.append(runtime.monitor.check_drift(endpoint.name, threshold=threshold))
+        except Exception:  # a monitor bug must not stop the served app; it is logged with its traceback
+            logger.exception("drift check of %s failed", endpoint.name)
+    return reports
 
 
 def _banner(host, grid, home: Path) -> None:

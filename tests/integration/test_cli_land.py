@@ -10,7 +10,8 @@ import pytest
 
 from shared.config import Settings
 from shared.local import cli
-from shared.local.churn import write_csv
+from shared.local.churn import feature_rows, write_csv
+from shared.local.serving import score
 
 pytestmark = pytest.mark.slow
 
@@ -60,3 +61,39 @@ def test_a_given_file_lands_under_its_own_name_and_a_missing_one_is_an_error(ser
     assert stack.runtime.workspace.get_data("churn", "2026-03").path.endswith("/churn/2026-03/march.csv")
     assert cli.main(["land", "churn", "4", str(tmp_path / "nope.csv"), *args]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_the_served_monitor_turns_drifted_traffic_into_a_drift_decision(served):
+    stack, args = served
+    assert cli.main(["land", "churn", "1", "--rows", "1500", *args]) == 0
+    _wait_for_traffic(stack)
+    with httpx.Client() as client:
+        for i in range(12):
+            score(stack.runtime.workspace, "churn-endpoint", feature_rows(5, seed=i, drift=1.0), client=client)
+    [report] = cli.check_drift(stack.runtime)
+    assert report.requests == 60 and report.value > 0.2 and report.event is not None
+    stack.grid.drain(timeout=30)
+    drift = [r for r in stack.runtime.audit.recent(limit=50) if r.message == "DriftDetected"]
+    assert drift and drift[0].event_id == report.event["id"]
+    assert drift[0].facts["endpoint"] == "churn-endpoint" and drift[0].facts["value"] == report.value
+
+
+def test_serve_stops_cleanly_on_sigterm_and_forgets_its_url_and_key(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    env = {**os.environ, "MLOPS_HOME": str(home), "MLOPS_BACKEND": "local"}
+    proc = subprocess.Popen([sys.executable, "-m", "shared.local", "serve", "--port", "0", "--drift-every", "0"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    recorded = home / cli.RUNTIME_FILE
+    deadline = time.monotonic() + 30
+    while not recorded.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert recorded.exists(), proc.stdout.read() if proc.poll() is not None else "serve did not start in 30 s"
+    proc.terminate()
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "stopping: finishing deliveries in flight" in out
+    assert not recorded.exists()
