@@ -153,11 +153,15 @@ def start_training(msg: StartTraining, *, workspace: Workspace, audit: AuditLog,
                   "compute": settings.compute, "low_priority": settings.low_priority},
            resources=(f"job:{job.name}",))
     if not existed:
+        drift = msg.drift_on
         notifier.notify(Alert(
-            kind="training_started", severity="info", title=f"Training started: {data.name} v{data.version}",
+            kind="retraining_started" if drift else "training_started", severity="info",
+            title=(f"Retraining started after drift on {drift}: {data.name} v{data.version}" if drift
+                   else f"Training started: {data.name} v{data.version}"),
             summary=f"Job {job.name} trains on {data.name}:{data.version} because: {msg.reason or 'requested'}.",
-            facts=(("Job", job.name), ("Data", f"{data.name}:{data.version}"), ("Attempt", str(attempt)),
-                   ("Compute", settings.compute), ("Requested by", msg.actor)),
+            facts=((("Endpoint", drift),) if drift else ()) + (
+                ("Job", job.name), ("Data", f"{data.name}:{data.version}"), ("Attempt", str(attempt)),
+                ("Compute", settings.compute), ("Requested by", msg.actor)),
             links=_links(settings, job=job.name), incident_key=f"job:{job.name}:started", actor=msg.actor,
             event_id=msg.event_id))
     return Handled("done", reason, resources=(f"job:{job.name}",),
@@ -409,7 +413,7 @@ def drift_detected(msg: DriftDetected, *, workspace: Workspace, audit: AuditLog,
     if decision.action is rules.Action.RETRAIN and newest is not None:
         return Handled("done", decision.reason, follow_ups=(StartTraining(
             event_id=msg.event_id, asset=newest.name, version=newest.version, attempt=0,
-            reason=f"drift on {msg.endpoint or asset}: {measured}"),))
+            reason=f"drift on {msg.endpoint or asset}: {measured}", drift_on=msg.endpoint or asset),))
     return Handled("done" if decision.action is not rules.Action.RECORD else "ignored", decision.reason)
 
 

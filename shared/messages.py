@@ -101,6 +101,7 @@ class StartTraining(Command):
     attempt: int = 1
     reason: str = ""
     actor: str = "automation"
+    drift_on: str = ""  # the endpoint whose drift asked for this training (alerted as "retraining started")
 
 
 @dataclass(frozen=True)

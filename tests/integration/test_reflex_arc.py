@@ -161,6 +161,8 @@ def test_drift_without_a_recent_rollout_retrains_on_the_newest_data(arc, tmp_pat
     assert started and started[0].data == {"job": "train-churn-v2-a2", "created": True, "attempt": 2}
     assert arc.ws.get_job("train-churn-v2-a2").tags[TAG_EVENT] == event["id"]
     assert arc.traffic() == {"v2-1": 10, "v1-1": 90}
+    retrain = next(a for a in arc.notifier.alerts if a.kind == "retraining_started")
+    assert dict(retrain.facts)["Endpoint"] == ENDPOINT and "train-churn-v2-a2" in retrain.summary
     # A crash after the submit but before the ledger recorded it: the redelivered alert (past the cooldown, so
     # the policy says retrain again) finds the job its own event started and starts no third attempt.
     arc.rt.bus.ledger = SqliteLedger(tmp_path / "ledger-without-the-record.db")
