@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+
+from shared.errors import InvalidPayload
 
 # Tag keys the automation writes on jobs, models and deployments (Azure tag values are strings).
 # No dots in keys: Event Grid advanced filters read dots in a key as nesting (data.runTags.<key>).
@@ -71,6 +74,18 @@ def model_version_for(data_version: str, attempt: int) -> str:
 def deployment_name_for(model_version: str) -> str:
     """Azure deployment names: 3-32 characters, start with a letter, letters/digits/hyphens."""
     return ("v" + slug(model_version))[:32]
+
+
+
+def check_traffic(traffic: Mapping[str, int]) -> dict[str, int]:
+    """A traffic split as every backend takes it: whole percents 0-100 per deployment, adding up to 100.
+    Returns it as a plain dict; raises InvalidPayload naming the problem."""
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 100 for v in traffic.values()):
+        raise InvalidPayload(f"traffic shares must be whole percents 0-100, not {dict(traffic)}", field="traffic")
+    if sum(traffic.values()) != 100:
+        raise InvalidPayload(f"traffic must add up to 100, not {sum(traffic.values())} ({dict(traffic)})",
+                             field="traffic")
+    return {name: int(share) for name, share in traffic.items()}
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from shared.domain import (
     Model,
     ModelSpec,
     TrainingJobSpec,
+    check_traffic,
 )
 from shared.errors import Conflict, InvalidPayload, NotFound, PermanentError, ServiceRejected, TransientError
 
@@ -609,11 +610,7 @@ class AzureMLWorkspace:
         unknown = sorted(n for n in {*traffic, *(deployment_tags or {})} if n.lower() not in deployments)
         if unknown:
             raise NotFound(f"endpoint {endpoint} has no deployment {', '.join(unknown)}")
-        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 100 for v in traffic.values()):
-            raise InvalidPayload(f"traffic shares must be whole percents 0-100, not {dict(traffic)}", field="traffic")
-        if sum(traffic.values()) != 100:
-            raise InvalidPayload(f"traffic must add up to 100, not {sum(traffic.values())} ({dict(traffic)})",
-                                 field="traffic")
+        check_traffic(traffic)
         self._not_busy(f"endpoint {endpoint}", entity.provisioning_state)
         for d in deployments.values():
             self._not_busy(f"deployment {endpoint}/{d.name}", d.provisioning_state)

@@ -17,7 +17,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import unquote
 
-from shared.domain import DataAsset, Deployment, Endpoint, Job, JobStatus, Model, ModelSpec, TrainingJobSpec
+from shared.domain import (
+    DataAsset,
+    Deployment,
+    Endpoint,
+    Job,
+    JobStatus,
+    Model,
+    ModelSpec,
+    TrainingJobSpec,
+    check_traffic,
+)
 from shared.errors import Conflict, InvalidPayload, NotFound, PermanentError
 from shared.local import wire
 
@@ -495,12 +505,7 @@ class LocalWorkspace:
             unknown = sorted((set(traffic) | set(deployment_tags or {})) - set(deployments))
             if unknown:
                 raise NotFound(f"endpoint {endpoint} has no deployment {', '.join(unknown)}")
-            if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 100 for v in traffic.values()):
-                raise InvalidPayload(f"traffic shares must be whole percents 0-100, not {dict(traffic)}", field="traffic")
-            if sum(traffic.values()) != 100:
-                raise InvalidPayload(f"traffic must add up to 100, not {sum(traffic.values())} ({dict(traffic)})",
-                                     field="traffic")
-            split = {name: int(share) for name, share in traffic.items()}  # exactly as given; the rest serve 0
+            split = check_traffic(traffic)  # exactly as given; the rest serve 0
             merged = {**json.loads(rows[0]["tags"]), **_tags(tags)}
             self._db.execute("BEGIN IMMEDIATE")
             try:
