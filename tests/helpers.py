@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from shared import eventgrid
@@ -84,3 +85,39 @@ class Harness:
 
     def close(self) -> None:
         self.rt.close()
+
+
+class EpochClock:
+    """Epoch seconds shared by the outbox and its store, so a test can jump past a window or a retry time."""
+
+    def __init__(self) -> None:
+        self.now = 1_750_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Recorder:
+    """A channel that records what it was given; ``fail`` scripts exceptions for the next sends."""
+
+    def __init__(self, key: str = "rec", *, fail: list[BaseException] | None = None, pause: float = 0.0,
+                 gate: threading.Event | None = None) -> None:
+        self.key = self.label = key
+        self.sent: list[Alert] = []
+        self.fail = list(fail or [])
+        self.pause = pause
+        self.gate = gate
+        self.lock = threading.Lock()
+
+    def send(self, alert: Alert, *, time_left: float | None = None) -> None:
+        if self.gate is not None:
+            self.gate.wait(5)
+        if self.pause:
+            time.sleep(self.pause)
+        with self.lock:
+            if self.fail:
+                raise self.fail.pop(0)
+            self.sent.append(alert)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import threading
-import time
 
 import pytest
 
@@ -19,43 +18,12 @@ from shared.domain import Alert
 from shared.errors import ServiceRejected, TransientError
 from shared.local.outbox import SqliteOutbox
 from shared.notify import Outbox, Router, build_notifier, incident_step
-
-
-class Clock:
-    """Epoch seconds shared by the outbox and its store, so a test can jump past a window or a retry time."""
-
-    def __init__(self) -> None:
-        self.now = 1_750_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class Recorder:
-    """A channel that records what it was given; ``fail`` scripts exceptions for the next sends."""
-
-    def __init__(self, key: str = "rec", *, fail: list[BaseException] | None = None, pause: float = 0.0) -> None:
-        self.key = self.label = key
-        self.sent: list[Alert] = []
-        self.fail = list(fail or [])
-        self.pause = pause
-        self.lock = threading.Lock()
-
-    def send(self, alert: Alert, *, time_left: float | None = None) -> None:
-        if self.pause:
-            time.sleep(self.pause)
-        with self.lock:
-            if self.fail:
-                raise self.fail.pop(0)
-            self.sent.append(alert)
+from tests.helpers import EpochClock, Recorder
 
 
 @pytest.fixture
 def clock():
-    return Clock()
+    return EpochClock()
 
 
 @pytest.fixture(params=["sqlite", "tables"])

@@ -19,6 +19,7 @@ from shared.domain import ALERT_KINDS, Alert
 from shared.errors import ServiceRejected, TransientError
 from shared.local.outbox import SqliteOutbox
 from shared.notify import build_notifier
+from tests.helpers import EpochClock
 
 
 @dataclass
@@ -105,19 +106,6 @@ def url_for(port: int, name: str) -> str:
     return f"http://127.0.0.1:{port}{path_of(name)}?api-version=2016-06-01&sp=%2Ftriggers&sv=1.0&sig=SIG{name}x9Qz"
 
 
-class Clock:
-    """Wall clock (epoch seconds) the outbox and store share, so a test can jump past a retry time."""
-
-    def __init__(self) -> None:
-        self.now = 1_750_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def hook():
     server = Hook()
@@ -133,7 +121,7 @@ def http():
 
 @pytest.fixture
 def clock():
-    return Clock()
+    return EpochClock()
 
 
 @pytest.fixture
