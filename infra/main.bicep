@@ -20,6 +20,10 @@ param location string
 @description('Teams Workflows webhook URL for alerts. Stored only in Key Vault; never in app settings or outputs.')
 param teamsWebhookUrl string
 
+@secure()
+@description('MLOPS_TEAMS_ROUTES (the JSON routing table, whose URLs are webhooks) as base64: azd substitutes parameter values into main.parameters.json without escaping the quotes of JSON. Stored only in Key Vault. Empty: no routing table.')
+param teamsRoutesBase64 string = ''
+
 @description('Name of an existing Azure ML workspace to automate. Empty: create a new workspace.')
 param existingWorkspaceName string = ''
 
@@ -59,6 +63,7 @@ var workspaceName = useExistingWorkspace ? existingWorkspaceName : 'mlw-${enviro
 var datastoreAccountName = useExistingWorkspace ? existingDatastoreAccountName : 'stml${token}'
 // The landing container also appears in subscriptions.json's subject filter; tests check they agree.
 var landingContainer = 'landing'
+var hasTeamsRoutes = !empty(teamsRoutesBase64)
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: 'rg-${environmentName}'
@@ -109,6 +114,7 @@ module vault 'app/keyvault.bicep' = {
     location: location
     tags: tags
     teamsWebhookUrl: teamsWebhookUrl
+    teamsRoutesBase64: teamsRoutesBase64
   }
 }
 
@@ -191,7 +197,8 @@ module app 'app/functionapp.bicep' = {
     appInsightsName: monitoring.outputs.appInsightsName
     maximumInstanceCount: maximumInstanceCount
     subnetId: isolateWorkspace && !useExistingWorkspace ? network.outputs.appSubnetId : ''
-    settings: {
+    // Secrets reach the app only as Key Vault references, resolved with the app identity (keyVaultReferenceIdentity).
+    settings: union({
       MLOPS_BACKEND: 'azure'
       MLOPS_SUBSCRIPTION_ID: subscription().subscriptionId
       MLOPS_RESOURCE_GROUP: workspaceResourceGroupName
@@ -203,7 +210,9 @@ module app 'app/functionapp.bicep' = {
       MLOPS_LOG_ANALYTICS_WORKSPACE_ID: monitoring.outputs.logAnalyticsCustomerId
       MLOPS_METRICS_ENDPOINT: 'https://${location}.metrics.monitor.azure.com'
       MLOPS_TEAMS_WEBHOOK_URL: '@Microsoft.KeyVault(SecretUri=${vault.outputs.teamsSecretUri})'
-    }
+    }, hasTeamsRoutes ? {
+      MLOPS_TEAMS_ROUTES: '@Microsoft.KeyVault(SecretUri=${vault.outputs.teamsRoutesSecretUri})'
+    } : {})
   }
 }
 
@@ -219,6 +228,8 @@ module roles 'app/roles.bicep' = {
     logAnalyticsName: monitoring.outputs.logAnalyticsName
     vaultName: vault.outputs.name
     teamsSecretName: vault.outputs.teamsSecretName
+    teamsRoutesSecretName: vault.outputs.teamsRoutesSecretName
+    hasTeamsRoutes: hasTeamsRoutes
   }
 }
 

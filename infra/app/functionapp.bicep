@@ -58,7 +58,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
     serverFarmId: plan.id
     httpsOnly: true
     clientCertEnabled: false
-    // Key Vault references (MLOPS_TEAMS_WEBHOOK_URL) resolve with the user-assigned identity.
+    // Key Vault references (MLOPS_TEAMS_WEBHOOK_URL, MLOPS_TEAMS_ROUTES) resolve with the user-assigned identity.
     keyVaultReferenceIdentity: identityId
     virtualNetworkSubnetId: empty(subnetId) ? null : subnetId
     siteConfig: {

@@ -1,5 +1,6 @@
-// Key Vault in RBAC mode holding the Teams webhook URL. The app reads it through a Key Vault reference
-// (MLOPS_TEAMS_WEBHOOK_URL = @Microsoft.KeyVault(SecretUri=...)) resolved with its user-assigned identity.
+// Key Vault in RBAC mode holding the Teams secrets: the default webhook URL and, when given, the routing table
+// (whose URLs are webhooks too). The app reads each through a Key Vault reference (MLOPS_TEAMS_WEBHOOK_URL,
+// MLOPS_TEAMS_ROUTES = @Microsoft.KeyVault(SecretUri=...)) resolved with its user-assigned identity.
 param name string
 param location string
 param tags object
@@ -7,7 +8,13 @@ param tags object
 @secure()
 param teamsWebhookUrl string
 
+@secure()
+@description('MLOPS_TEAMS_ROUTES as base64 of its JSON (azd substitutes parameters into JSON without escaping quotes). Empty: no routing-table secret.')
+param teamsRoutesBase64 string = ''
+
 var teamsSecretName = 'teams-webhook-url'
+var teamsRoutesSecretName = 'teams-routes'
+var hasTeamsRoutes = !empty(teamsRoutesBase64)
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   #checkov:skip=CKV_AZURE_109: Key Vault references of a Flex app without VNet integration resolve over the public endpoint; RBAC-only access
@@ -43,7 +50,22 @@ resource teamsSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = {
   }
 }
 
+resource teamsRoutesSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (hasTeamsRoutes) {
+  #checkov:skip=CKV_AZURE_41: the routing table holds Teams Workflows URLs, which do not expire; an expiry date would silently stop routed alerts
+  #checkov:skip=CKV_AZURE_114: false positive: contentType is set below; checkov does not read the properties of a conditional (if) resource
+  parent: vault
+  name: teamsRoutesSecretName
+  properties: {
+    value: base64ToString(teamsRoutesBase64)
+    contentType: 'application/json'
+  }
+}
+
 output name string = vault.name
 output teamsSecretName string = teamsSecret.name
 // Versionless URI: the app picks up a rotated secret without a redeploy.
 output teamsSecretUri string = teamsSecret.properties.secretUri
+// The routing table's secret name and versionless URI, built from the vault's own URI (ends in '/') so that no
+// output reads a resource that may not be deployed. main.bicep uses them only when it passes a routing table.
+output teamsRoutesSecretName string = teamsRoutesSecretName
+output teamsRoutesSecretUri string = '${vault.properties.vaultUri}secrets/${teamsRoutesSecretName}'

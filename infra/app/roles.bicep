@@ -8,6 +8,10 @@ param appInsightsName string
 param logAnalyticsName string
 param vaultName string
 param teamsSecretName string
+@description('Name of the MLOPS_TEAMS_ROUTES secret (keyvault.bicep); read only when hasTeamsRoutes is true.')
+param teamsRoutesSecretName string
+@description('True when the routing-table secret exists (a routing table was given).')
+param hasTeamsRoutes bool
 
 // Storage Blob Data Owner: b7e6dc6d-f1e8-4753-8033-0f276bb0955b. AzureWebJobsStorage (host keys, timer
 // leases), the Flex deployment package container, and Event Grid dead-lettering with this identity.
@@ -20,7 +24,7 @@ var eventGridDataSender = 'd5a91429-5739-47e2-a06b-3470a27159e7'
 var monitoringMetricsPublisher = '3913510d-42f4-4e42-8a64-420c390055eb'
 // Log Analytics Reader: 73c42c96-874c-492b-b04d-ab87d138a893. Queries against MLOPS_LOG_ANALYTICS_WORKSPACE_ID.
 var logAnalyticsReader = '73c42c96-874c-492b-b04d-ab87d138a893'
-// Key Vault Secrets User: 4633458b-17de-408a-b874-0445c86b69e6. Reading the Teams webhook secret (scoped to that secret).
+// Key Vault Secrets User: 4633458b-17de-408a-b874-0445c86b69e6. Reading the Teams secrets (each assignment scoped to one secret).
 var keyVaultSecretsUser = '4633458b-17de-408a-b874-0445c86b69e6'
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
@@ -46,6 +50,11 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
 resource teamsSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
   parent: vault
   name: teamsSecretName
+}
+
+resource teamsRoutesSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
+  parent: vault
+  name: teamsRoutesSecretName
 }
 
 resource blobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
@@ -101,6 +110,16 @@ resource logsReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
 resource secretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(teamsSecret.id, principalId, keyVaultSecretsUser)
   scope: teamsSecret
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsUser)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource routesSecretUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (hasTeamsRoutes) {
+  name: guid(teamsRoutesSecret.id, principalId, keyVaultSecretsUser)
+  scope: teamsRoutesSecret
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsUser)
     principalId: principalId

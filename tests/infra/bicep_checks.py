@@ -52,6 +52,8 @@ ALLOWED_ROLES = {
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
 }
 
+KEY_VAULT_REFERENCE = "@Microsoft.KeyVault(SecretUri="
+
 SOURCE_PREFIX = {"ml": "Microsoft.MachineLearningServices.", "storage": "Microsoft.Storage."}
 
 _SECRET_NAME = re.compile(r"key|secret|password|passwd|connectionstring|sas|token|credential", re.I)
@@ -288,40 +290,68 @@ def check_no_secret_outputs(docs: dict[str, dict]) -> list[str]:
     return problems
 
 
-def app_settings(docs: dict[str, dict], main: str = "main.bicep", app: str = "app/functionapp.bicep") -> dict[str, Any]:
-    """Name → value of every app setting the Function App gets: the host's (functionapp.bicep) and the MLOPS_* ones
-    main.bicep passes in ``settings``, plus any literal object merged into the appsettings resource."""
-    settings: dict[str, Any] = {}
+def setting_objects(node: Any, variables: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The object literals a settings expression is built from: the object itself, every argument of ``union()``,
+    both branches of a ternary (a conditional setting counts as set), and variables holding any of those."""
+    variables = variables or {}
+    if isinstance(node, str) and node in variables:
+        return setting_objects(_value(variables[node]), {k: v for k, v in variables.items() if k != node})
+    if not isinstance(node, dict):
+        return []
+    fn = node.get("function")
+    if isinstance(fn, dict):
+        if fn.get("type") != "union":
+            return []
+        params = fn.get("parameters") or {}
+        return [o for arg in (params.values() if isinstance(params, dict) else params)
+                for o in setting_objects(arg, variables)]
+    op = node.get("operator")
+    if isinstance(op, dict):
+        if op.get("type") != "conditional":
+            return []
+        ops = op.get("operands", {})
+        return setting_objects(ops.get("true_value"), variables) + setting_objects(ops.get("false_value"), variables)
+    return [node]
+
+
+def app_setting_pairs(docs: dict[str, dict], main: str = "main.bicep",
+                      app: str = "app/functionapp.bicep") -> list[tuple[str, Any]]:
+    """(name, value) of every app setting the Function App gets: the host's (functionapp.bicep) and the MLOPS_*
+    ones main.bicep passes in ``settings``, plus any literal object merged into the appsettings resource. A setting
+    set under a condition (a ternary inside ``union()``) is included, and one set in several places appears once
+    per place, so that every value it can take is checked."""
+    pairs: list[tuple[str, Any]] = []
     app_doc = docs.get(app, {})
     for _name, res in resources(app_doc, "Microsoft.Web/sites/config"):
         if body(res).get("name") != "appsettings":
             continue
-        props = body(res).get("properties")
-        fn = props.get("function") if isinstance(props, dict) else None
-        parts = list((fn.get("parameters") or {}).values()) if fn and fn.get("type") == "union" else [props]
-        for part in parts:
-            if isinstance(part, dict):
-                settings.update(part)
-            elif isinstance(part, str) and part in (app_doc.get("variables") or {}):
-                settings.update(_value(app_doc["variables"][part]) or {})
+        for part in setting_objects(body(res).get("properties"), app_doc.get("variables") or {}):
+            pairs += [(k, v) for k, v in part.items() if k != "settings"]
     for _name, res in resources(app_doc, "Microsoft.Web/sites"):
         for item in body(res).get("properties", {}).get("siteConfig", {}).get("appSettings", []) or []:
             if isinstance(item, dict) and "name" in item:
-                settings[item["name"]] = item.get("value")
-    for _name, mod in (docs.get(main, {}).get("modules") or {}).items():
+                pairs.append((item["name"], item.get("value")))
+    main_doc = docs.get(main, {})
+    for _name, mod in (main_doc.get("modules") or {}).items():
         if mod.get("detail", {}).get("path") == app:
-            settings.update(body(mod).get("params", {}).get("settings", {}) or {})
-    settings.pop("settings", None)
-    return settings
+            for part in setting_objects(body(mod).get("params", {}).get("settings"), main_doc.get("variables") or {}):
+                pairs += list(part.items())
+    return pairs
+
+
+def app_settings(docs: dict[str, dict], main: str = "main.bicep", app: str = "app/functionapp.bicep") -> dict[str, Any]:
+    """Name → value of every app setting (see app_setting_pairs; for a setting set in several places, the last)."""
+    return dict(app_setting_pairs(docs, main, app))
 
 
 def check_app_settings(docs: dict[str, dict], setting_names: tuple[str, ...] | frozenset[str]) -> list[str]:
     problems = []
-    settings = app_settings(docs)
+    pairs = app_setting_pairs(docs)
+    settings = dict(pairs)
     if not settings:
         return ["no app settings found on the Function App"]
     known = set(setting_names) | HOST_SETTINGS
-    for name, value in settings.items():
+    for name, value in pairs:
         if name in FORBIDDEN_SETTINGS:
             problems.append(f"app setting {name} must not be set (Flex Consumption / key-based)")
         elif name not in known:
@@ -333,9 +363,11 @@ def check_app_settings(docs: dict[str, dict], setting_names: tuple[str, ...] | f
         problems.append(f"required app setting {name} is not set")
     if "MLOPS_BACKEND" in settings and settings["MLOPS_BACKEND"] != "azure":
         problems.append("MLOPS_BACKEND must be 'azure'")
-    teams = render(settings.get("MLOPS_TEAMS_WEBHOOK_URL", ""))
-    if "MLOPS_TEAMS_WEBHOOK_URL" in settings and not teams.startswith("@Microsoft.KeyVault(SecretUri="):
-        problems.append("MLOPS_TEAMS_WEBHOOK_URL must be a Key Vault reference")
+    # Teams settings carry webhook URLs (secrets): any MLOPS_TEAMS_* setting with a value is a Key Vault reference.
+    # This fails closed: a new MLOPS_TEAMS_* setting, even a plain flag, needs a deliberate exemption here.
+    for name, value in sorted((n, render(v).strip()) for n, v in pairs if n.startswith("MLOPS_TEAMS_")):
+        if value and not value.startswith(KEY_VAULT_REFERENCE):
+            problems.append(f"{name} must be a Key Vault reference ({KEY_VAULT_REFERENCE}...), not a plain value")
     for name in settings:
         if name.endswith("__credential") and settings[name] != "managedidentity":
             problems.append(f"{name} must be managedidentity")
@@ -476,4 +508,92 @@ def check_landing_filter(docs: dict[str, dict], config: dict[str, Any], main: st
     for s in config.get("subscriptions", []):
         if s.get("source") == "storage" and f"/containers/{landing}/" not in s.get("subjectBeginsWith", ""):
             problems.append(f"subscription {s['name']}: subjectBeginsWith does not name the landing container {landing!r}")
+    return problems
+
+
+# Settings whose values are Teams webhook URLs (or hold them): each lives in Key Vault, never in app settings.
+TEAMS_SECRET_SETTINGS = ("MLOPS_TEAMS_WEBHOOK_URL", "MLOPS_TEAMS_ROUTES")
+KEY_VAULT_SECRETS_USER = "4633458b-17de-408a-b874-0445c86b69e6"
+
+
+def _secure_params(doc: dict[str, Any]) -> set[str]:
+    return {k for k, p in (doc.get("parameters") or {}).items()
+            if any(d.get("type") == "secure" for d in p.get("decorators", []) if isinstance(d, dict))}
+
+
+def _mentions(text: str, name: str) -> bool:
+    return re.search(rf"(?<![\w.]){re.escape(name)}(?![\w])", text) is not None
+
+
+def _role_guid(doc: dict[str, Any], props: dict[str, Any]) -> str:
+    variables = {k: render(_value(v)) for k, v in (doc.get("variables") or {}).items()}
+    role = render(props.get("roleDefinitionId"))
+    found = re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", role)
+    if found:
+        return found[0]
+    args = [a for a in walk(props.get("roleDefinitionId")) if isinstance(a, str)]
+    return next((variables[a] for a in args if a in variables), "")
+
+
+def check_teams_secrets(docs: dict[str, dict], main: str = "main.bicep", vault: str = "app/keyvault.bicep") -> list[str]:
+    """Each Teams secret setting follows the whole chain: a @secure parameter of main.bicep → a Key Vault secret
+    (keyvault.bicep) → the app setting, a Key Vault reference to that secret's URI → a Key Vault Secrets User
+    assignment for the app identity scoped to that one secret."""
+    problems: list[str] = []
+    main_doc, vault_doc = docs.get(main, {}), docs.get(vault, {})
+    modules = main_doc.get("modules") or {}
+    vault_modules = {n for n, m in modules.items() if m.get("detail", {}).get("path") == vault}
+    if not vault_modules:
+        return [f"{main}: no module deploys {vault}"]
+    main_secure, vault_secure = _secure_params(main_doc), _secure_params(vault_doc)
+    secrets = dict(resources(vault_doc, "Microsoft.KeyVault/vaults/secrets"))
+    outputs = {k: render(_value(v)) for k, v in (vault_doc.get("outputs") or {}).items()}
+    settings = app_settings(docs)
+    used: dict[str, str] = {}
+    for setting in TEAMS_SECRET_SETTINGS:
+        if setting not in settings:
+            problems.append(f"{setting} is not set (as a Key Vault reference)")
+            continue
+        text = render(settings[setting])
+        ref = re.fullmatch(re.escape(KEY_VAULT_REFERENCE) + r"\$\{(\w+)\.outputs\.(\w+)\}\)", text)
+        if not ref or ref.group(1) not in vault_modules:
+            problems.append(f"{setting} must be {KEY_VAULT_REFERENCE}${{<{vault} module>.outputs.<secret uri>}}), not {text[:80]}")
+            continue
+        out = outputs.get(ref.group(2), "")
+        # The output names its secret by symbol (teamsSecret.properties.secretUri) or by the secret's name.
+        secret = next((s for s, r in secrets.items() if out == f"{s}.properties.secretUri"
+                       or f"secrets/${{{render(body(r).get('name'))}}}" in out), None)
+        if secret is None:
+            problems.append(f"{setting}: {vault} output {ref.group(2)} is not the URI of a secret it creates")
+            continue
+        if secret in used.values():
+            problems.append(f"{setting} shares its secret {secret} with another setting")
+        used[setting] = secret
+        value = render(body(secrets[secret]).get("properties", {}).get("value"))
+        params = [p for p in vault_secure if _mentions(value, p)]
+        if not params:
+            problems.append(f"{vault}:{secret}: the secret value must come from a @secure parameter, not {value[:60]}")
+        for p in params:
+            passed = [render(body(modules[m]).get("params", {}).get(p)) for m in vault_modules]
+            if not all(any(_mentions(v, s) for s in main_secure) for v in passed):
+                problems.append(f"{main}: {vault} parameter {p} must come from a @secure parameter of {main}")
+        # The app identity may read exactly this secret: a module gets the secret's name from the vault module's
+        # output and assigns Key Vault Secrets User on an existing secret of that name.
+        name_outputs = {k for k, v in outputs.items()
+                        if v in (f"{secret}.name", render(body(secrets[secret]).get("name")))}
+        granted = False
+        for mod in modules.values():
+            path = mod.get("detail", {}).get("path", "")
+            mdoc = docs.get(path, {})
+            for pname, pval in (body(mod).get("params") or {}).items():
+                if not any(render(pval) == f"{v}.outputs.{o}" for v in vault_modules for o in name_outputs):
+                    continue
+                scopes = {s for s, r in resources(mdoc, "Microsoft.KeyVault/vaults/secrets", include_existing=True)
+                          if r.get("existing") and render(body(r).get("name")) == pname}
+                for _n, ra in resources(mdoc, "Microsoft.Authorization/roleAssignments"):
+                    props = body(ra).get("properties", {})
+                    if render(body(ra).get("scope")) in scopes and _role_guid(mdoc, props) == KEY_VAULT_SECRETS_USER:
+                        granted = True
+        if not granted:
+            problems.append(f"{setting}: no Key Vault Secrets User assignment scoped to the secret {secret}")
     return problems

@@ -48,6 +48,12 @@ def test_no_output_or_setting_carries_a_key_or_secret(docs):
     assert c.check_no_secret_outputs(docs) == []
 
 
+def test_teams_secrets_go_from_secure_parameters_through_key_vault_to_key_vault_references(docs):
+    # MLOPS_TEAMS_WEBHOOK_URL and MLOPS_TEAMS_ROUTES: @secure parameter → Key Vault secret → Key Vault reference,
+    # and the app identity may read each of those secrets (and only by a per-secret role assignment).
+    assert c.check_teams_secrets(docs) == []
+
+
 def test_every_role_assignment_is_for_the_app_identity(docs):
     assert c.check_role_assignments(docs) == []
 
@@ -146,9 +152,14 @@ def test_secret_check_reports_list_keys_and_secret_outputs():
     assert any("secure parameter hook" in p for p in problems)
 
 
+def _main_settings(docs) -> dict:
+    """The object literal of MLOPS_* settings main.bicep passes (the first one inside its union())."""
+    return c.setting_objects(docs["main.bicep"]["modules"]["app"]["config"]["params"]["settings"])[0]
+
+
 def test_settings_check_reports_unknown_missing_and_forbidden(docs):
     mutated = copy.deepcopy(docs)
-    settings = mutated["main.bicep"]["modules"]["app"]["config"]["params"]["settings"]
+    settings = _main_settings(mutated)
     settings["MLOPS_TYPO"] = "x"
     settings["FUNCTIONS_WORKER_RUNTIME"] = "python"
     del settings["MLOPS_EVENTS__topicEndpointUri"]
@@ -158,6 +169,41 @@ def test_settings_check_reports_unknown_missing_and_forbidden(docs):
     assert "FUNCTIONS_WORKER_RUNTIME" in problems
     assert "MLOPS_EVENTS__topicEndpointUri is not set" in problems
     assert "Key Vault reference" in problems
+
+
+def test_settings_check_reports_a_plain_teams_routes_or_any_plain_teams_setting(docs):
+    for name, value in (("MLOPS_TEAMS_ROUTES", '{"default": ["https://example.invalid/hook"]}'),
+                        ("MLOPS_TEAMS_FAILURES_ONLY", "true")):
+        mutated = copy.deepcopy(docs)
+        _main_settings(mutated)[name] = value
+        assert f"{name} must be a Key Vault reference" in "\n".join(c.check_app_settings(mutated, SETTING_NAMES))
+
+
+def test_teams_check_reports_a_routes_setting_that_bypasses_key_vault(docs):
+    path = c.INFRA / "main.bicep"
+    text = path.read_text()
+    plain = re.sub(r"MLOPS_TEAMS_ROUTES: '[^']*'", "MLOPS_TEAMS_ROUTES: teamsRoutesBase64", text)
+    assert plain != text
+    problems = c.check_teams_secrets(dict(docs, **{"main.bicep": c.parse_text(plain)}))
+    assert any(p.startswith("MLOPS_TEAMS_ROUTES must be") for p in problems)
+    # Without any MLOPS_TEAMS_ROUTES setting (the template before this check), the chain is reported missing.
+    gone = re.sub(r", hasTeamsRoutes \? \{\s*MLOPS_TEAMS_ROUTES: '[^']*'\s*\} : \{\}\)", ", {})", text)
+    assert gone != text
+    problems = c.check_teams_secrets(dict(docs, **{"main.bicep": c.parse_text(gone)}))
+    assert problems == ["MLOPS_TEAMS_ROUTES is not set (as a Key Vault reference)"]
+
+
+def test_teams_check_reports_a_secret_from_a_plain_parameter_or_without_its_role(docs):
+    vault = (c.INFRA / "app" / "keyvault.bicep").read_text()
+    unsecured = vault.replace("@secure()\n@description('MLOPS_TEAMS_ROUTES", "@description('MLOPS_TEAMS_ROUTES")
+    assert unsecured != vault
+    problems = c.check_teams_secrets(dict(docs, **{"app/keyvault.bicep": c.parse_text(unsecured)}))
+    assert any("teamsRoutesSecret: the secret value must come from a @secure parameter" in p for p in problems)
+    roles = (c.INFRA / "app" / "roles.bicep").read_text()
+    ungranted = re.sub(r"resource routesSecretUser .*?\n}\n", "", roles, flags=re.S)
+    assert ungranted != roles
+    problems = c.check_teams_secrets(dict(docs, **{"app/roles.bicep": c.parse_text(ungranted)}))
+    assert problems == ["MLOPS_TEAMS_ROUTES: no Key Vault Secrets User assignment scoped to the secret teamsRoutesSecret"]
 
 
 def test_event_grid_check_reports_a_function_without_subscription(docs, config):
