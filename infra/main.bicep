@@ -36,6 +36,17 @@ param existingDatastoreAccountName string = ''
 @description('Azure ML datastore the app registers landing data through. A new workspace gets one named "landing".')
 param datastoreName string = 'landing'
 
+@description('Compute cluster the training jobs run on (MLOPS_COMPUTE). A new workspace gets it; with an existing workspace it must already exist there (see the README).')
+param computeName string = 'cpu-cluster'
+
+@minValue(1)
+@maxValue(100)
+@description('Maximum nodes of the new workspace\'s training cluster (minimum 0: it scales to zero when idle).')
+param computeMaxNodes int = 2
+
+@description('Low-priority VMs for the new workspace\'s training cluster (cheaper; nodes can be preempted).')
+param computeLowPriority bool = false
+
 @description('Put the new workspace behind a managed virtual network (AllowOnlyApprovedOutbound), disable its public network access and reach it through private endpoints. The Function App then joins a VNet.')
 param isolateWorkspace bool = false
 
@@ -150,6 +161,10 @@ module workspace 'app/workspace.bicep' = if (!useExistingWorkspace) {
     datastoreAccountName: datastoreAccountName
     landingContainer: landingContainer
     datastoreName: datastoreName
+    computeName: computeName
+    computeMaxNodes: computeMaxNodes
+    computeLowPriority: computeLowPriority
+    computeIdentityName: 'id-compute-${environmentName}-${token}'
     appInsightsId: monitoring.outputs.appInsightsId
     logAnalyticsId: monitoring.outputs.logAnalyticsId
     isolate: isolateWorkspace
@@ -204,6 +219,7 @@ module app 'app/functionapp.bicep' = {
       MLOPS_RESOURCE_GROUP: workspaceResourceGroupName
       MLOPS_WORKSPACE: workspaceName
       MLOPS_DATASTORE: datastoreName
+      MLOPS_COMPUTE: computeName
       MLOPS_LANDING_CONTAINER: landingContainer
       MLOPS_LEDGER__tableServiceUri: storage.outputs.tableEndpoint
       MLOPS_EVENTS__topicEndpointUri: topic.outputs.endpoint

@@ -1,7 +1,7 @@
 // A new Azure ML workspace with its datastore storage account (holding the `landing` container), its own Key
-// Vault, an identity-based `landing` datastore, a scale-to-zero CPU cluster and diagnostic logs to Log Analytics.
-// With isolate = true: managed virtual network (AllowOnlyApprovedOutbound), public network access disabled and a
-// private endpoint in the app's VNet.
+// Vault, an identity-based `landing` datastore, a scale-to-zero CPU cluster running as its own user-assigned
+// identity, and diagnostic logs to Log Analytics. With isolate = true: managed virtual network
+// (AllowOnlyApprovedOutbound), public network access disabled and a private endpoint in the app's VNet.
 param name string
 param location string
 param tags object
@@ -14,9 +14,19 @@ param logAnalyticsId string
 param isolate bool
 param privateEndpointSubnetId string
 
-@description('Compute cluster the training jobs run on (MLOPS_COMPUTE default).')
-param computeName string = 'cpu-cluster'
+@description('Compute cluster the training jobs run on (the app setting MLOPS_COMPUTE).')
+param computeName string
 param computeVmSize string = 'Standard_DS3_v2'
+@description('Upper bound of the cluster; it scales to zero when idle.')
+param computeMaxNodes int
+@description('Low-priority VMs for the cluster: cheaper, but a node can be preempted and its job re-queued.')
+param computeLowPriority bool
+@description('Name of the cluster\'s user-assigned identity (identity-based access to the datastore account).')
+param computeIdentityName string
+
+// Storage Blob Data Reader: 2a2b9908-6ea1-4ae2-8e65-a410df84e7d1. The training cluster reads its input (the
+// identity-based landing datastore: no key, no SAS) and the workspace's blobs on this account.
+var storageBlobDataReader = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
 
 resource datastoreAccount 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   #checkov:skip=CKV_AZURE_206: LRS by default for the demo datastore; point existingDatastoreAccountName at a GRS/ZRS account for production data
@@ -128,28 +138,53 @@ resource landingDatastore 'Microsoft.MachineLearningServices/workspaces/datastor
   }
 }
 
+// The identity jobs on the cluster use for identity-based datastores (Azure ML uses the compute's managed identity
+// when the datastore stores no credentials). User-assigned, so that its role exists before the cluster does.
+resource computeIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: computeIdentityName
+  location: location
+  tags: tags
+}
+
+// Shared keys are disabled on the account, so without this role a job cannot read its input.
+resource computeDataReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(datastoreAccount.id, computeIdentity.id, storageBlobDataReader)
+  scope: datastoreAccount
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataReader)
+    principalId: computeIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
 resource cluster 'Microsoft.MachineLearningServices/workspaces/computes@2024-10-01' = {
   parent: workspace
   name: computeName
   location: location
   identity: {
-    type: 'SystemAssigned'
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${computeIdentity.id}': {}
+    }
   }
   properties: {
     computeType: 'AmlCompute'
     disableLocalAuth: true
     properties: {
       vmSize: computeVmSize
-      vmPriority: 'Dedicated'
+      vmPriority: computeLowPriority ? 'LowPriority' : 'Dedicated'
       osType: 'Linux'
       enableNodePublicIp: !isolate
       scaleSettings: {
         minNodeCount: 0
-        maxNodeCount: 2
+        maxNodeCount: computeMaxNodes
         nodeIdleTimeBeforeScaleDown: 'PT10M'
       }
     }
   }
+  dependsOn: [
+    computeDataReader
+  ]
 }
 
 resource workspaceDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {

@@ -54,6 +54,11 @@ ALLOWED_ROLES = {
 
 KEY_VAULT_REFERENCE = "@Microsoft.KeyVault(SecretUri="
 
+# The training cluster's identity reads its input through identity-based datastores, nothing else.
+COMPUTE_ROLES = {
+    "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1": "Storage Blob Data Reader",
+}
+
 SOURCE_PREFIX = {"ml": "Microsoft.MachineLearningServices.", "storage": "Microsoft.Storage."}
 
 _SECRET_NAME = re.compile(r"key|secret|password|passwd|connectionstring|sas|token|credential", re.I)
@@ -232,17 +237,44 @@ def check_key_vaults(docs: dict[str, dict]) -> list[str]:
     return problems
 
 
+def compute_identities(doc: dict[str, Any]) -> dict[str, str]:
+    """principalId expression → AmlCompute symbol, for each managed identity of a compute cluster in this file: a
+    user-assigned identity declared here and attached to the cluster, or the cluster's system-assigned identity."""
+    uamis = {n for n, _ in resources(doc, "Microsoft.ManagedIdentity/userAssignedIdentities")}
+    found: dict[str, str] = {}
+    for name, res in resources(doc, "Microsoft.MachineLearningServices/workspaces/computes"):
+        cfg = body(res)
+        if cfg.get("properties", {}).get("computeType") != "AmlCompute":
+            continue
+        ident = cfg.get("identity") or {}
+        if "SystemAssigned" in str(ident.get("type", "")):
+            found[f"{name}.identity.principalId"] = name
+        for key in ident.get("userAssignedIdentities") or {}:
+            ref = re.fullmatch(r"'?\$\{(\w+)\.id\}'?", str(key))  # pycep keeps the quotes of a key
+            if ref and ref.group(1) in uamis:
+                found[f"{ref.group(1)}.properties.principalId"] = name
+    return found
+
+
 def check_role_assignments(docs: dict[str, dict], main: str = "main.bicep") -> list[str]:
-    """Every role assignment's principal is the app identity; every role is on the allow list, named in a comment."""
+    """Every role assignment's principal is the app identity (any role on ALLOWED_ROLES) or a training cluster's
+    identity (only COMPUTE_ROLES, on a storage account); every role is named in a comment (a separate test)."""
     problems = []
     for path, doc in docs.items():
         variables = {k: render(_value(v)) for k, v in (doc.get("variables") or {}).items()}
+        computes = compute_identities(doc)
+        storage = {n for n, _ in resources(doc, "Microsoft.Storage/storageAccounts", include_existing=True)}
         for name, res in resources(doc, "Microsoft.Authorization/roleAssignments"):
             props = body(res).get("properties", {})
             where = f"{path}:{name}"
             principal = render(props.get("principalId"))
-            if principal != "principalId" or "principalId" not in (doc.get("parameters") or {}):
-                problems.append(f"{where}: principalId must be the module parameter principalId (the app identity), not {principal}")
+            for_compute = principal in computes
+            if for_compute:
+                if render(body(res).get("scope")) not in storage:
+                    problems.append(f"{where}: the cluster identity's role must be scoped to a storage account")
+            elif principal != "principalId" or "principalId" not in (doc.get("parameters") or {}):
+                problems.append(f"{where}: principalId must be the module parameter principalId (the app identity) "
+                                f"or a compute cluster's identity, not {principal}")
             if props.get("principalType") != "ServicePrincipal":
                 problems.append(f"{where}: principalType must be ServicePrincipal")
             role = render(props.get("roleDefinitionId"))
@@ -250,8 +282,9 @@ def check_role_assignments(docs: dict[str, dict], main: str = "main.bicep") -> l
             if guid is None:  # subscriptionResourceId('...roleDefinitions', someVar): look the variable up
                 args = [render(a) for a in walk(props.get("roleDefinitionId")) if isinstance(a, str)]
                 guid = next((variables[a] for a in args if a in variables), "")
-            if guid not in ALLOWED_ROLES:
-                problems.append(f"{where}: role {guid or role} is not one of the allowed least-privilege roles")
+            if guid not in (COMPUTE_ROLES if for_compute else ALLOWED_ROLES):
+                who = "the compute cluster's" if for_compute else "the app's"
+                problems.append(f"{where}: role {guid or role} is not one of {who} allowed least-privilege roles")
     # Modules that take principalId must get the app identity's principalId.
     doc = docs.get(main, {})
     identity_modules = {n for n, m in (doc.get("modules") or {}).items() if m.get("detail", {}).get("path") == "app/identity.bicep"}
@@ -596,4 +629,95 @@ def check_teams_secrets(docs: dict[str, dict], main: str = "main.bicep", vault: 
                         granted = True
         if not granted:
             problems.append(f"{setting}: no Key Vault Secrets User assignment scoped to the secret {secret}")
+    return problems
+
+
+def _workspace_module(docs: dict[str, dict], main: str, workspace: str) -> dict[str, Any] | None:
+    return next((body(m).get("params", {}) for m in (docs.get(main, {}).get("modules") or {}).values()
+                 if m.get("detail", {}).get("path") == workspace), None)
+
+
+def check_training_cluster(docs: dict[str, dict], main: str = "main.bicep", workspace: str = "app/workspace.bicep") -> list[str]:
+    """The new workspace's training cluster: AmlCompute named by MLOPS_COMPUTE, scale-to-zero with an idle
+    scale-down, maximum nodes and low priority as parameters, local auth off, and a managed identity holding
+    Storage Blob Data Reader on the datastore account (shared keys are off there: identity is the only way in)."""
+    problems: list[str] = []
+    doc = docs.get(workspace, {})
+    params = doc.get("parameters") or {}
+    clusters = [(n, r) for n, r in resources(doc, "Microsoft.MachineLearningServices/workspaces/computes")
+                if body(r).get("properties", {}).get("computeType") == "AmlCompute"]
+    if len(clusters) != 1:
+        return [f"{workspace}: expected one AmlCompute cluster, found {len(clusters)}"]
+    name, res = clusters[0]
+    cfg = body(res)
+    where = f"{workspace}:{name}"
+    props = cfg.get("properties", {})
+    inner = props.get("properties", {})
+    scale = inner.get("scaleSettings", {})
+    if str(scale.get("minNodeCount")) != "0":
+        problems.append(f"{where}: minNodeCount must be 0 (no idle nodes)")
+    if not scale.get("nodeIdleTimeBeforeScaleDown"):
+        problems.append(f"{where}: nodeIdleTimeBeforeScaleDown must be set (idle scale-down)")
+    if render(scale.get("maxNodeCount")) not in params:
+        problems.append(f"{where}: maxNodeCount must be a parameter, not {render(scale.get('maxNodeCount'))}")
+    priority = render(inner.get("vmPriority"))
+    if not (priority in params or ("LowPriority" in priority and any(_mentions(priority, p) for p in params))):
+        problems.append(f"{where}: vmPriority (low priority) must follow a parameter, not {priority}")
+    if not is_true(props.get("disableLocalAuth")):
+        problems.append(f"{where}: disableLocalAuth must be true")
+    # Named by MLOPS_COMPUTE: main passes the same value as the cluster name and as the app setting.
+    compute_param = render(cfg.get("name"))
+    passed = _workspace_module(docs, main, workspace)
+    setting = app_settings(docs).get("MLOPS_COMPUTE")
+    if compute_param not in params or passed is None or setting is None \
+            or render(passed.get(compute_param)) != render(setting):
+        problems.append(f"{where}: the cluster's name and the app setting MLOPS_COMPUTE must be the same value in {main}")
+    # Its identity reads the datastore account.
+    principals = {p for p, c in compute_identities(doc).items() if c == name}
+    if not principals:
+        problems.append(f"{where}: the cluster needs a managed identity (identity-based datastores use it)")
+    accounts = {n for n, r in resources(doc, "Microsoft.Storage/storageAccounts", include_existing=True)
+                if render(body(r).get("name")) == "datastoreAccountName"}
+    readers = [n for n, r in resources(doc, "Microsoft.Authorization/roleAssignments")
+               if render(body(r).get("properties", {}).get("principalId")) in principals
+               and render(body(r).get("scope")) in accounts
+               and _role_guid(doc, body(r).get("properties", {})) == "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"]
+    if principals and not readers:
+        problems.append(f"{where}: the cluster identity needs Storage Blob Data Reader on the datastore account")
+    return problems
+
+
+def check_landing_datastore(docs: dict[str, dict], main: str = "main.bicep", workspace: str = "app/workspace.bicep") -> list[str]:
+    """The datastore MLOPS_DATASTORE names exists in the new workspace: AzureBlob over the landing container of the
+    datastore account, identity-based (credentials None: no key or SAS stored)."""
+    problems: list[str] = []
+    doc = docs.get(workspace, {})
+    stores = list(resources(doc, "Microsoft.MachineLearningServices/workspaces/datastores"))
+    if len(stores) != 1:
+        return [f"{workspace}: expected one datastore, found {len(stores)}"]
+    name, res = stores[0]
+    where = f"{workspace}:{name}"
+    cfg = body(res)
+    props = cfg.get("properties", {})
+    workspaces = {n for n, _ in resources(doc, "Microsoft.MachineLearningServices/workspaces")}
+    if render(cfg.get("parent")) not in workspaces:
+        problems.append(f"{where}: must belong to the workspace created here")
+    if props.get("datastoreType") != "AzureBlob":
+        problems.append(f"{where}: datastoreType must be AzureBlob")
+    if props.get("credentials", {}).get("credentialsType") != "None":
+        problems.append(f"{where}: credentials must be None (identity-based access, no key or SAS)")
+    accounts = {n for n, r in resources(doc, "Microsoft.Storage/storageAccounts")
+                if render(body(r).get("name")) == "datastoreAccountName"}
+    if render(props.get("accountName")) not in {f"{a}.name" for a in accounts}:
+        problems.append(f"{where}: accountName must be the datastore account created here")
+    containers = {n for n, r in resources(doc, "Microsoft.Storage/storageAccounts/blobServices/containers")
+                  if render(body(r).get("name")) == "landingContainer"}
+    if render(props.get("containerName")) not in {f"{c}.name" for c in containers}:
+        problems.append(f"{where}: containerName must be the landing container created here")
+    # The same names the app reads: MLOPS_DATASTORE and MLOPS_LANDING_CONTAINER.
+    passed = _workspace_module(docs, main, workspace) or {}
+    settings = app_settings(docs)
+    for param, setting in ((render(cfg.get("name")), "MLOPS_DATASTORE"), ("landingContainer", "MLOPS_LANDING_CONTAINER")):
+        if param not in passed or setting not in settings or render(passed[param]) != render(settings[setting]):
+            problems.append(f"{where}: {main} must pass {setting}'s value as the module's {param}")
     return problems

@@ -78,6 +78,14 @@ def test_role_guids_are_named_in_comments():
             assert any(guid in ln and name in ln for ln in comments), f"{path.name}: role {guid} has no '// {name}: {guid}' comment"
 
 
+def test_training_cluster_scales_to_zero_and_its_identity_reads_the_datastore_account(docs):
+    assert c.check_training_cluster(docs) == []
+
+
+def test_the_datastore_mlops_datastore_names_is_identity_based_over_the_landing_container(docs):
+    assert c.check_landing_datastore(docs) == []
+
+
 def test_policy_assignment_is_the_builtin_ml_public_access_policy(docs):
     doc = docs["app/policy.bicep"]
     definition = c.render(doc["variables"]["definitionId"]["value"])
@@ -255,3 +263,45 @@ def test_storage_declares_exactly_the_tables_the_ledger_adapter_uses():
     assert declared, "storage.bicep no longer declares ledgerTableNames"
     assert sorted(re.findall(r"'([^']+)'", declared.group(1))) == sorted(DEFAULT_TABLES.values())
     assert "tableServices/tables@" in text and "for tableName in ledgerTableNames" in text
+
+
+def _with_workspace(docs, text: str) -> dict:
+    return dict(docs, **{"app/workspace.bicep": c.parse_text(text)})
+
+
+def test_cluster_check_reports_no_identity_no_role_and_idle_nodes(docs):
+    text = (c.INFRA / "app" / "workspace.bicep").read_text()
+    no_role = re.sub(r"resource computeDataReader .*?\n}\n", "", text, flags=re.S).replace(
+        "  dependsOn: [\n    computeDataReader\n  ]\n", "")
+    assert no_role != text
+    assert c.check_training_cluster(_with_workspace(docs, no_role)) == [
+        "app/workspace.bicep:cluster: the cluster identity needs Storage Blob Data Reader on the datastore account"]
+    no_identity = re.sub(r"(resource cluster .*?\n)  identity: \{.*?\n  \}\n", r"\1", text, flags=re.S)
+    assert no_identity != text
+    assert "the cluster needs a managed identity" in "\n".join(c.check_training_cluster(_with_workspace(docs, no_identity)))
+    idle = text.replace("minNodeCount: 0", "minNodeCount: 1").replace("maxNodeCount: computeMaxNodes", "maxNodeCount: 4")
+    problems = "\n".join(c.check_training_cluster(_with_workspace(docs, idle)))
+    assert "minNodeCount must be 0" in problems and "maxNodeCount must be a parameter" in problems
+
+
+def test_role_check_holds_the_cluster_identity_to_reading(docs):
+    text = (c.INFRA / "app" / "workspace.bicep").read_text()
+    # Storage Blob Data Contributor (ba92f5b4-2d11-453d-a403-e96b0029c9fe) is more than the cluster may hold.
+    broader = text.replace("var storageBlobDataReader = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'",
+                           "var storageBlobDataReader = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'")
+    assert broader != text
+    problems = c.check_role_assignments(_with_workspace(docs, broader))
+    assert any("ba92f5b4" in p and "compute cluster's allowed" in p for p in problems)
+    # And the cluster may not get an app-only role such as AzureML Data Scientist either.
+    scientist = text.replace("'2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'", "'f6c7c914-8db3-469d-8ca1-694a8f32e121'")
+    assert any("f6c7c914" in p for p in c.check_role_assignments(_with_workspace(docs, scientist)))
+
+
+def test_datastore_check_reports_stored_credentials_or_a_missing_datastore(docs):
+    text = (c.INFRA / "app" / "workspace.bicep").read_text()
+    keyed = text.replace("credentialsType: 'None'", "credentialsType: 'AccountKey'")
+    assert keyed != text
+    assert "credentials must be None" in "\n".join(c.check_landing_datastore(_with_workspace(docs, keyed)))
+    gone = re.sub(r"resource landingDatastore .*?\n}\n", "", text, flags=re.S)
+    assert gone != text
+    assert c.check_landing_datastore(_with_workspace(docs, gone)) == ["app/workspace.bicep: expected one datastore, found 0"]
