@@ -537,8 +537,13 @@ def build_notifier(settings: Any, *, store: OutboxStore, client: httpx.Client | 
         hint = " (an unresolved Key Vault reference?)" if default_url.startswith("@Microsoft.KeyVault") else ""
         logger.error("MLOPS_TEAMS_WEBHOOK_URL is not an http(s) URL%s: alerts go to the log until it is fixed", hint)
         default_url = ""
-    table = RoutingTable.parse(settings.teams_routes, default_url=default_url,
-                               failures_only=settings.teams_failures_only)
+    routes = settings.teams_routes
+    if routes.startswith("@Microsoft.KeyVault"):
+        # The app could not read the secret: the reference arrives as text. Refusing to start would stop the whole
+        # automation over its alerts; the default webhook (or the log) takes every alert instead.
+        logger.error("MLOPS_TEAMS_ROUTES is an unresolved Key Vault reference: routing falls back to the default")
+        routes = ""
+    table = RoutingTable.parse(routes, default_url=default_url, failures_only=settings.teams_failures_only)
     always: list[Channel] = []
     if stream is not None:
         always.append(ConsoleChannel(stream))

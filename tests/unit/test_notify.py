@@ -304,6 +304,17 @@ def test_an_unresolved_key_vault_reference_sends_alerts_to_the_log_and_says_why(
     assert not any("kv-mlops" in r.getMessage() for r in caplog.records), "the setting's value is never logged"
 
 
+def test_an_unresolved_routes_reference_falls_back_to_the_default_instead_of_stopping_the_app(store, clock, caplog):
+    caplog.set_level(logging.INFO, logger="shared.notify")
+    unresolved = "@Microsoft.KeyVault(SecretUri=https://kv-mlops.vault.azure.net/secrets/teams-routes/)"
+    outbox = build_notifier(Settings(teams_routes=unresolved), store=store, clock=clock)
+    outbox.notify(alert("rollback", "critical", key="rb"))
+    assert outbox.flush() == 1 and store.status(1)["status"] == "delivered"
+    assert any(r.levelno == logging.ERROR and "MLOPS_TEAMS_ROUTES is an unresolved Key Vault reference"
+               in r.getMessage() for r in caplog.records)
+    assert not any("kv-mlops" in r.getMessage() for r in caplog.records)
+
+
 def test_a_closed_console_stream_fails_the_alert_without_raising(store, clock):
     stream = io.StringIO()
     outbox = outbox_with(store, clock, ConsoleChannel(stream))
