@@ -12,6 +12,7 @@ from shared.errors import InvalidPayload
 # Public-cloud defaults; sovereign clouds override them through the settings below.
 PUBLIC_LOGS_ENDPOINT = "https://api.loganalytics.io/v1"
 PUBLIC_STUDIO_URL = "https://ml.azure.com"
+AZURE_CLOUDS = ("AzureCloud", "AzureUSGovernment", "AzureChinaCloud")  # Bicep's environment().name gives these
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Settings:
     subscription_id: str = ""
     resource_group: str = ""
     workspace: str = ""
+    azure_cloud: str = "AzureCloud"  # AzureCloud | AzureUSGovernment | AzureChinaCloud (MLClient's cloud names)
     compute: str = "cpu-cluster"
     low_priority: bool = False
     max_run_seconds: int = 3600
@@ -89,12 +91,17 @@ class Settings:
             freeze=r.bool("MLOPS_FREEZE", d.freeze),
         )
         s = cls()
+        cloud = r.str("MLOPS_AZURE_CLOUD", s.azure_cloud)
+        if cloud not in AZURE_CLOUDS:
+            raise InvalidPayload(f"MLOPS_AZURE_CLOUD must be one of {', '.join(AZURE_CLOUDS)}, not {cloud!r}",
+                                 field="MLOPS_AZURE_CLOUD")
         return cls(
             backend=backend,
             home=Path(r.str("MLOPS_HOME", str(s.home))),
             subscription_id=r.str("MLOPS_SUBSCRIPTION_ID", ""),
             resource_group=r.str("MLOPS_RESOURCE_GROUP", ""),
             workspace=workspace,
+            azure_cloud=cloud,
             compute=r.str("MLOPS_COMPUTE", s.compute),
             low_priority=r.bool("MLOPS_LOW_PRIORITY", s.low_priority),
             max_run_seconds=r.int("MLOPS_MAX_RUN_SECONDS", s.max_run_seconds, lo=60),
@@ -132,6 +139,7 @@ class Settings:
 # Every setting from_env reads; infra tests check the Function App sets exactly these.
 SETTING_NAMES: tuple[str, ...] = (
     "MLOPS_BACKEND", "MLOPS_HOME", "MLOPS_SUBSCRIPTION_ID", "MLOPS_RESOURCE_GROUP", "MLOPS_WORKSPACE",
+    "MLOPS_AZURE_CLOUD",
     "MLOPS_COMPUTE", "MLOPS_LOW_PRIORITY", "MLOPS_MAX_RUN_SECONDS", "MLOPS_ENVIRONMENT", "MLOPS_DATASTORE",
     "MLOPS_LANDING_CONTAINER", "MLOPS_MODEL_NAME", "MLOPS_ENDPOINT_NAME", "MLOPS_INSTANCE_TYPE",
     "MLOPS_CODE_VERSION", "MLOPS_LEDGER__tableServiceUri", "MLOPS_EVENTS__topicEndpointUri",

@@ -121,6 +121,7 @@ def build_ml_client(settings: Settings, credential, **kwargs: Any):
                         ("MLOPS_RESOURCE_GROUP", settings.resource_group), ("MLOPS_WORKSPACE", settings.workspace)):
         if not value:
             raise InvalidPayload(f"{name} must be set for the azure backend", field=name)
+    kwargs.setdefault("cloud", settings.azure_cloud)  # ARM and studio hosts of Azure Government / China
     kwargs.setdefault("retry_policy", budget_retry_policy())
     kwargs.setdefault("show_progress", False)  # no progress bars on a Function App's stderr
     kwargs.setdefault("enable_telemetry", False)

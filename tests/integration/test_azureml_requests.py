@@ -203,6 +203,14 @@ def test_submit_training_sends_a_command_job_that_runs_train_py_like_the_embedde
     assert props["codeId"] == code_put.path and code_put.api_version == "2023-04-01"
 
 
+def test_a_sovereign_cloud_moves_the_arm_host_and_the_metrics_audience(fake):
+    ws = build_workspace(_settings(fake, azure_cloud="AzureUSGovernment"), FakeCredential(), transport=fake)
+    assert ws.ml._base_url.rstrip("/") == "https://management.usgovcloudapi.net"
+    assert ws._metrics_reader().scope == "https://management.usgovcloudapi.net/.default"
+    assert fake.requests == [], "nothing was sent to the public cloud"
+    ws.close()
+
+
 def test_a_configured_environment_is_used_as_given(fake):
     curated = "azureml://registries/azureml/environments/sklearn-1.5/labels/latest"
     ws = build_workspace(_settings(fake, environment=curated), FakeCredential(), transport=fake)

@@ -21,11 +21,14 @@ def test_values_are_parsed():
     assert s.policy.freeze and s.policy.initial_traffic == 25 and s.policy.min_primary == 0.8
     assert s.policy.guard_metrics == ("logloss", "brier")
     assert s.low_priority
+    assert Settings.from_env({}).azure_cloud == "AzureCloud"
+    assert Settings.from_env({"MLOPS_AZURE_CLOUD": "AzureUSGovernment"}).azure_cloud == "AzureUSGovernment"
 
 
 @pytest.mark.parametrize("name, value", [
     ("MLOPS_BACKEND", "gcp"), ("MLOPS_FREEZE", "maybe"), ("MLOPS_INITIAL_TRAFFIC", "0"),
     ("MLOPS_INITIAL_TRAFFIC", "ten"), ("MLOPS_MIN_PRIMARY", "high"), ("MLOPS_MAX_RUN_SECONDS", "5"),
+    ("MLOPS_AZURE_CLOUD", "AzureGermanCloud"),
 ])
 def test_bad_values_name_the_setting(name, value):
     with pytest.raises(InvalidPayload) as err:
