@@ -8,11 +8,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import math
 import shutil
 import sys
 import time
 from pathlib import Path
+
+logger = logging.getLogger("train")
 
 try:  # run as `python train.py` (Azure ML) or as `python -m shared.training.train` (embedded backend)
     from score import encode, to_float
@@ -239,12 +242,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-size", type=float, default=0.25)
     ap.add_argument("--max-rounds", type=int, default=200)
     args = ap.parse_args(argv)
+    # The job's log (Azure ML's std_log.txt, the embedded backend's job.log) is this process's stderr.
+    logging.basicConfig(level=logging.INFO, format="train.py: %(message)s", stream=sys.stderr)
     try:
         metrics = train(args.data, args.output, seed=args.seed, test_size=args.test_size, max_rounds=args.max_rounds)
     except DataError as error:
-        print(f"train.py: cannot train: {error}", file=sys.stderr)
+        logger.error("cannot train: %s", error)
         return 2
-    print(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+    logger.info("metrics %s", json.dumps({k: round(v, 4) for k, v in metrics.items()}))
     return 0
 
 
