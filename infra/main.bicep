@@ -165,6 +165,7 @@ module workspace 'app/workspace.bicep' = if (!useExistingWorkspace) {
     computeMaxNodes: computeMaxNodes
     computeLowPriority: computeLowPriority
     computeIdentityName: 'id-compute-${environmentName}-${token}'
+    principalId: identity.outputs.principalId
     appInsightsId: monitoring.outputs.appInsightsId
     logAnalyticsId: monitoring.outputs.logAnalyticsId
     isolate: isolateWorkspace

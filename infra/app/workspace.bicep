@@ -1,6 +1,7 @@
 // A new Azure ML workspace with its datastore storage account (holding the `landing` container), its own Key
 // Vault, an identity-based `landing` datastore, a scale-to-zero CPU cluster running as its own user-assigned
-// identity, and diagnostic logs to Log Analytics. With isolate = true: managed virtual network
+// identity, write access for that identity and the app identity in the default blob container only
+// (roles-artifacts.bicep), and diagnostic logs to Log Analytics. With isolate = true: managed virtual network
 // (AllowOnlyApprovedOutbound), public network access disabled and a private endpoint in the app's VNet.
 param name string
 param location string
@@ -23,9 +24,12 @@ param computeMaxNodes int
 param computeLowPriority bool
 @description('Name of the cluster\'s user-assigned identity (identity-based access to the datastore account).')
 param computeIdentityName string
+@description('principalId of the app user-assigned identity (identity.bicep): it uploads each job\'s code snapshot to the default blob datastore.')
+param principalId string
 
 // Storage Blob Data Reader: 2a2b9908-6ea1-4ae2-8e65-a410df84e7d1. The training cluster reads its input (the
-// identity-based landing datastore: no key, no SAS) and the workspace's blobs on this account.
+// identity-based landing datastore: no key, no SAS) and the workspace's blobs on this account. It writes only in
+// the default blob container (roles-artifacts.bicep).
 var storageBlobDataReader = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
 
 resource datastoreAccount 'Microsoft.Storage/storageAccounts@2023-05-01' = {
@@ -157,6 +161,20 @@ resource computeDataReader 'Microsoft.Authorization/roleAssignments@2022-04-01' 
   }
 }
 
+// Write access in the workspace's default blob datastore, workspaceblobstore = the container
+// azureml-blobstore-<workspaceId> on the datastore account (the workspace is created without data isolation, which
+// would name it <workspaceId>-azureml-blobstore): the cluster writes job outputs there and the app identity the code
+// snapshots. Only that container: Storage Blob Data Contributor on the account would also open `landing`.
+module artifactWriters 'roles-artifacts.bicep' = {
+  name: 'roles-artifacts'
+  params: {
+    principalId: principalId
+    computePrincipalId: computeIdentity.properties.principalId
+    datastoreAccountName: datastoreAccount.name
+    artifactContainerName: 'azureml-blobstore-${workspace.properties.workspaceId}'
+  }
+}
+
 resource cluster 'Microsoft.MachineLearningServices/workspaces/computes@2024-10-01' = {
   parent: workspace
   name: computeName
@@ -184,6 +202,7 @@ resource cluster 'Microsoft.MachineLearningServices/workspaces/computes@2024-10-
   }
   dependsOn: [
     computeDataReader
+    artifactWriters
   ]
 }
 

@@ -7,6 +7,7 @@ expression trees back into approximate Bicep text (``identity.outputs.principalI
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from functools import cache, lru_cache
 from pathlib import Path
@@ -50,14 +51,24 @@ ALLOWED_ROLES = {
     "73c42c96-874c-492b-b04d-ab87d138a893": "Log Analytics Reader",
     "4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
+    "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
 }
 
 KEY_VAULT_REFERENCE = "@Microsoft.KeyVault(SecretUri="
 
-# The training cluster's identity reads its input through identity-based datastores, nothing else.
+# The training cluster's identity reads its input through identity-based datastores and writes its outputs to the
+# workspace's default blob datastore, nothing else.
 COMPUTE_ROLES = {
     "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1": "Storage Blob Data Reader",
+    "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
 }
+
+# Write access to blobs is held only in the workspace's default blob container (workspaceblobstore), named after the
+# workspace's immutable id. The datastore account also holds `landing`, where a new blob starts training, so this role
+# on the account (or on any other container) fails the role check, with or without an ABAC condition.
+STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+STORAGE_BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
+ARTIFACT_CONTAINER_NAME = re.compile(r"'?azureml-blobstore-\$\{(\w+)\.properties\.workspaceId\}'?")
 
 SOURCE_PREFIX = {"ml": "Microsoft.MachineLearningServices.", "storage": "Microsoft.Storage."}
 
@@ -256,23 +267,71 @@ def compute_identities(doc: dict[str, Any]) -> dict[str, str]:
     return found
 
 
+def module_target(caller: str, mod: dict[str, Any]) -> str:
+    """Path (relative to infra/) of the template a module declaration in ``caller`` deploys."""
+    return posixpath.normpath(posixpath.join(posixpath.dirname(caller), mod.get("detail", {}).get("path", "")))
+
+
+def module_calls(docs: dict[str, dict], target: str):
+    """(caller path, module symbol, params) of every module declaration, in any template, that deploys ``target``."""
+    for path, doc in docs.items():
+        for name, mod in (doc.get("modules") or {}).items():
+            if module_target(path, mod) == target:
+                yield path, name, body(mod).get("params", {})
+
+
+def compute_principals(docs: dict[str, dict], path: str) -> set[str]:
+    """principalId expressions in ``path`` that stand for a training cluster's identity: one declared there
+    (compute_identities) or a parameter every caller of the template passes a cluster identity's principalId."""
+    found = set(compute_identities(docs.get(path, {})))
+    calls = list(module_calls(docs, path))
+    for param in (docs.get(path, {}).get("parameters") or {}):
+        if calls and all(render(params.get(param)) in compute_identities(docs.get(caller, {}))
+                         for caller, _, params in calls):
+            found.add(param)
+    return found
+
+
+def artifact_containers(docs: dict[str, dict], path: str) -> set[str]:
+    """Container symbols in ``path`` that are a workspace's default blob container: an existing container named by a
+    parameter that every caller sets to 'azureml-blobstore-${<workspace>.properties.workspaceId}', <workspace> being a
+    Microsoft.MachineLearningServices/workspaces resource of the caller."""
+    calls = list(module_calls(docs, path))
+    found = set()
+    for name, res in resources(docs.get(path, {}), "Microsoft.Storage/storageAccounts/blobServices/containers",
+                               include_existing=True):
+        param = render(body(res).get("name"))
+        if not calls or param not in (docs.get(path, {}).get("parameters") or {}):
+            continue
+        ok = True
+        for caller, _, params in calls:
+            match = ARTIFACT_CONTAINER_NAME.fullmatch(render(params.get(param)))
+            workspaces = {n for n, _ in resources(docs.get(caller, {}), "Microsoft.MachineLearningServices/workspaces",
+                                                  include_existing=True)}
+            ok = ok and match is not None and match.group(1) in workspaces
+        if ok:
+            found.add(name)
+    return found
+
+
 def check_role_assignments(docs: dict[str, dict], main: str = "main.bicep") -> list[str]:
     """Every role assignment's principal is the app identity (any role on ALLOWED_ROLES) or a training cluster's
-    identity (only COMPUTE_ROLES, on a storage account); every role is named in a comment (a separate test)."""
+    identity (only COMPUTE_ROLES); the cluster reads on a storage account; Storage Blob Data Contributor, for either,
+    only on the workspace's default blob container (never the account, where `landing` is); every role is named in a
+    comment (a separate test)."""
     problems = []
     for path, doc in docs.items():
         variables = {k: render(_value(v)) for k, v in (doc.get("variables") or {}).items()}
-        computes = compute_identities(doc)
+        computes = compute_principals(docs, path)
         storage = {n for n, _ in resources(doc, "Microsoft.Storage/storageAccounts", include_existing=True)}
+        artifacts = artifact_containers(docs, path)
         for name, res in resources(doc, "Microsoft.Authorization/roleAssignments"):
             props = body(res).get("properties", {})
             where = f"{path}:{name}"
             principal = render(props.get("principalId"))
+            scope = render(body(res).get("scope")) if "scope" in body(res) else "the deployment's resource group"
             for_compute = principal in computes
-            if for_compute:
-                if render(body(res).get("scope")) not in storage:
-                    problems.append(f"{where}: the cluster identity's role must be scoped to a storage account")
-            elif principal != "principalId" or "principalId" not in (doc.get("parameters") or {}):
+            if not for_compute and (principal != "principalId" or "principalId" not in (doc.get("parameters") or {})):
                 problems.append(f"{where}: principalId must be the module parameter principalId (the app identity) "
                                 f"or a compute cluster's identity, not {principal}")
             if props.get("principalType") != "ServicePrincipal":
@@ -285,15 +344,59 @@ def check_role_assignments(docs: dict[str, dict], main: str = "main.bicep") -> l
             if guid not in (COMPUTE_ROLES if for_compute else ALLOWED_ROLES):
                 who = "the compute cluster's" if for_compute else "the app's"
                 problems.append(f"{where}: role {guid or role} is not one of {who} allowed least-privilege roles")
-    # Modules that take principalId must get the app identity's principalId.
-    doc = docs.get(main, {})
-    identity_modules = {n for n, m in (doc.get("modules") or {}).items() if m.get("detail", {}).get("path") == "app/identity.bicep"}
-    for name, mod in (doc.get("modules") or {}).items():
-        params = body(mod).get("params", {})
-        if "principalId" in params:
+            elif guid == STORAGE_BLOB_DATA_CONTRIBUTOR:
+                if scope not in artifacts:
+                    problems.append(f"{where}: Storage Blob Data Contributor ({guid}) only on the workspace's default "
+                                    f"blob container (azureml-blobstore-<workspaceId>), not on {scope}")
+            elif for_compute and scope not in storage:
+                problems.append(f"{where}: the cluster identity's role must be scoped to a storage account")
+    # Modules that take principalId must get the app identity's principalId: from main.bicep, the identity module's
+    # output; from any other template, its own principalId parameter (which its caller checked in turn).
+    identity_modules = {n for n, m in (docs.get(main, {}).get("modules") or {}).items()
+                        if module_target(main, m) == "app/identity.bicep"}
+    for path, doc in docs.items():
+        for name, mod in (doc.get("modules") or {}).items():
+            params = body(mod).get("params", {})
+            if "principalId" not in params:
+                continue
             got = render(params["principalId"])
-            if not any(got == f"{m}.outputs.principalId" for m in identity_modules):
-                problems.append(f"{main}:{name}: principalId must be the app identity's (identity.outputs.principalId), not {got}")
+            if path == main:
+                ok = any(got == f"{m}.outputs.principalId" for m in identity_modules)
+                want = "identity.outputs.principalId"
+            else:
+                ok = got == "principalId" and "principalId" in (doc.get("parameters") or {})
+                want = "its own principalId parameter"
+            if not ok:
+                problems.append(f"{path}:{name}: principalId must be the app identity's ({want}), not {got}")
+    return problems
+
+
+def check_artifact_writers(docs: dict[str, dict], workspace: str = "app/workspace.bicep") -> list[str]:
+    """The new workspace's default blob container (workspaceblobstore) is writable by the two identities that write
+    there with shared keys off: the app identity (each job's code snapshot, uploaded on submission) and the training
+    cluster's identity (job outputs). Each holds Storage Blob Data Contributor on that container, through a module the
+    workspace template deploys with the container's name built from the workspace's immutable id."""
+    wdoc = docs.get(workspace, {})
+    cluster_principals = set(compute_identities(wdoc))
+    app, cluster = False, False
+    for name, mod in (wdoc.get("modules") or {}).items():
+        target = module_target(workspace, mod)
+        tdoc, params = docs.get(target, {}), body(mod).get("params", {})
+        containers = artifact_containers(docs, target)
+        for _n, ra in resources(tdoc, "Microsoft.Authorization/roleAssignments"):
+            props = body(ra).get("properties", {})
+            if _role_guid(tdoc, props) != STORAGE_BLOB_DATA_CONTRIBUTOR or render(body(ra).get("scope")) not in containers:
+                continue
+            passed = render(params.get(render(props.get("principalId"))))
+            app = app or (passed == "principalId" and "principalId" in (wdoc.get("parameters") or {}))
+            cluster = cluster or passed in cluster_principals
+    problems = []
+    if not app:
+        problems.append(f"{workspace}: the app identity needs Storage Blob Data Contributor on the default blob "
+                        "container (it uploads each job's code snapshot there)")
+    if not cluster:
+        problems.append(f"{workspace}: the cluster identity needs Storage Blob Data Contributor on the default blob "
+                        "container (jobs write their outputs there)")
     return problems
 
 

@@ -58,6 +58,13 @@ def test_every_role_assignment_is_for_the_app_identity(docs):
     assert c.check_role_assignments(docs) == []
 
 
+def test_app_and_cluster_identities_write_only_in_the_default_blob_container(docs):
+    # Shared keys are off on the workspace storage: the app uploads code snapshots and jobs write outputs with their
+    # identities, each holding Storage Blob Data Contributor on azureml-blobstore-<workspaceId> alone.
+    assert c.check_artifact_writers(docs) == []
+    assert c.artifact_containers(docs, "app/roles-artifacts.bicep") == {"artifacts"}
+
+
 def test_storage_accounts_disable_shared_keys_and_public_blobs(docs):
     assert c.check_storage_accounts(docs) == []
 
@@ -291,7 +298,9 @@ def test_role_check_holds_the_cluster_identity_to_reading(docs):
                            "var storageBlobDataReader = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'")
     assert broader != text
     problems = c.check_role_assignments(_with_workspace(docs, broader))
-    assert any("ba92f5b4" in p and "compute cluster's allowed" in p for p in problems)
+    assert "app/workspace.bicep:computeDataReader: Storage Blob Data Contributor (ba92f5b4-2d11-453d-a403-e96b0029c9fe)" \
+           " only on the workspace's default blob container (azureml-blobstore-<workspaceId>), not on datastoreAccount" \
+           in problems
     # And the cluster may not get an app-only role such as AzureML Data Scientist either.
     scientist = text.replace("'2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'", "'f6c7c914-8db3-469d-8ca1-694a8f32e121'")
     assert any("f6c7c914" in p for p in c.check_role_assignments(_with_workspace(docs, scientist)))
@@ -305,3 +314,90 @@ def test_datastore_check_reports_stored_credentials_or_a_missing_datastore(docs)
     gone = re.sub(r"resource landingDatastore .*?\n}\n", "", text, flags=re.S)
     assert gone != text
     assert c.check_landing_datastore(_with_workspace(docs, gone)) == ["app/workspace.bicep: expected one datastore, found 0"]
+
+
+def _with(docs, path: str, text: str) -> dict:
+    return dict(docs, **{path: c.parse_text(text)})
+
+
+ARTIFACTS = "app/roles-artifacts.bicep"
+
+
+def _contributor_problems(problems: list[str]) -> list[str]:
+    return [p for p in problems if "Storage Blob Data Contributor" in p]
+
+
+def test_role_check_refuses_blob_data_contributor_on_the_whole_datastore_account(docs):
+    text = (c.INFRA / "app" / "roles-artifacts.bicep").read_text()
+    account = text.replace("scope: artifacts", "scope: datastoreAccount")
+    assert account.count("scope: datastoreAccount") == 2
+    assert _contributor_problems(c.check_role_assignments(_with(docs, ARTIFACTS, account))) == [
+        f"{ARTIFACTS}:{name}: Storage Blob Data Contributor (ba92f5b4-2d11-453d-a403-e96b0029c9fe) only on the "
+        "workspace's default blob container (azureml-blobstore-<workspaceId>), not on datastoreAccount"
+        for name in ("appArtifactWriter", "computeArtifactWriter")]
+    # An ABAC condition does not make the account scope acceptable: the rule is the container scope.
+    conditioned = account.replace("    principalType: 'ServicePrincipal'\n",
+                                  "    principalType: 'ServicePrincipal'\n    conditionVersion: '2.0'\n"
+                                  "    condition: '((!(ActionMatches{\\'Microsoft.Storage/storageAccounts/blobServices/"
+                                  "containers/blobs/write\\'})) OR (@Resource[Microsoft.Storage/storageAccounts/"
+                                  "blobServices/containers:name] StringNotEquals \\'landing\\'))'\n")
+    assert conditioned.count("conditionVersion") == 2
+    assert len(_contributor_problems(c.check_role_assignments(_with(docs, ARTIFACTS, conditioned)))) == 2
+    # Without a scope, the assignment would cover the whole resource group: refused as well.
+    unscoped = text.replace("  scope: artifacts\n", "")
+    assert len(_contributor_problems(c.check_role_assignments(_with(docs, ARTIFACTS, unscoped)))) == 2
+    # Nor the app's write access on the landing container.
+    roles = (c.INFRA / "app" / "roles-workspace.bicep").read_text()
+    landing = roles.replace("var storageBlobDataReader = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'",
+                            "var storageBlobDataReader = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'")
+    assert landing != roles
+    assert _contributor_problems(c.check_role_assignments(_with(docs, "app/roles-workspace.bicep", landing))) == [
+        "app/roles-workspace.bicep:landingReader: Storage Blob Data Contributor (ba92f5b4-2d11-453d-a403-e96b0029c9fe)"
+        " only on the workspace's default blob container (azureml-blobstore-<workspaceId>), not on landing"]
+
+
+def test_role_check_refuses_a_container_not_named_after_the_workspace_id(docs):
+    text = (c.INFRA / "app" / "workspace.bicep").read_text()
+    passed = "artifactContainerName: 'azureml-blobstore-${workspace.properties.workspaceId}'"
+    assert passed in text
+    for other in ("artifactContainerName: landing.name", "artifactContainerName: landingContainer",
+                  "artifactContainerName: 'azureml-blobstore-${token}'"):
+        mutated = _with_workspace(docs, text.replace(passed, other))
+        assert c.artifact_containers(mutated, ARTIFACTS) == set()
+        assert len(_contributor_problems(c.check_role_assignments(mutated))) == 2, other
+        assert len(c.check_artifact_writers(mutated)) == 2, other
+
+
+def test_artifact_writer_check_reports_a_missing_writer(docs):
+    text = (c.INFRA / "app" / "roles-artifacts.bicep").read_text()
+    no_app = re.sub(r"resource appArtifactWriter .*?\n}\n", "", text, flags=re.S)
+    assert no_app != text
+    assert c.check_artifact_writers(_with(docs, ARTIFACTS, no_app)) == [
+        "app/workspace.bicep: the app identity needs Storage Blob Data Contributor on the default blob container "
+        "(it uploads each job's code snapshot there)"]
+    no_cluster = re.sub(r"resource computeArtifactWriter .*?\n}\n", "", text, flags=re.S)
+    assert no_cluster != text
+    assert c.check_artifact_writers(_with(docs, ARTIFACTS, no_cluster)) == [
+        "app/workspace.bicep: the cluster identity needs Storage Blob Data Contributor on the default blob container "
+        "(jobs write their outputs there)"]
+
+
+def test_role_check_reports_a_nested_module_given_another_principal(docs):
+    text = (c.INFRA / "app" / "workspace.bicep").read_text()
+    swapped = text.replace("    principalId: principalId\n    computePrincipalId:",
+                           "    principalId: computeIdentity.properties.principalId\n    computePrincipalId:")
+    assert swapped != text
+    problems = c.check_role_assignments(_with_workspace(docs, swapped))
+    assert "app/workspace.bicep:artifactWriters: principalId must be the app identity's (its own principalId " \
+           "parameter), not computeIdentity.properties.principalId" in problems
+    # A template given the cluster identity for a parameter that is not one may not treat it as the cluster's.
+    crossed = text.replace("computePrincipalId: computeIdentity.properties.principalId",
+                           "computePrincipalId: principalId")
+    assert crossed != text
+    mutated = _with_workspace(docs, crossed)
+    assert "computePrincipalId" not in c.compute_principals(mutated, ARTIFACTS)
+    assert any(p.startswith(f"{ARTIFACTS}:computeArtifactWriter: principalId must be")
+               for p in c.check_role_assignments(mutated))
+    assert c.check_artifact_writers(mutated) == [
+        "app/workspace.bicep: the cluster identity needs Storage Blob Data Contributor on the default blob container "
+        "(jobs write their outputs there)"]
