@@ -219,6 +219,7 @@ module app 'app/functionapp.bicep' = {
       MLOPS_SUBSCRIPTION_ID: subscription().subscriptionId
       MLOPS_RESOURCE_GROUP: workspaceResourceGroupName
       MLOPS_WORKSPACE: workspaceName
+      MLOPS_AZURE_CLOUD: environment().name // AzureCloud, AzureUSGovernment or AzureChinaCloud: MLClient's cloud names
       MLOPS_DATASTORE: datastoreName
       MLOPS_COMPUTE: computeName
       MLOPS_LANDING_CONTAINER: landingContainer

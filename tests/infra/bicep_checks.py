@@ -379,7 +379,7 @@ def check_artifact_writers(docs: dict[str, dict], workspace: str = "app/workspac
     wdoc = docs.get(workspace, {})
     cluster_principals = set(compute_identities(wdoc))
     app, cluster = False, False
-    for name, mod in (wdoc.get("modules") or {}).items():
+    for mod in (wdoc.get("modules") or {}).values():
         target = module_target(workspace, mod)
         tdoc, params = docs.get(target, {}), body(mod).get("params", {})
         containers = artifact_containers(docs, target)

@@ -401,3 +401,9 @@ def test_role_check_reports_a_nested_module_given_another_principal(docs):
     assert c.check_artifact_writers(mutated) == [
         "app/workspace.bicep: the cluster identity needs Storage Blob Data Contributor on the default blob container "
         "(jobs write their outputs there)"]
+
+
+def test_the_app_is_told_which_cloud_it_was_deployed_to(docs):
+    assert "MLOPS_AZURE_CLOUD" in dict(c.app_setting_pairs(docs))
+    # pycep renders a property of a function call without the property, so the source is checked as text
+    assert re.search(r"^\s*MLOPS_AZURE_CLOUD:\s*environment\(\)\.name\b", (c.INFRA / "main.bicep").read_text(), re.M)
