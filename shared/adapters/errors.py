@@ -1,8 +1,9 @@
 """Translate azure-core / SDK exceptions into the app's error tree (shared/errors.py).
 
-Rules (issue #4): 429, 503, 5xx, connection failures and timeouts are TransientError (Event Grid redelivers);
-a Retry-After the service sent is kept, capped to what is left of the function's time budget; any other 4xx is a
-PermanentError carrying the service's own message (404 → NotFound, 409/412 → Conflict, the rest ServiceRejected).
+Rules (issue #4): 429, 503, 5xx, connection failures, timeouts and a token the credential could not get (no HTTP
+status) are TransientError (Event Grid redelivers); a Retry-After the service sent is kept, capped to what is left
+of the function's time budget; any other 4xx is a PermanentError carrying the service's own message (404 → NotFound,
+409/412 → Conflict, the rest ServiceRejected).
 """
 from __future__ import annotations
 
@@ -78,7 +79,12 @@ def translate(exc: BaseException, *, what: str = "", deadline: float | None = No
         status = getattr(response, "status_code", None)
     if isinstance(exc, (az.ServiceRequestError, az.ServiceResponseError, TimeoutError, ConnectionError)) and status is None:
         return TransientError(f"{prefix}{type(exc).__name__}: {service_message(exc)}")
-    if isinstance(exc, az.ClientAuthenticationError) and status in (None, 401, 403):
+    if isinstance(exc, az.ClientAuthenticationError) and status is None:
+        # No HTTP status: no token could be had at all. DefaultAzureCredential reports every failure of its chain
+        # this way, the managed identity endpoint being briefly unreachable on a cold start included, so it is
+        # retried (Event Grid redelivers, then dead-letters) rather than dropping the event for good.
+        return TransientError(f"{prefix}no access token: {service_message(exc)}")
+    if isinstance(exc, az.ClientAuthenticationError) and status in (401, 403):
         return ServiceRejected(f"{prefix}not authorised: {service_message(exc)}", status=status)
     if status is None:
         if isinstance(exc, az.ResourceNotFoundError):

@@ -116,7 +116,17 @@ def test_network_failures_and_timeouts_are_transient(exc):
 def test_status_less_sdk_errors_keep_their_meaning():
     assert isinstance(translate(ResourceNotFoundError("no such job")), NotFound)
     assert isinstance(translate(ResourceExistsError("exists")), Conflict)
-    assert isinstance(translate(ClientAuthenticationError("no token")), ServiceRejected)
+
+
+def test_a_token_that_could_not_be_had_is_transient_and_a_refused_one_permanent():
+    # What DefaultAzureCredential raises when its chain fails (e.g. the managed identity endpoint is unreachable on
+    # a cold start): no status, nothing the service refused. Permanent would drop the event for good.
+    chain = ClientAuthenticationError(message="DefaultAzureCredential failed to retrieve a token from the included "
+                                              "credentials.\nManagedIdentityCredential: connection refused")
+    err = translate(chain, what="get job train-x")
+    assert type(err) is TransientError and "get job train-x" in str(err)
+    refused = translate(ClientAuthenticationError(response=response(401)))
+    assert isinstance(refused, ServiceRejected) and refused.status == 401
 
 
 def test_app_errors_pass_through_unchanged():
