@@ -79,6 +79,8 @@ def translate(exc: BaseException, *, what: str = "", deadline: float | None = No
         status = getattr(response, "status_code", None)
     if isinstance(exc, (az.ServiceRequestError, az.ServiceResponseError, TimeoutError, ConnectionError)) and status is None:
         return TransientError(f"{prefix}{type(exc).__name__}: {service_message(exc)}")
+    if isinstance(exc, az.IncompleteReadError):  # the peer closed the connection mid-body: a network failure
+        return TransientError(f"{prefix}{type(exc).__name__}: {service_message(exc)}")
     if isinstance(exc, az.ClientAuthenticationError) and status is None:
         # No HTTP status: no token could be had at all. DefaultAzureCredential reports every failure of its chain
         # this way, the managed identity endpoint being briefly unreachable on a cold start included, so it is

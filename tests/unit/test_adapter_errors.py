@@ -10,6 +10,7 @@ import pytest
 from azure.core.exceptions import (
     ClientAuthenticationError,
     HttpResponseError,
+    IncompleteReadError,
     ResourceExistsError,
     ResourceNotFoundError,
     ServiceRequestError,
@@ -108,6 +109,7 @@ def test_retry_after_never_outlives_the_function_budget():
 @pytest.mark.parametrize("exc", [
     ServiceRequestError("connection refused"), ServiceResponseTimeoutError("read timed out"),
     TimeoutError("slow"), ConnectionError("reset"),
+    IncompleteReadError("Connection broken: IncompleteRead(512 bytes read, 1024 more expected)"),
 ])
 def test_network_failures_and_timeouts_are_transient(exc):
     assert type(translate(exc)) is TransientError
