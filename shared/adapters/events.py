@@ -99,13 +99,15 @@ class EventGridPublisher:
         attempt = 0
         while True:
             try:
-                # translate() caps a Retry-After against time.monotonic(); hand it what is left on that clock.
-                left = max(0.0, deadline - self._monotonic())
-                with translated(f"publish {event_type} {event.id}", deadline=time.monotonic() + left):
+                # No deadline here: _wait must compare the Retry-After the service sent, not one already cut down
+                # to the budget (which would "fit" and be waited out, retrying before the service said to).
+                with translated(f"publish {event_type} {event.id}"):
                     self._client.send(event, retry_total=0)
             except TransientError as error:
                 wait = self._wait(error, attempt, deadline)
                 if wait is None:
+                    if isinstance(error, Throttled) and error.retry_after is not None:
+                        error.retry_after = max(0.0, min(error.retry_after, deadline - self._monotonic()))
                     raise
                 logger.info("publish %s %s: %s; trying again in %.2fs", event_type, event.id, error, wait)
                 self._sleep(wait)

@@ -175,6 +175,15 @@ def test_a_retry_after_beyond_the_budget_is_capped_to_it():
     assert caught.value.retry_after == pytest.approx(15.0, abs=0.5)
 
 
+def test_a_long_retry_after_is_not_waited_out_when_little_budget_is_left():
+    # 60 s asked for, 1.5 s of budget left: sending again after 1.5 s would be sooner than the service allows.
+    pub, transport, _, clock = publisher((429, {"Retry-After": "60"}, b""), (200, {}, b""), budget_seconds=1.5)
+    with pytest.raises(Throttled) as caught:
+        pub.publish("MLOps.DriftDetected", "s", {"endpoint": "e"})
+    assert len(transport.requests) == 1 and clock.slept == []
+    assert caught.value.retry_after == pytest.approx(1.5)
+
+
 def test_400_is_a_permanent_rejection_with_the_services_message():
     pub, transport, _, clock = publisher((400, {}, error_body("BadRequest", "Event data field 'data' too large")))
     with pytest.raises(ServiceRejected) as caught:
