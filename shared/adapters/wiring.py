@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_azure(settings: Settings, *, credential: Any = None, **client_options: Any) -> dict[str, Any]:
-    """{"workspace", "metrics", "ledger", "audit", "outbox", "monitor", "publisher"} for ``settings``.
+    """{"workspace", "metrics", "ledger", "audit", "outbox", "tables", "monitor", "publisher"} for ``settings``.
 
     ``credential`` defaults to the app's managed identity (DefaultAzureCredential); ``client_options`` (e.g.
     ``transport=`` in tests) reach every SDK client. The ledger table endpoint is required: without it there is
@@ -32,12 +32,16 @@ def build_azure(settings: Settings, *, credential: Any = None, **client_options:
     # The workspace adapter is also the RunMetrics port: it reads the run's MLflow metrics (runmetrics.py) from
     # the tracking URI the workspace reports, on the first request.
     workspace = azureml.build_workspace(settings, cred, **client_options)
+    service = tables.service_client(settings.ledger_table_uri, cred, **client_options)
     deps: dict[str, Any] = {
         "credential": cred,
         "workspace": workspace,
         "metrics": workspace,
         # The tables are declared by infra/app/storage.bicep: no create calls on a cold start.
-        **tables.build_stores(tables.service_client(settings.ledger_table_uri, cred, **client_options), create=False),
+        **tables.build_stores(service, create=False),
+        # The stores' TableClients share this client's connection pool and never close it (azure-data-tables
+        # wraps it so a table client cannot): it is kept here so Runtime.close() closes it.
+        "tables": service,
     }
     if settings.log_analytics_workspace_id or settings.metrics_endpoint:
         deps["monitor"] = monitor.AzureMonitor.from_settings(settings, cred, transport=client_options.get("transport"))

@@ -9,11 +9,13 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from azure.core.pipeline.transport import HttpTransport
 
 from shared import eventgrid
 from shared.adapters.azureml import AzureMLWorkspace
 from shared.adapters.tables import TableAuditLog, TableLedger, build_stores
-from shared.bootstrap import build
+from shared.adapters.wiring import build_azure
+from shared.bootstrap import Runtime, build
 from shared.config import Settings
 from shared.local import wire
 from shared.local.clock import SimClock
@@ -73,6 +75,39 @@ def test_the_composition_root_wires_the_azure_adapters(arc):
     assert isinstance(arc.rt.ledger, TableLedger) and isinstance(arc.rt.audit, TableAuditLog)
     assert arc.rt.monitor is None and arc.rt.publisher is None  # neither is configured in these settings
     assert arc.fake.requests == [], "building the runtime sends no request"
+
+
+class ClosingTransport(HttpTransport):
+    """A transport that sends nothing and remembers being closed (pipelines close theirs through __exit__)."""
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def send(self, request, **kwargs):
+        raise AssertionError(f"nothing is sent while wiring: {request.url}")
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args) -> None:
+        self.close()
+
+
+def test_closing_the_runtime_closes_the_table_service_connection_pool():
+    transport = ClosingTransport()
+    settings = Settings(backend="azure", subscription_id="00000000-0000-0000-0000-000000000000",
+                        resource_group="rg", workspace="mlw", ledger_table_uri="https://mlopsapp.table.core.windows.net/")
+    # What the wiring made, closed as Runtime.close() closes it (the transport itself is not among the ports).
+    deps = build_azure(settings, credential=FakeCredential(), transport=transport)
+    Runtime(settings=settings, bus=None, deps=deps).close()
+    # The ledger, audit and outbox TableClients share the TableServiceClient's pool and cannot close it themselves.
+    assert transport.closed == 1
 
 
 def test_landed_data_trains_registers_and_rolls_back_on_azure_exactly_once(arc):
