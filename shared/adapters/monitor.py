@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -158,6 +159,9 @@ class AzureMonitor:
         self.retry_total = retry_total
         self._logs: Any = None
         self._metrics: Any = None
+        # The Functions worker runs invocations on a thread pool: clients are made once, not once per racing thread
+        # (a second one would be dropped unclosed, its connection pool with it).
+        self._lock = threading.Lock()
         if self.workspace_id and not _GUID.fullmatch(self.workspace_id):
             raise InvalidPayload("MLOPS_LOG_ANALYTICS_WORKSPACE_ID must be the workspace's GUID (Workspace ID on "
                                  "its Overview blade)", field="MLOPS_LOG_ANALYTICS_WORKSPACE_ID")
@@ -208,27 +212,29 @@ class AzureMonitor:
         return self._from_metrics(endpoint, deployment, window_minutes, window)
 
     def close(self) -> None:
-        for client in (self._logs, self._metrics):
+        with self._lock:
+            clients, self._logs, self._metrics = (self._logs, self._metrics), None, None
+        for client in clients:
             if client is not None:
                 client.close()
-        self._logs = self._metrics = None
 
     # --- Log Analytics -----------------------------------------------------------------------------------
 
     def _logs_client(self) -> Any:
-        if self._logs is None:
-            from azure.monitor.query import LogsQueryClient
+        with self._lock:
+            if self._logs is None:
+                from azure.monitor.query import LogsQueryClient
 
-            # The client strips a trailing /v1 and uses the endpoint as the token audience, so a sovereign cloud
-            # needs only MLOPS_LOGS_ENDPOINT (e.g. https://api.loganalytics.azure.cn/v1).
-            kwargs: dict[str, Any] = {"retry_policy": read_retry_policy(
-                retry_total=self.retry_total, budget_seconds=self.budget_seconds)}
-            if self.logs_endpoint:
-                kwargs["endpoint"] = self.logs_endpoint
-            if self.transport is not None:
-                kwargs["transport"] = self.transport
-            self._logs = LogsQueryClient(self.credential, **kwargs)
-        return self._logs
+                # The client strips a trailing /v1 and uses the endpoint as the token audience, so a sovereign cloud
+                # needs only MLOPS_LOGS_ENDPOINT (e.g. https://api.loganalytics.azure.cn/v1).
+                kwargs: dict[str, Any] = {"retry_policy": read_retry_policy(
+                    retry_total=self.retry_total, budget_seconds=self.budget_seconds)}
+                if self.logs_endpoint:
+                    kwargs["endpoint"] = self.logs_endpoint
+                if self.transport is not None:
+                    kwargs["transport"] = self.transport
+                self._logs = LogsQueryClient(self.credential, **kwargs)
+            return self._logs
 
     def _from_logs(self, endpoint: str, deployment: str | None, window_minutes: int, window: _Window) -> Health:
         from azure.core.exceptions import HttpResponseError
@@ -273,16 +279,17 @@ class AzureMonitor:
     # --- platform metrics --------------------------------------------------------------------------------
 
     def _metrics_client(self) -> Any:
-        if self._metrics is None:
-            from azure.monitor.querymetrics import MetricsClient
+        with self._lock:
+            if self._metrics is None:
+                from azure.monitor.querymetrics import MetricsClient
 
-            kwargs: dict[str, Any] = {"audience": metrics_audience(self.metrics_endpoint),
-                                      "retry_policy": read_retry_policy(retry_total=self.retry_total,
-                                                                        budget_seconds=self.budget_seconds)}
-            if self.transport is not None:
-                kwargs["transport"] = self.transport
-            self._metrics = MetricsClient(self.metrics_endpoint, self.credential, **kwargs)
-        return self._metrics
+                kwargs: dict[str, Any] = {"audience": metrics_audience(self.metrics_endpoint),
+                                          "retry_policy": read_retry_policy(retry_total=self.retry_total,
+                                                                            budget_seconds=self.budget_seconds)}
+                if self.transport is not None:
+                    kwargs["transport"] = self.transport
+                self._metrics = MetricsClient(self.metrics_endpoint, self.credential, **kwargs)
+            return self._metrics
 
     def _query_metrics(self, endpoint: str, names: Iterable[str], metric_filter: str | None, window: _Window,
                        what: str) -> tuple[dict[str, Any], bool]:

@@ -476,3 +476,37 @@ def test_from_settings_reads_the_monitor_settings():
     monitor = AzureMonitor.from_settings(settings, FakeCredential())
     assert (monitor.workspace_id, monitor.logs_endpoint, monitor.metrics_configured) == (
         WORKSPACE_ID, "https://api.loganalytics.io/v1", True)
+
+
+def test_threads_racing_to_the_first_query_share_one_client_of_each_kind(monkeypatch):
+    # The Functions worker runs invocations on a thread pool; a client made twice leaves one unclosed.
+    import threading
+
+    import azure.monitor.query
+    import azure.monitor.querymetrics
+
+    made: list[str] = []
+
+    def slow(kind: str):
+        class Client:
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                time.sleep(0.05)  # every thread arrives while the first is still building
+                made.append(kind)
+
+            def close(self) -> None:
+                pass
+        return Client
+
+    monkeypatch.setattr(azure.monitor.query, "LogsQueryClient", slow("logs"))
+    monkeypatch.setattr(azure.monitor.querymetrics, "MetricsClient", slow("metrics"))
+    monitor = AzureMonitor(FakeCredential(), workspace_id=WORKSPACE_ID, metrics_endpoint=METRICS,
+                           subscription_id=SUB, resource_group="rg-mlops", workspace="mlw-prod")
+    seen: list[Any] = []
+    threads = [threading.Thread(target=lambda: seen.append((monitor._logs_client(), monitor._metrics_client())))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(made) == ["logs", "metrics"]
+    assert len({id(pair[0]) for pair in seen}) == 1 and len({id(pair[1]) for pair in seen}) == 1
