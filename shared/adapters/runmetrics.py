@@ -127,9 +127,10 @@ class MlflowRunMetrics:
         return metrics
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     # --- REST --------------------------------------------------------------------------------------------
 
@@ -156,25 +157,28 @@ class MlflowRunMetrics:
         return None
 
     def _pipeline(self) -> Any:
-        if self._client is None:
-            from azure.core import PipelineClient
-            from azure.core.pipeline.policies import (
-                BearerTokenCredentialPolicy,
-                HeadersPolicy,
-                HttpLoggingPolicy,
-                RequestIdPolicy,
-                UserAgentPolicy,
-            )
+        base = self.base_url  # resolved first: it takes the same (non-reentrant) lock
+        # Under the lock: the Functions worker runs invocations on a thread pool, and a client made twice would
+        # leave one unclosed.
+        with self._lock:
+            if self._client is None:
+                from azure.core import PipelineClient
+                from azure.core.pipeline.policies import (
+                    BearerTokenCredentialPolicy,
+                    HeadersPolicy,
+                    HttpLoggingPolicy,
+                    RequestIdPolicy,
+                    UserAgentPolicy,
+                )
 
-            base = self.base_url
-            policies = [RequestIdPolicy(), HeadersPolicy({"Accept": "application/json"}),
-                        UserAgentPolicy(sdk_moniker="mlops-reflex-runmetrics"),
-                        read_retry_policy(retry_total=self.retry_total, budget_seconds=self.budget_seconds),
-                        BearerTokenCredentialPolicy(self.credential, self.scope or scope_for(base)),
-                        HttpLoggingPolicy()]
-            kwargs = {"transport": self.transport} if self.transport is not None else {}
-            self._client = PipelineClient(base_url=base, policies=policies, **kwargs)
-        return self._client
+                policies = [RequestIdPolicy(), HeadersPolicy({"Accept": "application/json"}),
+                            UserAgentPolicy(sdk_moniker="mlops-reflex-runmetrics"),
+                            read_retry_policy(retry_total=self.retry_total, budget_seconds=self.budget_seconds),
+                            BearerTokenCredentialPolicy(self.credential, self.scope or scope_for(base)),
+                            HttpLoggingPolicy()]
+                kwargs = {"transport": self.transport} if self.transport is not None else {}
+                self._client = PipelineClient(base_url=base, policies=policies, **kwargs)
+            return self._client
 
     def _get(self, operation: str, params: dict[str, str], what: str) -> dict[str, Any]:
         from azure.core.exceptions import HttpResponseError

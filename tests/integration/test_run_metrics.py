@@ -208,3 +208,31 @@ def test_final_value_orders_by_step_then_timestamp_then_value():
     assert final_value([{"value": "NaN", "step": 3, "timestamp": 6}, {"value": 0.5, "step": 3, "timestamp": 6}]) == 0.5
     assert math.isnan(final_value([{"value": "NaN", "step": 4}, {"value": 0.5, "step": 3}]))
     assert final_value([]) is None and final_value([{"value": "oops"}]) is None
+
+
+def test_threads_racing_to_the_first_read_share_one_pipeline(monkeypatch):
+    # The Functions worker runs invocations on a thread pool; a pipeline made twice leaves one unclosed.
+    import threading
+    import time
+
+    import azure.core
+
+    made = []
+
+    class SlowPipelineClient:
+        def __init__(self, *args, **kwargs) -> None:
+            time.sleep(0.05)  # every thread arrives while the first is still building
+            made.append(self)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(azure.core, "PipelineClient", SlowPipelineClient)
+    metrics = reader(CannedTransport())
+    seen = []
+    threads = [threading.Thread(target=lambda: seen.append(metrics._pipeline())) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 1 and seen == made * 8
