@@ -45,7 +45,6 @@ MODEL_OUTPUT = "model"  # the MLflow model folder alone, typed mlflow_model, reg
 # folder; the MLflow model it writes under <output>/model is copied to its own output so Azure ML knows its type.
 TRAIN_COMMAND = ("python train.py --data ${{inputs.data}} --output ${{outputs.output}}"
                  " && cp -r ${{outputs.output}}/model/. ${{outputs.model}}")
-ARM_SCOPE = "https://management.azure.com/.default"
 # With MLOPS_ENVIRONMENT empty (the default) the job runs in an environment Azure ML builds from this base image
 # and shared/training/conda.yaml; it is built once and reused while the file is unchanged.
 TRAINING_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
@@ -397,12 +396,15 @@ class AzureMLWorkspace:
                 if self._credential is None:
                     raise PermanentError("the Azure ML adapter needs a credential for run metrics")
                 # ARM audience, as Azure ML's own "MLflow REST" sample and azureml-mlflow authenticate.
-                # The ARM host follows MLClient's cloud (Azure Government, China), the public one by default.
-                arm = str(getattr(self.ml, "_base_url", "") or "https://management.azure.com").rstrip("/")
                 self._metrics = MlflowRunMetrics(lambda: self._mlflow_base(self._deadline()), self._credential,
-                                                 scope=f"{arm}/.default", transport=self._transport,
+                                                 scope=self._arm_scope(), transport=self._transport,
                                                  budget_seconds=self.budget_seconds)
             return self._metrics
+
+    def _arm_scope(self) -> str:
+        """The ARM token audience of MLClient's cloud (Azure Government, China), the public one by default."""
+        arm = str(getattr(self.ml, "_base_url", "") or "https://management.azure.com").rstrip("/")
+        return f"{arm}/.default"
 
     def _run_error(self, name: str, deadline: float) -> str:
         """A failed run's error message (RunHistory); empty when the service has none to give."""
@@ -432,7 +434,8 @@ class AzureMLWorkspace:
                     raise PermanentError("the Azure ML adapter needs a credential for run metrics")
                 policies = [HeadersPolicy(), UserAgentPolicy(sdk_moniker="mlops-reflex"),
                             budget_retry_policy(self.budget_seconds),
-                            BearerTokenCredentialPolicy(self._credential, ARM_SCOPE), NetworkTraceLoggingPolicy()]
+                            BearerTokenCredentialPolicy(self._credential, self._arm_scope()),
+                            NetworkTraceLoggingPolicy()]
                 kwargs = {"transport": self._transport} if self._transport is not None else {}
                 self._rest = PipelineClient(base_url="https://management.azure.com", policies=policies, **kwargs)
             return self._rest

@@ -211,6 +211,23 @@ def test_a_sovereign_cloud_moves_the_arm_host_and_the_metrics_audience(fake):
     ws.close()
 
 
+def test_a_sovereign_cloud_moves_the_audience_of_the_run_history_token_too(fake):
+    class Recording(FakeCredential):
+        def __init__(self) -> None:
+            self.scopes: list[tuple[str, ...]] = []
+
+        def get_token(self, *scopes, **kwargs):
+            self.scopes.append(scopes)
+            return super().get_token(*scopes, **kwargs)
+
+    credential = Recording()
+    ws = build_workspace(_settings(fake, azure_cloud="AzureUSGovernment"), credential, transport=fake)
+    # A failed run's error comes from RunHistory through this pipeline; a public-cloud token is refused there.
+    ws._rest_get(f"{fake.api_base}/discovery", {}, "discover workspace services", time.monotonic() + 20)
+    assert credential.scopes == [("https://management.usgovcloudapi.net/.default",)]
+    ws.close()
+
+
 def test_a_configured_environment_is_used_as_given(fake):
     curated = "azureml://registries/azureml/environments/sklearn-1.5/labels/latest"
     ws = build_workspace(_settings(fake, environment=curated), FakeCredential(), transport=fake)
