@@ -272,7 +272,7 @@ class AzureMLWorkspace:
         # label="latest" reads the container's latestVersion (the newest by creation), then that version.
         try:
             entity = self.ml.data.get(name, label="latest")
-        except AzureError as exc:
+        except (AzureError, TimeoutError, ConnectionError) as exc:  # what translated() takes, so none escapes raw
             if _missing(exc):
                 return None
             raise translate(exc, what=f"get latest data {name}", deadline=self._deadline()) from exc

@@ -168,6 +168,17 @@ def test_latest_data_reads_the_container_then_that_version(ws, fake):
     assert [r.path.removeprefix(fake.ws_path) for r in fake.requests] == ["/data/churn", "/data/churn/versions/10"]
 
 
+@pytest.mark.parametrize("failure", [TimeoutError("read timed out"), ConnectionError("connection reset")])
+def test_latest_data_turns_a_network_failure_into_a_transient_error(ws, monkeypatch, failure):
+    # A raw exception would escape the bus without releasing the event's claim (only TransientError releases it).
+    def fail(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(ws.ml.data, "get", fail)
+    with pytest.raises(TransientError):
+        ws.latest_data("churn")
+
+
 # --- jobs ----------------------------------------------------------------------------------------------
 
 
