@@ -41,7 +41,7 @@ from shared.domain import (
     model_version_for,
     training_job_name,
 )
-from shared.errors import Conflict, InvalidPayload, NotFound, PermanentError, TransientError
+from shared.errors import Conflict, InvalidPayload, MLOpsError, NotFound, TransientError
 from shared.messages import (
     DataRegistered,
     DriftDetected,
@@ -347,8 +347,10 @@ def _health_evidence(monitor: Monitor | None, endpoint: Endpoint | None) -> dict
     for name in sorted(n for n, share in endpoint.traffic.items() if share > 0):
         try:
             h = monitor.health(endpoint.name, name, HEALTH_WINDOW_MINUTES)
-        except PermanentError as error:
-            out[name] = {"error": str(error)}
+        except MLOpsError as error:
+            # Evidence, not a precondition: a throttled or unconfigured monitor must not hold up a rollback (a
+            # transient error here would block it until Event Grid gave up). The gap is recorded instead.
+            out[name] = {"error": f"{type(error).__name__}: {error}"}
             continue
         out[name] = {"requests": h.requests, "error_share": round(h.error_share, 4),
                      "latency_p50_ms": h.latency_p50_ms, "latency_p95_ms": h.latency_p95_ms, "partial": h.partial}
@@ -426,6 +428,16 @@ def _asset_of(endpoint: Endpoint | None) -> str:
     return endpoint.tags.get(TAG_ASSET, "")
 
 
+def _publish(publisher: Publisher, event_type: str, subject: str, data: dict) -> None:
+    """Announce an action that already happened. Its failure must not undo the record of the action or make the
+    bus report it as failed, and a redelivery would meet the cooldown, not a second publish: log and go on."""
+    try:
+        publisher.publish(event_type, subject, data)
+    except MLOpsError as error:
+        logger.error("could not publish %s for %s (the action itself is done and recorded): %s", event_type,
+                     subject, error)
+
+
 def _roll_back(msg, endpoint: Endpoint, decision: rules.Decision, workspace: Workspace, audit: AuditLog,
                notifier: Notifier, settings: Settings, clock: Clock, actor: str, facts: dict,
                publisher: Publisher | None) -> Handled:
@@ -455,7 +467,7 @@ def _roll_back(msg, endpoint: Endpoint, decision: rules.Decision, workspace: Wor
         links=_links(settings, endpoint=endpoint.name), incident_key=f"rollback:{endpoint.name}:{msg.event_id}",
         actor=actor, event_id=msg.event_id))
     if publisher is not None:
-        publisher.publish("MLOps.RollbackCompleted", f"endpoints/{endpoint.name}",
+        _publish(publisher, "MLOps.RollbackCompleted", f"endpoints/{endpoint.name}",
                           {"endpoint": endpoint.name, "to": decision.target, "from": before,
                            "markedBad": list(decision.mark_bad), "reason": decision.reason, "actor": actor,
                            "causationId": msg.event_id})

@@ -31,7 +31,8 @@ class Harness:
     """The real bus, handlers, SQLite ledger and LocalWorkspace; events the workspace emits are collected and
     delivered by ``pump()`` in Event Grid wire format, optionally twice each."""
 
-    def __init__(self, home: Path, *, env: dict[str, str] | None = None, **policy) -> None:
+    def __init__(self, home: Path, *, env: dict[str, str] | None = None, ports: dict | None = None,
+                 **policy) -> None:
         self.home = home
         self.events: list[dict] = []
         self._lock = threading.Lock()
@@ -39,7 +40,7 @@ class Harness:
         settings = Settings.from_env({"MLOPS_HOME": str(home), **(env or {})})
         self.settings = settings.with_policy(**policy) if policy else settings
         self.notifier = Recording()
-        self.rt = build(self.settings, emit=self._emit, notifier=self.notifier, clock=self.clock)
+        self.rt = build(self.settings, emit=self._emit, notifier=self.notifier, clock=self.clock, **(ports or {}))
         self.ws = self.rt.workspace
         self.delivered: list[dict] = []
 

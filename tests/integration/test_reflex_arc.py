@@ -5,7 +5,7 @@ import httpx
 import pytest
 
 from shared.domain import TAG_EVENT
-from shared.errors import TransientError
+from shared.errors import ServiceRejected, Throttled, TransientError
 from shared.local import wire
 from shared.local.churn import feature_rows
 from shared.local.ledger import SqliteLedger
@@ -285,3 +285,37 @@ def test_models_registered_by_hand_reach_the_audit_trail(arc):
     arc.deliver(wire.model_registered("fraud-model", "7", {"owner": "alice"}))
     record = arc.decisions("observe")[0]
     assert record.facts["model"] == "fraud-model" and "outside the automation" in record.reason
+
+
+class ThrottledMonitor:
+    """The Monitor port answering as a throttled Azure Monitor would."""
+
+    def health(self, endpoint, deployment, window_minutes):
+        raise Throttled("Log Analytics: HTTP 429", retry_after=30)
+
+
+class RejectingPublisher:
+    """The Publisher port answering as a topic that refuses us (e.g. a missing EventGrid Data Sender role)."""
+
+    def __init__(self) -> None:
+        self.tried: list[str] = []
+
+    def publish(self, event_type, subject, data):
+        self.tried.append(event_type)
+        raise ServiceRejected("HTTP 403: Forbidden", status=403)
+
+
+def test_neither_a_throttled_monitor_nor_a_refused_publish_holds_up_or_unmakes_a_rollback(tmp_path):
+    publisher = RejectingPublisher()
+    h = Harness(tmp_path, min_primary=0.6, ports={"monitor": ThrottledMonitor(), "publisher": publisher})
+    try:
+        _canary(h)
+        h.clock.advance(minutes=10)
+        result = h.deliver(_drift(h))
+        assert result[0].outcome == "done" and h.traffic() == {"v1-1": 100}
+        assert publisher.tried == ["MLOps.RollbackCompleted"]
+        health = h.decisions("rollback")[0].facts["health"]
+        assert set(health) == {"v1-1", "v2-1"} and all(v["error"].startswith("Throttled") for v in health.values())
+        assert not any(a.kind == "event_rejected" for a in h.notifier.alerts)
+    finally:
+        h.close()
