@@ -119,6 +119,11 @@ def to_message(event: Mapping[str, object], *, landing_container: str = "landing
         asset, version = validate_asset(data.require("asset") if data.get("asset") else data.require("name"), "data.asset"), \
             validate_version(data.require("version"))
         path = data.text("path")
+        if "?" in path or "#" in path:
+            # A query string on a storage URL is usually a SAS token: it would be stored as the asset's path and
+            # repeated in the audit trail and alerts. The value is not echoed here for the same reason.
+            raise InvalidPayload("path must be a datastore URI or blob URL without a query string (no SAS tokens: "
+                                 "the app reads data with its identity)", field="path")
         return DataRegistered(event_id=event_id, asset=asset, version=version, path=path, source="custom",
                               register=bool(path))
     if kind == "mlops.driftdetected":

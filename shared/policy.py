@@ -51,6 +51,9 @@ def gate(candidate: Mapping[str, float], champion: Mapping[str, float] | None, p
     if value < policy.min_primary:
         return Decision(Action.REJECT, f"{p} {_fmt(value)} is below the minimum {_fmt(policy.min_primary)}")
     checks = [f"{p} {_fmt(value)} ≥ minimum {_fmt(policy.min_primary)}"]
+    if champion and p in champion and not math.isfinite(float(champion[p])):
+        checks.append(f"champion's {p} is {float(champion[p])}: judged on the floor alone")
+        champion = None
     if champion and p in champion:
         best = float(champion[p])
         gain = value - best
@@ -60,6 +63,9 @@ def gate(candidate: Mapping[str, float], champion: Mapping[str, float] | None, p
         checks.append(f"beats champion {_fmt(best)} by {gain:+.4f}")
         for g in policy.guard_metrics:
             if g not in champion:
+                continue
+            if not math.isfinite(float(champion[g])):
+                checks.append(f"champion's {g} is {float(champion[g])}: guard not compared")
                 continue
             if g not in candidate:
                 return Decision(Action.REJECT, f"guard metric {g!r} missing from the run, champion has it")

@@ -165,3 +165,11 @@ def test_other_alert_schemas_are_rejected():
     with pytest.raises(InvalidPayload) as err:
         eventgrid.from_common_alert({"schemaId": "Microsoft.Insights/activityLogs", "data": {}})
     assert err.value.field == "schemaId"
+
+
+def test_a_custom_data_path_carrying_a_sas_token_is_refused_without_repeating_it():
+    sas = "https://acct.blob.core.windows.net/landing/churn/3/x.csv?sv=2024-01-01&sig=SECRETSIG"
+    with pytest.raises(InvalidPayload) as err:
+        eventgrid.to_message(wire.custom("MLOps.DataRegistered", "data/churn",
+                                         {"asset": "churn", "version": "3", "path": sas}))
+    assert err.value.field == "path" and "SECRETSIG" not in str(err.value)
