@@ -335,21 +335,6 @@ def test_notify_and_flush_never_raise_when_the_store_is_broken(store, clock, cap
                for r in caplog.records), "an alert the store could not take is still rendered in the log"
 
 
-def test_a_transient_failure_leaves_the_alert_pending_with_a_next_try(store, clock):
-    rec = Recorder(fail=[TransientError("teams down"), TransientError("teams down")])
-    outbox = outbox_with(store, clock, rec, retry_base_seconds=10)
-    outbox.notify(alert())
-    assert outbox.flush() == 0
-    status = store.status(1)
-    assert status["status"] == "pending" and status["attempts"] == 1 and "teams down" in status["error"]
-    assert clock.now + 5 <= status["next_try"] <= clock.now + 10
-    assert outbox.flush() == 0 and store.status(1)["attempts"] == 1, "not retried before its time"
-    clock.advance(10)
-    assert outbox.flush() == 0 and store.status(1)["attempts"] == 2
-    clock.advance(20)
-    assert outbox.flush() == 1 and store.status(1)["status"] == "delivered" and len(rec.sent) == 1
-
-
 def test_a_permanent_rejection_fails_the_alert_for_good(store, clock, caplog):
     rec = Recorder(fail=[ServiceRejected("HTTP 400: bad card", status=400)])
     outbox = outbox_with(store, clock, rec)
@@ -367,16 +352,6 @@ def test_an_unexpected_channel_bug_is_logged_and_retried_not_raised(store, clock
     assert outbox.flush() == 0
     assert store.status(1)["status"] == "pending"
     assert any("failed unexpectedly" in r.getMessage() for r in caplog.records)
-
-
-def test_retries_stop_after_give_up_after_attempts(store, clock):
-    outbox = outbox_with(store, clock, Recorder(fail=[TransientError("down")] * 10), give_up_after=3,
-                         retry_base_seconds=1)
-    outbox.notify(alert())
-    for _ in range(5):
-        outbox.flush()
-        clock.advance(3600)
-    assert store.status(1)["status"] == "failed" and store.status(1)["attempts"] == 3
 
 
 def test_an_idle_flush_is_quick(store, clock):
