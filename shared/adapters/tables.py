@@ -47,7 +47,7 @@ from shared.adapters.errors import translated
 from shared.domain import Alert, AuditRecord
 from shared.errors import Busy, InvalidPayload
 from shared.local.ledger import PROCESSING, SUBJECT_KEYS
-from shared.local.outbox import DELIVERED, FAILED, PENDING, alert_from_json, alert_to_json
+from shared.local.outbox import DELIVERED, FAILED, PENDING, alert_from_json, alert_to_json, incident_totals
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -644,14 +644,8 @@ class TableOutbox:
         out["deliveries"] = sum(1 for r in self._t.query("delivery stats", "PartitionKey eq @pk",
                                                          parameters={"pk": DELIVERY_PK}, select=["target"])
                                 if not str(r["target"]).startswith("rejected:"))
-        suppressed = open_ = 0
-        for row in self._t.query("incident stats", "PartitionKey eq @pk", parameters={"pk": INCIDENT_PK},
-                                 select=["state"]):
-            state = json.loads(row["state"])
-            suppressed += int(state.get("suppressed_total", 0))
-            open_ += state.get("state") == "open"
-        out["suppressed"] = suppressed
-        out["open_incidents"] = open_
+        out.update(incident_totals(row["state"] for row in self._t.query(
+            "incident stats", "PartitionKey eq @pk", parameters={"pk": INCIDENT_PK}, select=["state"])))
         return out
 
     def close(self) -> None:

@@ -62,6 +62,17 @@ def alert_from_json(raw: str) -> Alert:
     return Alert(**data)
 
 
+def incident_totals(raw_states) -> dict[str, int]:
+    """The incident part of a store's stats: repeats held back by dedupe, and incidents still open, from the
+    stored incident states (JSON texts); every store keeps them the same way."""
+    suppressed = open_ = 0
+    for raw in raw_states:
+        state = json.loads(raw)
+        suppressed += int(state.get("suppressed_total", 0))
+        open_ += state.get("state") == "open"
+    return {"suppressed": suppressed, "open_incidents": open_}
+
+
 class SqliteOutbox:
     """The OutboxStore port on SQLite, plus what the Outbox uses when a store offers it: per-target delivery
     records, an incident index updated atomically, and leased claims so two flushers never send one alert twice.
@@ -201,13 +212,7 @@ class SqliteOutbox:
         out.update({r[0]: r[1] for r in conn.execute("SELECT status, COUNT(*) FROM alerts GROUP BY status")})
         out["deliveries"] = conn.execute(
             "SELECT COUNT(*) FROM deliveries WHERE target NOT LIKE 'rejected:%'").fetchone()[0]
-        suppressed = open_ = 0
-        for (raw,) in conn.execute("SELECT state FROM incidents"):
-            state = json.loads(raw)
-            suppressed += int(state.get("suppressed_total", 0))
-            open_ += state.get("state") == "open"
-        out["suppressed"] = suppressed
-        out["open_incidents"] = open_
+        out.update(incident_totals(raw for (raw,) in conn.execute("SELECT state FROM incidents")))
         return out
 
     def close(self) -> None:
