@@ -53,8 +53,7 @@ def gate(candidate: Mapping[str, float], champion: Mapping[str, float] | None, p
     checks = [f"{p} {_fmt(value)} ≥ minimum {_fmt(policy.min_primary)}"]
     if champion and p in champion and not math.isfinite(float(champion[p])):
         checks.append(f"champion's {p} is {float(champion[p])}: judged on the floor alone")
-        champion = None
-    if champion and p in champion:
+    elif champion and p in champion:
         best = float(champion[p])
         gain = value - best
         if gain <= 0 or gain < policy.min_improvement:

@@ -27,13 +27,15 @@ P = Policy(min_primary=0.70, min_improvement=0.005, guard_metrics=("logloss",), 
     ({"auc": float("inf"), "logloss": 0.4}, {"auc": 0.84, "logloss": 0.41}, A.REJECT, "not a number"),
     ({"auc": 0.90, "logloss": float("nan")}, {"auc": 0.84, "logloss": 0.41}, A.REJECT, "guard metric logloss is nan"),
     # a champion registered with a broken metric is not a yardstick: say so instead of "beats it by +nan"
-    ({"auc": 0.80, "logloss": 0.4}, {"auc": float("nan"), "logloss": 0.41}, A.APPROVE, "champion's auc is nan"),
+    ({"auc": 0.80, "logloss": 0.4}, {"auc": float("nan"), "logloss": 0.41}, A.APPROVE,
+     "champion's auc is nan: judged on the floor alone"),
     ({"auc": 0.90, "logloss": 0.4}, {"auc": 0.84, "logloss": float("nan")}, A.APPROVE, "champion's logloss is nan"),
 ])
 def test_gate(candidate, champion, action, why):
     d = rules.gate(candidate, champion, P)
     assert d.action is action
     assert why in d.reason
+    assert not (champion and "no champion yet" in d.reason), "a champion was given: the reason must not deny it"
 
 
 def test_gate_uses_the_configured_primary_metric():
