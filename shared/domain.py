@@ -76,7 +76,6 @@ def deployment_name_for(model_version: str) -> str:
     return ("v" + slug(model_version))[:32]
 
 
-
 def check_traffic(traffic: Mapping[str, int]) -> dict[str, int]:
     """A traffic split as every backend takes it: whole percents 0-100 per deployment, adding up to 100.
     Returns it as a plain dict; raises InvalidPayload naming the problem."""

@@ -340,7 +340,7 @@ def _failed(msg, job: Job, audit: AuditLog, notifier: Notifier, settings: Settin
 def _health_evidence(monitor: Monitor | None, endpoint: Endpoint | None) -> dict[str, dict]:
     """Each serving deployment's requests, error share and latency over the last window, read from the monitor
     before acting, so the audit trail and the alert show what production looked like when the decision was made.
-    A monitor that cannot answer for good (not configured, rejected) is recorded, not fatal; throttling raises."""
+    A monitor that cannot answer (throttled, not configured, rejected) is recorded as a gap, never fatal."""
     if monitor is None or endpoint is None:
         return {}
     out: dict[str, dict] = {}
@@ -468,9 +468,9 @@ def _roll_back(msg, endpoint: Endpoint, decision: rules.Decision, workspace: Wor
         actor=actor, event_id=msg.event_id))
     if publisher is not None:
         _publish(publisher, "MLOps.RollbackCompleted", f"endpoints/{endpoint.name}",
-                          {"endpoint": endpoint.name, "to": decision.target, "from": before,
-                           "markedBad": list(decision.mark_bad), "reason": decision.reason, "actor": actor,
-                           "causationId": msg.event_id})
+                 {"endpoint": endpoint.name, "to": decision.target, "from": before,
+                  "markedBad": list(decision.mark_bad), "reason": decision.reason, "actor": actor,
+                  "causationId": msg.event_id})
     return Handled("done", f"rolled back to {decision.target}: {decision.reason}",
                    resources=(f"deployment:{endpoint.name}/{decision.target}",),
                    data={"endpoint": endpoint.name, "to": decision.target, "marked_bad": list(decision.mark_bad)})

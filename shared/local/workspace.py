@@ -89,7 +89,6 @@ class _Run:
         self.proc, self.log, self.deadline = proc, log, deadline
 
 
-
 WORKSPACE_DIR = "workspace"  # the embedded workspace lives in $MLOPS_HOME/workspace
 
 
