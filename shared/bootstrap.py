@@ -68,6 +68,10 @@ def _local(settings: Settings, given: dict[str, Any]) -> dict[str, Any]:
         deps["ledger"] = SqliteLedger(home / "ledger.db")
     if "audit" not in given:
         deps["audit"] = SqliteAuditLog(home / "ledger.db")
+    if "states" not in given:
+        from shared.local.state import SqliteStateStore
+
+        deps["states"] = SqliteStateStore(home / "ledger.db")
     if "notifier" not in given:
         from shared.local.outbox import SqliteOutbox
         from shared.notify import build_notifier

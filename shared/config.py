@@ -24,12 +24,29 @@ class Policy:
     min_improvement: float = 0.0  # margin over the champion's primary metric, absolute; default 0.0
     guard_metrics: tuple[str, ...] = ("logloss",)  # lower-is-better metrics that must not regress; default logloss
     guard_tolerance: float = 0.02  # allowed regression of each guard metric, absolute; default 0.02
-    initial_traffic: int = 10  # percent a new model starts at beside a champion; default 10
     rollback_window_minutes: int = 120  # a traffic change younger than this makes drift roll back; default 120
     cooldown_minutes: int = 30  # after an automatic change, drift on that endpoint is only recorded; default 30
     max_attempts: int = 3  # training attempts per data version, counting the first; default 3
     drift_psi_threshold: float = 0.2  # PSI above which a feature counts as drifted (local monitor); default 0.2
     freeze: bool = False  # stop every automatic change but still alert; default off
+    # Progressive delivery (shared/rollout.py)
+    rollout_steps: tuple[int, ...] = (10, 50, 100)  # canary's share of live traffic per step, percent; last is 100
+    bake_minutes: int = 10  # minutes a step runs before its analysis counts; default 10
+    analysis_min_requests: int = 100  # canary requests a step needs, fewer is inconclusive; default 100
+    analysis_error_tolerance: float = 0.02  # canary error share may exceed the stable's by this (absolute); 0.02
+    analysis_latency_tolerance: float = 0.25  # canary p95 may exceed the stable's by this fraction; default 0.25
+    analysis_max_wait_minutes: int = 60  # inconclusive this long: the rollout holds and alerts; default 60
+    analysis_failure_limit: int = 2  # failed analyses that abort a rollout; default 2
+    retention_minutes: int = 1440  # a surplus deployment is deleted after this long; default 1440 (24 h)
+    retain_known_good: int = 1  # known-good deployments kept besides the stable; default 1
+    approval: str = "auto"  # auto | manual: whether a gate-approved model waits for a named person; default auto
+    approval_endpoints: tuple[tuple[str, str], ...] = ()  # per-endpoint overrides (endpoint, auto|manual)
+    approval_ttl_hours: int = 168  # an approval link expires after this long; default 168 (7 days)
+    retrain_budget: int = 3  # drift-triggered retraining runs per endpoint per 24 h; default 3
+
+    def approval_for(self, endpoint: str) -> str:
+        """The approval policy of one endpoint: its override, else the default."""
+        return dict(self.approval_endpoints).get(endpoint, self.approval)
 
 
 @dataclass(frozen=True)
@@ -65,6 +82,10 @@ class Settings:
     teams_webhook_url: str = ""
     teams_routes: str = ""  # JSON routing table, see README
     teams_failures_only: bool = False
+    # Approvals (App Service Authentication in front of the app)
+    approvers: tuple[str, ...] = ()  # user names, "group:<object id>" or "role:<app role>" allowed to approve
+    easy_auth: bool = False  # App Service Authentication is on: X-MS-CLIENT-PRINCIPAL headers can be trusted
+    public_url: str = ""  # the app's public base URL, for links in cards (approval page)
     policy: Policy = field(default_factory=Policy)
 
     @classmethod
@@ -83,12 +104,24 @@ class Settings:
             min_improvement=r.float("MLOPS_MIN_IMPROVEMENT", d.min_improvement),
             guard_metrics=tuple(m.strip() for m in r.str("MLOPS_GUARD_METRICS", ",".join(d.guard_metrics)).split(",") if m.strip()),
             guard_tolerance=r.float("MLOPS_GUARD_TOLERANCE", d.guard_tolerance),
-            initial_traffic=r.int("MLOPS_INITIAL_TRAFFIC", d.initial_traffic, lo=1, hi=100),
             rollback_window_minutes=r.int("MLOPS_ROLLBACK_WINDOW_MINUTES", d.rollback_window_minutes, lo=0),
             cooldown_minutes=r.int("MLOPS_COOLDOWN_MINUTES", d.cooldown_minutes, lo=0),
             max_attempts=r.int("MLOPS_MAX_ATTEMPTS", d.max_attempts, lo=1),
             drift_psi_threshold=r.float("MLOPS_DRIFT_PSI_THRESHOLD", d.drift_psi_threshold),
             freeze=r.bool("MLOPS_FREEZE", d.freeze),
+            rollout_steps=_steps(r.str("MLOPS_ROLLOUT_STEPS", ",".join(map(str, d.rollout_steps)))),
+            bake_minutes=r.int("MLOPS_BAKE_MINUTES", d.bake_minutes, lo=0, hi=10080),
+            analysis_min_requests=r.int("MLOPS_ANALYSIS_MIN_REQUESTS", d.analysis_min_requests, lo=1),
+            analysis_error_tolerance=_bounded(r, "MLOPS_ANALYSIS_ERROR_TOLERANCE", d.analysis_error_tolerance, 0, 1),
+            analysis_latency_tolerance=_bounded(r, "MLOPS_ANALYSIS_LATENCY_TOLERANCE", d.analysis_latency_tolerance,
+                                                0, 100),
+            analysis_max_wait_minutes=r.int("MLOPS_ANALYSIS_MAX_WAIT_MINUTES", d.analysis_max_wait_minutes, lo=1),
+            analysis_failure_limit=r.int("MLOPS_ANALYSIS_FAILURE_LIMIT", d.analysis_failure_limit, lo=1),
+            retention_minutes=r.int("MLOPS_RETENTION_MINUTES", d.retention_minutes, lo=0),
+            retain_known_good=r.int("MLOPS_RETAIN_KNOWN_GOOD", d.retain_known_good, lo=0, hi=10),
+            **_approval(r.str("MLOPS_APPROVAL", d.approval)),
+            approval_ttl_hours=r.int("MLOPS_APPROVAL_TTL_HOURS", d.approval_ttl_hours, lo=1, hi=24 * 90),
+            retrain_budget=r.int("MLOPS_RETRAIN_BUDGET", d.retrain_budget, lo=0),
         )
         s = cls()
         cloud = r.str("MLOPS_AZURE_CLOUD", s.azure_cloud)
@@ -122,6 +155,9 @@ class Settings:
             teams_webhook_url=r.str("MLOPS_TEAMS_WEBHOOK_URL", ""),
             teams_routes=r.str("MLOPS_TEAMS_ROUTES", ""),
             teams_failures_only=r.bool("MLOPS_TEAMS_FAILURES_ONLY", False),
+            approvers=tuple(a.strip() for a in r.str("MLOPS_APPROVERS", "").split(",") if a.strip()),
+            easy_auth=r.bool("MLOPS_EASY_AUTH", False),
+            public_url=r.str("MLOPS_PUBLIC_URL", "").rstrip("/"),
             policy=policy,
         )
 
@@ -148,7 +184,49 @@ SETTING_NAMES: tuple[str, ...] = (
     "MLOPS_PRIMARY_METRIC", "MLOPS_MIN_PRIMARY", "MLOPS_MIN_IMPROVEMENT", "MLOPS_GUARD_METRICS",
     "MLOPS_GUARD_TOLERANCE", "MLOPS_INITIAL_TRAFFIC", "MLOPS_ROLLBACK_WINDOW_MINUTES", "MLOPS_COOLDOWN_MINUTES",
     "MLOPS_MAX_ATTEMPTS", "MLOPS_DRIFT_PSI_THRESHOLD", "MLOPS_FREEZE",
+    "MLOPS_ROLLOUT_STEPS", "MLOPS_BAKE_MINUTES", "MLOPS_ANALYSIS_MIN_REQUESTS", "MLOPS_ANALYSIS_ERROR_TOLERANCE",
+    "MLOPS_ANALYSIS_LATENCY_TOLERANCE", "MLOPS_ANALYSIS_MAX_WAIT_MINUTES", "MLOPS_ANALYSIS_FAILURE_LIMIT",
+    "MLOPS_RETENTION_MINUTES", "MLOPS_RETAIN_KNOWN_GOOD", "MLOPS_APPROVAL", "MLOPS_APPROVAL_TTL_HOURS",
+    "MLOPS_RETRAIN_BUDGET", "MLOPS_APPROVERS", "MLOPS_EASY_AUTH", "MLOPS_PUBLIC_URL",
 )
+
+
+def _steps(raw: str) -> tuple[int, ...]:
+    """MLOPS_ROLLOUT_STEPS: rising whole percents, the last one 100 (e.g. "10,50,100")."""
+    try:
+        steps = tuple(int(p) for p in raw.split(",") if p.strip())
+    except ValueError:
+        raise InvalidPayload(f"MLOPS_ROLLOUT_STEPS must be whole percents like 10,50,100, not {raw!r}",
+                             field="MLOPS_ROLLOUT_STEPS") from None
+    if not steps or steps[-1] != 100 or any(not 0 < s <= 100 for s in steps) or list(steps) != sorted(set(steps)):
+        raise InvalidPayload(f"MLOPS_ROLLOUT_STEPS must rise from above 0 to exactly 100, not {raw!r}",
+                             field="MLOPS_ROLLOUT_STEPS")
+    return steps
+
+
+def _bounded(r: _Reader, name: str, default: float, lo: float, hi: float) -> float:
+    value = r.float(name, default)
+    if not lo <= value <= hi:  # also refuses NaN, which compares False with everything
+        raise InvalidPayload(f"{name} must be a number from {lo} to {hi}, not {value}", field=name)
+    return value
+
+
+def _approval(raw: str) -> dict[str, object]:
+    """MLOPS_APPROVAL: "auto", "manual", or per-endpoint overrides after a default: "auto;churn-endpoint=manual"."""
+    default, overrides = "auto", []
+    for part in (p.strip() for p in raw.replace(",", ";").split(";")):
+        if not part:
+            continue
+        name, eq, mode = part.partition("=")
+        mode = (mode if eq else name).strip().lower()
+        if mode not in ("auto", "manual"):
+            raise InvalidPayload(f"MLOPS_APPROVAL must be auto, manual or endpoint=auto|manual entries, not {raw!r}",
+                                 field="MLOPS_APPROVAL")
+        if eq:
+            overrides.append((name.strip(), mode))
+        else:
+            default = mode
+    return {"approval": default, "approval_endpoints": tuple(overrides)}
 
 
 def _name(template: str, asset: str) -> str:

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -26,6 +27,8 @@ TAG_METRIC_PREFIX = "metric_"
 TAG_KNOWN_GOOD = "mlops_known_good"  # "true" once a deployment has served 100% of traffic
 TAG_ROLLED_BACK = "mlops_rolled_back"  # "true" once traffic was rolled back away from it
 TAG_TRAFFIC_CHANGED = "mlops_traffic_changed_at"  # ISO time of the last automated traffic change
+TAG_APPROVED_BY = "approved_by"  # model tag: who approved it into production (manual approval)
+TAG_APPROVED_AT = "approved_at"
 
 
 class JobStatus(str, enum.Enum):
@@ -66,14 +69,32 @@ def training_job_name(asset: str, version: str, attempt: int) -> str:
     return f"train-{slug(asset)}-v{slug(version)}-a{attempt}"
 
 
-def model_version_for(data_version: str, attempt: int) -> str:
-    """Deterministic model version from the job that trained it."""
-    return f"{slug(data_version)}.{attempt}"
+def deployment_name_for(model_name: str, model_version: str) -> str:
+    """A valid, deterministic, collision-free Azure deployment name for a model version.
+
+    Azure: 3-32 characters, letters, digits and "-", starting with a letter and not ending with "-". The version
+    (a positive integer) is kept whole and last, so two versions never share a name; the model name part is cut
+    to fit, with a short hash of the whole name when cut, so two long model names that share a prefix differ too.
+    """
+    version = str(model_version).strip()
+    if not version.isdigit() or int(version) < 1:
+        raise InvalidPayload(f"model version must be a positive integer, not {model_version!r}", field="version")
+    version = str(int(version))
+    tail = f"-v{version}"
+    base = slug(model_name)
+    room = 32 - len(tail)
+    if len(base) > room:
+        digest = hashlib.sha256(model_name.encode("utf-8")).hexdigest()[:6]
+        base = base[:room - 7].rstrip("-") + "-" + digest
+    if not base[0].isalpha():
+        base = ("m" + base)[:room].rstrip("-")
+    return base + tail
 
 
-def deployment_name_for(model_version: str) -> str:
-    """Azure deployment names: 3-32 characters, start with a letter, letters/digits/hyphens."""
-    return ("v" + slug(model_version))[:32]
+def next_model_version(existing: Iterable[str]) -> str:
+    """The next positive integer after every integer version that exists (other versions are ignored)."""
+    numbers = [int(v) for v in existing if str(v).isdigit()]
+    return str(max(numbers, default=0) + 1)
 
 
 def check_traffic(traffic: Mapping[str, int]) -> dict[str, int]:
@@ -135,7 +156,7 @@ class Job:
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    version: str
+    version: str  # "" = the next positive integer, unless a version from the same job exists (idempotent)
     job_name: str  # the model files come from this job's "model" output
     tags: dict[str, str]
     description: str = ""
@@ -234,6 +255,7 @@ class Alert:
 ALERT_KINDS = (
     "training_started", "training_failed", "model_registered", "model_rejected", "deployment_changed",
     "rollback", "retraining_started", "drift_detected", "manual_action", "event_rejected",
+    "approval_requested", "approval_expired", "rollout_held", "deployment_retired",
 )
 SEVERITIES = ("info", "warning", "error", "critical")
 

@@ -5,10 +5,12 @@
     │   ├── InvalidPayload      an event or request body we cannot read (names the bad field)
     │   ├── NotFound            a job, model, data asset or endpoint that does not exist
     │   ├── Conflict            the request contradicts current state (e.g. nothing to roll back to)
+    │   │   └── TrafficChanged  the live split is not the one the controller set (changed by someone else)
     │   └── ServiceRejected     a 4xx from a service, carrying the service's own message
     └── TransientError          raise, so Event Grid redelivers (throttling, 5xx, timeouts, busy lease)
         ├── Throttled           429 / 503 with an optional Retry-After in seconds
-        └── Busy                another worker holds this event's lease right now
+        ├── Busy                another worker holds this event's lease right now
+        └── StaleState          an endpoint's state record changed since it was read (ETag mismatch)
 
 Adapters translate SDK exceptions into this tree; nothing else catches ``Exception``.
 """
@@ -43,6 +45,14 @@ class Conflict(PermanentError):
     """The request contradicts current state, e.g. there is nothing to roll back to."""
 
 
+class TrafficChanged(Conflict):
+    """An endpoint's live traffic split is not the one the controller last set: changed outside the automation."""
+
+    def __init__(self, message: str, *, actual: dict[str, int] | None = None) -> None:
+        super().__init__(message)
+        self.actual = dict(actual or {})
+
+
 class ServiceRejected(PermanentError):
     """A service answered 4xx; ``status`` and the service's own message are kept."""
 
@@ -65,3 +75,8 @@ class Throttled(TransientError):
 
 class Busy(TransientError):
     """Another worker is processing the same event right now."""
+
+
+class StaleState(TransientError):
+    """An endpoint's state record changed since it was read: another worker acted first. Redelivery re-reads it and
+    decides again, so the work is retried, never done twice."""

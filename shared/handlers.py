@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
+from shared import controller, rollout
 from shared import policy as rules
 from shared.bus import Handled
 from shared.config import Settings
@@ -26,10 +28,7 @@ from shared.domain import (
     TAG_GATE,
     TAG_GATE_REASON,
     TAG_JOB,
-    TAG_KNOWN_GOOD,
     TAG_METRIC_PREFIX,
-    TAG_ROLLED_BACK,
-    TAG_TRAFFIC_CHANGED,
     Alert,
     AuditRecord,
     Endpoint,
@@ -38,12 +37,13 @@ from shared.domain import (
     ModelSpec,
     TrainingJobSpec,
     deployment_name_for,
-    model_version_for,
     training_job_name,
 )
 from shared.errors import Conflict, InvalidPayload, MLOpsError, NotFound, TransientError
 from shared.messages import (
+    AdvanceRollouts,
     DataRegistered,
+    DecideApproval,
     DriftDetected,
     EventIgnored,
     ModelDeployed,
@@ -53,7 +53,7 @@ from shared.messages import (
     RunFinished,
     StartTraining,
 )
-from shared.ports import AuditLog, Ledger, Monitor, Notifier, Publisher, RunMetrics, Workspace
+from shared.ports import AuditLog, Ledger, Monitor, Notifier, Publisher, RunMetrics, StateStore, Workspace
 
 logger = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -138,6 +138,10 @@ def start_training(msg: StartTraining, *, workspace: Workspace, audit: AuditLog,
         previous = _attempts(workspace, data.name, data.version)
         mine = [j for j in previous if j.tags.get(TAG_EVENT) == msg.event_id]
         attempt = mine[0].attempt if mine else max((j.attempt for j in previous), default=0) + 1
+        if not mine and msg.actor == "automation" and attempt > settings.policy.max_attempts:
+            # Automatic "next attempt" requests (drift) are bounded like retries; a person may force more.
+            raise Conflict(f"{data.name}:{data.version} already had {attempt - 1} attempts (MLOPS_MAX_ATTEMPTS "
+                           f"{settings.policy.max_attempts}): not trained again automatically")
     name = training_job_name(data.name, data.version, attempt)
     spec = TrainingJobSpec(
         name=name, asset=data.name, data_version=data.version, attempt=attempt,
@@ -191,7 +195,7 @@ def rerun_job(msg: RerunJob, *, workspace: Workspace) -> Handled:
 # --- run finished → gate → register → roll out ----------------------------------------------------------
 
 def run_finished(msg: RunFinished, *, workspace: Workspace, metrics: RunMetrics, ledger: Ledger, audit: AuditLog,
-                 notifier: Notifier, settings: Settings, clock: Clock) -> Handled:
+                 notifier: Notifier, settings: Settings, clock: Clock, states: StateStore) -> Handled:
     """Act on a run's terminal state, read from the workspace (the event's status is only a hint)."""
     try:
         job = workspace.get_job(msg.job_name)
@@ -212,7 +216,7 @@ def run_finished(msg: RunFinished, *, workspace: Workspace, metrics: RunMetrics,
         return Handled("ignored", f"{job.name} {job.status.value} already handled")
     try:
         if job.status is JobStatus.COMPLETED:
-            result = _completed(msg, job, workspace, metrics, audit, notifier, settings, clock)
+            result = _completed(msg, job, workspace, metrics, audit, notifier, settings, clock, states)
         else:
             result = _failed(msg, job, audit, notifier, settings, clock)
     except TransientError:
@@ -222,20 +226,62 @@ def run_finished(msg: RunFinished, *, workspace: Workspace, metrics: RunMetrics,
     return result
 
 
+def _ctx(msg, *, workspace: Workspace, states: StateStore, audit: AuditLog, notifier: Notifier,
+         settings: Settings, clock: Clock, actor: str = "automation", **extra) -> controller.Context:
+    return controller.Context(workspace=workspace, states=states, audit=audit, notifier=notifier, settings=settings,
+                              clock=clock, event_id=msg.event_id, message=msg.type, actor=actor,
+                              links=lambda **kinds: _links(settings, **kinds), **extra)
+
+
+def _reference_metrics(workspace: Workspace, metrics: RunMetrics, ref: str) -> tuple[dict[str, float], str]:
+    """The metrics a deployed model was registered with, else those its training run logged; ("", why) if none."""
+    name, _, version = ref.rpartition(":")
+    try:
+        model = workspace.get_model(name, version)
+    except NotFound:
+        return {}, f"model {ref} no longer exists in the workspace"
+    found = model.metrics()
+    if not found and model.tags.get(TAG_JOB):
+        try:
+            found = metrics.get_run_metrics(model.tags[TAG_JOB])
+        except NotFound:
+            found = {}
+    return found, "" if found else f"model {ref} has no recorded metrics"
+
+
 def _completed(msg, job: Job, workspace: Workspace, metrics: RunMetrics, audit: AuditLog, notifier: Notifier,
-               settings: Settings, clock: Clock) -> Handled:
+               settings: Settings, clock: Clock, states: StateStore) -> Handled:
     asset, version = job.tags.get(TAG_ASSET, ""), job.tags.get(TAG_DATA_VERSION, "")
     if not asset or not version:
         raise InvalidPayload(f"job {job.name} has no data lineage tags", field="tags")
     model_name, endpoint_name = settings.model_for(asset), settings.endpoint_for(asset)
     measured = metrics.get_run_metrics(job.name)
-    endpoint = workspace.get_endpoint(endpoint_name)
-    champ = rules.champion(endpoint)
-    champ_model = workspace.get_model(champ.model_name, champ.model_version) if champ else None
-    champ_metrics = champ_model.metrics() if champ_model else None
-    verdict = rules.gate(measured, champ_metrics, settings.policy)
+    ctx = _ctx(msg, workspace=workspace, states=states, audit=audit, notifier=notifier, settings=settings,
+               clock=clock)
+    state, _ = controller.load(ctx, endpoint_name)
+    # The candidate must beat the stable AND any canary in flight: approving it against the stable alone would
+    # let a model worse than the live canary replace it.
+    verdict = rules.gate(measured, None, settings.policy)
+    compared: dict[str, object] = {}
+    for role, ref in (("stable", state.stable_model), ("canary", state.canary_model)):
+        if not ref or verdict.action is rules.Action.REJECT:
+            continue
+        ref_metrics, missing = _reference_metrics(workspace, metrics, ref)
+        compared[role] = {"model": ref, "metrics": ref_metrics}
+        if missing:
+            # Without the reference's numbers the guard metrics cannot be checked: no silent "no champion".
+            verdict = rules.Decision(rules.Action.REJECT, f"cannot compare with the {role} ({missing}); the gate "
+                                                          "does not approve what it cannot compare")
+            continue
+        verdict = rules.gate(measured, ref_metrics, settings.policy)
+        if verdict.action is rules.Action.REJECT:
+            verdict = rules.Decision(rules.Action.REJECT, f"against the {role} {ref}: {verdict.reason}")
+        else:
+            verdict = rules.Decision(rules.Action.APPROVE, f"against the {role} {ref}: {verdict.reason}")
+    champ = compared.get("stable") or compared.get("canary")
+    champ_metrics = champ["metrics"] if champ else None
     facts = {"job": job.name, "asset": asset, "version": version, "metrics": measured, "model": model_name,
-             "champion": f"{champ_model.name}:{champ_model.version}" if champ_model else None,
+             "champion": champ["model"] if champ else None, "compared": compared,
              "champion_metrics": champ_metrics, "endpoint": endpoint_name,
              "policy": {"primary": settings.policy.primary_metric, "min": settings.policy.min_primary,
                         "margin": settings.policy.min_improvement, "guards": list(settings.policy.guard_metrics),
@@ -259,10 +305,11 @@ def _completed(msg, job: Job, workspace: Workspace, metrics: RunMetrics, audit: 
     # repr keeps every digit: the next gate compares with these exact values, and a rounded champion would let
     # an identical retrain "beat" it (or not) depending on which way the rounding fell.
     tags.update({f"{TAG_METRIC_PREFIX}{k}": repr(float(v)) for k, v in measured.items()})
-    model = workspace.register_model(ModelSpec(name=model_name, version=model_version_for(version, job.attempt),
-                                               job_name=job.name, tags=tags,
+    # Azure requires a positive integer version: the workspace assigns the next one, or returns the version this
+    # job already produced (a redelivered event), found by its mlops_job tag.
+    model = workspace.register_model(ModelSpec(name=model_name, version="", job_name=job.name, tags=tags,
                                                description=f"trained by {job.name} on {asset}:{version}"))
-    _audit(audit, clock, msg, "approve", verdict.reason, facts=facts,
+    _audit(audit, clock, msg, "approve", verdict.reason, facts={**facts, "model_version": model.version},
            resources=(f"model:{model.name}:{model.version}",))
     notifier.notify(Alert(
         kind="model_registered", severity="info", title=f"Model registered: {model.name} v{model.version}",
@@ -271,58 +318,31 @@ def _completed(msg, job: Job, workspace: Workspace, metrics: RunMetrics, audit: 
                *metric_facts, ("Champion", facts["champion"] or "none")),
         links=_links(settings, job=job.name, model=f"{model.name}/{model.version}"),
         incident_key=f"model:{model.name}:{model.version}", event_id=msg.event_id))
-    if settings.policy.freeze:
-        _audit(audit, clock, msg, "hold", "freeze is on: model registered, not deployed",
-               facts={"model": model.name, "endpoint": endpoint_name})
-        return Handled("done", f"registered {model.name}:{model.version}; freeze is on, not deployed",
-                       resources=(f"model:{model.name}:{model.version}",))
-    return _roll_out(msg, model, endpoint, endpoint_name, workspace, audit, notifier, settings, clock)
-
-
-def _roll_out(msg, model, endpoint: Endpoint | None, endpoint_name: str, workspace: Workspace, audit: AuditLog,
-              notifier: Notifier, settings: Settings, clock: Clock) -> Handled:
-    deployment = deployment_name_for(model.version)
-    lineage = {OWNER_TAG: OWNER_VALUE, "mlops_model": f"{model.name}:{model.version}",
-               TAG_ASSET: model.tags.get(TAG_ASSET, ""), TAG_EVENT: msg.event_id}
-    if endpoint is not None and endpoint.traffic.get(deployment, 0) > 0:
-        return Handled("done", f"{deployment} already serves {endpoint.traffic[deployment]}%",
-                       resources=(f"deployment:{endpoint_name}/{deployment}",))
-    workspace.create_deployment(endpoint_name, deployment, model, lineage)
-    endpoint = workspace.get_endpoint(endpoint_name)
-    plan = rules.rollout(endpoint, deployment, settings.policy)
-    now = clock()
-    dep_tags = {name: {TAG_KNOWN_GOOD: "true"} for name, share in plan.traffic.items() if share == 100}
-    before = dict(endpoint.traffic) if endpoint else {}
-    workspace.set_traffic(endpoint_name, plan.traffic, tags={TAG_TRAFFIC_CHANGED: now.isoformat()},
-                          deployment_tags=dep_tags)
-    _audit(audit, clock, msg, "deploy", plan.reason,
-           facts={"endpoint": endpoint_name, "deployment": deployment, "model": model.name,
-                  "model_version": model.version, "traffic_before": before, "traffic_after": plan.traffic},
-           resources=(f"deployment:{endpoint_name}/{deployment}",))
-    split = ", ".join(f"{k} {v}%" for k, v in sorted(plan.traffic.items(), key=lambda kv: -kv[1]))
-    notifier.notify(Alert(
-        kind="deployment_changed", severity="info", title=f"Deployed {model.name} v{model.version} to {endpoint_name}",
-        summary=f"{plan.reason}. Traffic is now: {split}.",
-        facts=(("Endpoint", endpoint_name), ("Deployment", deployment), ("Model", f"{model.name}:{model.version}"),
-               ("Traffic before", ", ".join(f"{k} {v}%" for k, v in before.items() if v) or "none"),
-               ("Traffic now", split)),
-        links=_links(settings, endpoint=endpoint_name), incident_key=f"deploy:{endpoint_name}:{deployment}",
-        event_id=msg.event_id))
-    return Handled("done", f"registered {model.name}:{model.version} and deployed: {split}",
-                   resources=(f"model:{model.name}:{model.version}", f"deployment:{endpoint_name}/{deployment}"))
+    deployment = deployment_name_for(model.name, model.version)
+    decision = controller.apply(ctx, endpoint_name, rollout.NewModel(
+        model=model.name, version=model.version, deployment=deployment, data_version=version,
+        gate_reason=verdict.reason, approval_id=secrets.token_urlsafe(24)))
+    return Handled("done", f"registered {model.name}:{model.version}; {decision.action}: {decision.reason}",
+                   resources=(f"model:{model.name}:{model.version}", f"deployment:{endpoint_name}/{deployment}"),
+                   data={"model": model.name, "model_version": model.version, "deployment": deployment,
+                         "rollout": decision.action})
 
 
 def _failed(msg, job: Job, audit: AuditLog, notifier: Notifier, settings: Settings, clock: Clock) -> Handled:
     decision = rules.on_run_failed(job.status.value, job.error, job.attempt, settings.policy)
     asset, version = job.tags.get(TAG_ASSET, ""), job.tags.get(TAG_DATA_VERSION, "")
     retry = decision.action is rules.Action.RETRY and not settings.policy.freeze
-    _audit(audit, clock, msg, decision.action.value, decision.reason,
+    # The audit says what was done: a retry the freeze switch suppressed is a hold, not a retry.
+    action, reason = decision.action.value, decision.reason
+    if decision.action is rules.Action.RETRY and not retry:
+        action, reason = "hold", f"{decision.reason}; not retried: freeze switch (MLOPS_FREEZE) is on"
+    _audit(audit, clock, msg, action, reason,
            facts={"job": job.name, "status": job.status.value, "error": job.error[:2000], "asset": asset,
                   "attempt": job.attempt})
     notifier.notify(Alert(
         kind="training_failed", severity="error" if not retry else "warning",
         title=f"Training {job.status.value.lower()}: {job.name}",
-        summary=f"Job {job.name} on {asset}:{version} ended {job.status.value}. {decision.reason}."
+        summary=f"Job {job.name} on {asset}:{version} ended {job.status.value}. {reason}."
                 + (" A new attempt was started." if retry else ""),
         facts=(("Job", job.name), ("Status", job.status.value), ("Data", f"{asset}:{version}"),
                ("Attempt", f"{job.attempt} of {settings.policy.max_attempts}"),
@@ -331,7 +351,7 @@ def _failed(msg, job: Job, audit: AuditLog, notifier: Notifier, settings: Settin
         detail=job.error))
     follow = (StartTraining(event_id=msg.event_id, asset=asset, version=version, attempt=job.attempt + 1,
                             reason=f"retry of {job.name}: {decision.reason}"),) if retry else ()
-    return Handled("done", f"{job.name} {job.status.value}: {decision.reason}", follow_ups=follow,
+    return Handled("done", f"{job.name} {job.status.value}: {reason}", follow_ups=follow,
                    resources=(f"job:{job.name}",))
 
 
@@ -357,66 +377,81 @@ def _health_evidence(monitor: Monitor | None, endpoint: Endpoint | None) -> dict
     return out
 
 
-def _health_line(evidence: dict[str, dict]) -> str:
-    parts = []
-    for name, h in evidence.items():
-        if "error" in h:
-            parts.append(f"{name}: unavailable")
-            continue
-        p95 = f", p95 {h['latency_p95_ms']:.0f} ms" if h.get("latency_p95_ms") is not None else ""
-        parts.append(f"{name}: {h['requests']} req, {h['error_share']:.1%} errors{p95}"
-                     + (" (partial)" if h.get("partial") else ""))
-    return "; ".join(parts)
+def _data_status(workspace: Workspace, state: rollout.EndpointState, asset: str, version: str) -> str:
+    """Whether retraining on (asset, version) could help: new, running, stable (the stable was trained on it) or
+    tried (a job on it failed for good, or its model was rejected by the gate or rolled back)."""
+    stable_data = ""
+    if state.stable_model:
+        name, _, ver = state.stable_model.rpartition(":")
+        try:
+            stable_data = workspace.get_model(name, ver).tags.get(TAG_DATA_VERSION, "")
+        except NotFound:
+            stable_data = ""
+    if stable_data == version:
+        return "stable"
+    jobs = _attempts(workspace, asset, version)
+    if any(not j.status.completed for j in jobs):
+        return "running"
+    return "tried" if jobs else "new"
 
 
 def drift_detected(msg: DriftDetected, *, workspace: Workspace, audit: AuditLog, notifier: Notifier,
-                   settings: Settings, clock: Clock, publisher: Publisher | None = None,
+                   settings: Settings, clock: Clock, states: StateStore, publisher: Publisher | None = None,
                    monitor: Monitor | None = None) -> Handled:
-    """Roll back a recent rollout to the last known-good deployment, or retrain, by policy."""
-    now = clock()
+    """Abort the canary, return to the previous stable right after a promotion, or retrain, by policy."""
     endpoint = workspace.get_endpoint(msg.endpoint) if msg.endpoint else None
-    health = _health_evidence(monitor, endpoint) if not msg.resolved else {}
     asset = msg.asset or _asset_of(endpoint)
-    newest = workspace.latest_data(asset) if asset else None
-    recent = audit.recent(subject=msg.endpoint, decisions=["rollback", "retrain"], limit=1,
-                          since=now - timedelta(minutes=settings.policy.cooldown_minutes)) if msg.endpoint else []
-    recent = [r for r in recent if r.actor == "automation"]
-    facts = rules.DriftFacts(endpoint=endpoint, resolved=msg.resolved, now=now,
-                             last_automatic_change=recent[0].at if recent else None,
-                             newest_data=(newest.name, newest.version) if newest else None)
-    decision = rules.on_drift(facts, settings.policy)
-    audit_facts = {"endpoint": msg.endpoint, "deployment": msg.deployment, "source": msg.source, "rule": msg.rule,
-                   "metric": msg.metric, "value": msg.value, "threshold": msg.threshold, "resolved": msg.resolved,
-                   "traffic": dict(endpoint.traffic) if endpoint else None,
-                   "traffic_changed_at": endpoint.traffic_changed_at.isoformat()
-                   if endpoint and endpoint.traffic_changed_at else None,
-                   "last_automatic_change": facts.last_automatic_change.isoformat()
-                   if facts.last_automatic_change else None,
-                   "newest_data": f"{newest.name}:{newest.version}" if newest else None, "asset": asset,
-                   "health_window_minutes": HEALTH_WINDOW_MINUTES if health else None, "health": health}
-    incident = f"drift:{msg.endpoint or asset}:{msg.rule or msg.metric}"
     measured = f"{msg.metric} {msg.value:.3f}" if msg.value is not None else msg.metric or "alert"
     if msg.threshold is not None:
         measured += f" (threshold {msg.threshold:.3f})"
-    drift_facts = (("Endpoint", msg.endpoint or "—"), ("Source", msg.source), ("Signal", measured),
-                   ("Rule", msg.rule or "—"))
-    if health:
-        drift_facts += ((f"Health, last {HEALTH_WINDOW_MINUTES} min", _health_line(health)),)
-    if decision.action is rules.Action.ROLLBACK:
-        return _roll_back(msg, endpoint, decision, workspace, audit, notifier, settings, clock, "automation",
-                          audit_facts, publisher)
-    _audit(audit, clock, msg, decision.action.value, decision.reason, facts=audit_facts)
-    notifier.notify(Alert(
-        kind="drift_detected", severity="info" if msg.resolved else msg.severity,
-        title=f"{'Resolved' if msg.resolved else 'Drift or health alert'}: {msg.endpoint or asset}",
-        summary=f"{msg.description or measured}. Decision: {decision.action.value} — {decision.reason}.",
-        facts=(*drift_facts, ("Decision", decision.action.value)), links=_links(settings, endpoint=msg.endpoint)
-        if msg.endpoint else (), incident_key=incident, resolved=msg.resolved, event_id=msg.event_id))
-    if decision.action is rules.Action.RETRAIN and newest is not None:
-        return Handled("done", decision.reason, follow_ups=(StartTraining(
-            event_id=msg.event_id, asset=newest.name, version=newest.version, attempt=0,
-            reason=f"drift on {msg.endpoint or asset}: {measured}", drift_on=msg.endpoint or asset),))
-    return Handled("done" if decision.action is not rules.Action.RECORD else "ignored", decision.reason)
+    signal = {"endpoint": msg.endpoint, "deployment": msg.deployment, "source": msg.source, "rule": msg.rule,
+              "metric": msg.metric, "value": msg.value, "threshold": msg.threshold, "resolved": msg.resolved,
+              "asset": asset}
+    if not msg.endpoint or endpoint is None:
+        # Dataset drift without an endpoint: nothing to roll back, retraining is the only answer (budget aside).
+        newest = workspace.latest_data(asset) if asset else None
+        reason = f"drift on {asset or 'unknown data'} ({measured}) with no endpoint to act on"
+        _audit(audit, clock, msg, "record", reason, facts=signal)
+        notifier.notify(Alert(kind="drift_detected", severity="info" if msg.resolved else msg.severity,
+                              title=f"Drift: {asset or msg.endpoint or 'unknown'}", summary=f"{reason}.",
+                              facts=(("Source", msg.source), ("Signal", measured)),
+                              incident_key=f"drift:{asset}:{msg.rule or msg.metric}", resolved=msg.resolved,
+                              event_id=msg.event_id))
+        return Handled("ignored", reason, data={"newest": f"{newest.name}:{newest.version}" if newest else None})
+    health = _health_evidence(monitor, endpoint) if not msg.resolved else {}
+    ctx = _ctx(msg, workspace=workspace, states=states, audit=audit, notifier=notifier, settings=settings,
+               clock=clock, retrain=_retrainer(workspace, audit, notifier, settings, clock, msg.endpoint),
+               extra_facts={"signal": signal, "health": health,
+                            "health_window_minutes": HEALTH_WINDOW_MINUTES if health else None},
+               incident=f"drift:{msg.endpoint}:{msg.rule or msg.metric}")
+
+    def signal_for(state: rollout.EndpointState, view) -> rollout.DriftSignal:
+        newest = workspace.latest_data(asset) if asset else None
+        status = _data_status(workspace, state, newest.name, newest.version) if newest else "new"
+        return rollout.DriftSignal(resolved=msg.resolved, summary=f"{msg.source or 'alert'}: {measured}",
+                                   newest_data=(newest.name, newest.version) if newest else None, data_status=status)
+
+    decision = controller.apply(ctx, msg.endpoint, signal_for)
+    if decision.action in ("rollback", "abort") and publisher is not None:
+        _publish(publisher, "MLOps.RollbackCompleted", f"endpoints/{msg.endpoint}",
+                 {"endpoint": msg.endpoint, "to": decision.facts.get("to_deployment"),
+                  "markedBad": decision.facts.get("marked_bad"), "reason": decision.reason, "actor": "automation",
+                  "causationId": msg.event_id})
+    outcome = "ignored" if decision.action in ("record", "noop") else "done"
+    return Handled(outcome, f"{decision.action}: {decision.reason}",
+                   data={"endpoint": msg.endpoint, "decision": decision.action,
+                         "to": decision.facts.get("to_deployment"), "marked_bad": decision.facts.get("marked_bad")})
+
+
+def _retrainer(workspace: Workspace, audit: AuditLog, notifier: Notifier, settings: Settings, clock: Clock,
+               endpoint: str) -> Callable[[str, str, str], object]:
+    """Start retraining as an effect of a committed drift decision (not as a follow-up message: a failure after
+    the decision was committed must be finished by the next worker, which only effects are)."""
+    def retrain(asset: str, version: str, event_id: str) -> object:
+        return start_training(StartTraining(event_id=event_id, asset=asset, version=version, attempt=0,
+                                            reason=f"drift on {endpoint}", drift_on=endpoint),
+                              workspace=workspace, audit=audit, notifier=notifier, settings=settings, clock=clock)
+    return retrain
 
 
 def _asset_of(endpoint: Endpoint | None) -> str:
@@ -430,7 +465,7 @@ def _asset_of(endpoint: Endpoint | None) -> str:
 
 def _publish(publisher: Publisher, event_type: str, subject: str, data: dict) -> None:
     """Announce an action that already happened. Its failure must not undo the record of the action or make the
-    bus report it as failed, and a redelivery would meet the cooldown, not a second publish: log and go on."""
+    bus report it as failed: log and go on."""
     try:
         publisher.publish(event_type, subject, data)
     except MLOpsError as error:
@@ -438,71 +473,63 @@ def _publish(publisher: Publisher, event_type: str, subject: str, data: dict) ->
                      subject, error)
 
 
-def _roll_back(msg, endpoint: Endpoint, decision: rules.Decision, workspace: Workspace, audit: AuditLog,
-               notifier: Notifier, settings: Settings, clock: Clock, actor: str, facts: dict,
-               publisher: Publisher | None) -> Handled:
-    before = {k: v for k, v in endpoint.traffic.items() if v}
-    workspace.set_traffic(endpoint.name, decision.traffic, tags={TAG_TRAFFIC_CHANGED: clock().isoformat()},
-                          deployment_tags={name: {TAG_ROLLED_BACK: "true"} for name in decision.mark_bad})
-    bad_models = []
-    for name in decision.mark_bad:
-        dep = endpoint.deployment(name)
-        if dep is not None:
-            workspace.tag_model(dep.model_name, dep.model_version, {TAG_ROLLED_BACK: "true"})
-            bad_models.append(f"{dep.model_name}:{dep.model_version}")
-    facts = {**facts, "endpoint": endpoint.name, "from": before, "to_deployment": decision.target,
-             "marked_bad": list(decision.mark_bad), "bad_models": bad_models}
-    _audit(audit, clock, msg, "rollback", decision.reason, actor=actor, facts=facts,
-           resources=tuple(f"deployment:{endpoint.name}/{n}" for n in (decision.target, *decision.mark_bad)))
-    split_before = ", ".join(f"{k} {v}%" for k, v in before.items())
-    notifier.notify(Alert(
-        kind="rollback", severity="critical" if actor == "automation" else "warning",
-        title=f"Rolled back {endpoint.name} to {decision.target}",
-        summary=f"All traffic moved to {decision.target}: {decision.reason}. "
-                f"Marked as rolled back (never a target again): {', '.join(decision.mark_bad) or 'none'}.",
-        facts=(("Endpoint", endpoint.name), ("From", split_before or "—"), ("To", f"{decision.target} 100%"),
-               ("Marked bad", ", ".join(bad_models) or "—"), ("By", actor))
-              + (((f"Health, last {HEALTH_WINDOW_MINUTES} min", _health_line(facts["health"])),)
-                 if facts.get("health") else ()),
-        links=_links(settings, endpoint=endpoint.name), incident_key=f"rollback:{endpoint.name}:{msg.event_id}",
-        actor=actor, event_id=msg.event_id))
-    if publisher is not None:
-        _publish(publisher, "MLOps.RollbackCompleted", f"endpoints/{endpoint.name}",
-                 {"endpoint": endpoint.name, "to": decision.target, "from": before,
-                  "markedBad": list(decision.mark_bad), "reason": decision.reason, "actor": actor,
-                  "causationId": msg.event_id})
-    return Handled("done", f"rolled back to {decision.target}: {decision.reason}",
-                   resources=(f"deployment:{endpoint.name}/{decision.target}",),
-                   data={"endpoint": endpoint.name, "to": decision.target, "marked_bad": list(decision.mark_bad)})
-
-
 def roll_back(msg: RollBack, *, workspace: Workspace, audit: AuditLog, notifier: Notifier, settings: Settings,
-              clock: Clock, publisher: Publisher | None = None) -> Handled:
-    """A rollback asked for by a person: no cooldown or freeze applies, but never onto a rolled-back deployment."""
-    endpoint = workspace.get_endpoint(msg.endpoint)
-    if endpoint is None:
+              clock: Clock, states: StateStore, publisher: Publisher | None = None) -> Handled:
+    """A rollback asked for by a person: no cooldown or freeze applies, never onto a rolled-back or failed
+    deployment. Without ``to_deployment``: the canary is aborted, or the last promotion undone."""
+    if workspace.get_endpoint(msg.endpoint) is None:
         raise NotFound(f"endpoint {msg.endpoint!r} does not exist")
-    if msg.to_deployment:
-        target = endpoint.deployment(msg.to_deployment)
-        if target is None:
-            raise NotFound(f"deployment {msg.to_deployment!r} does not exist on {msg.endpoint}")
-        if target.rolled_back:
-            raise Conflict(f"{target.name} was itself rolled back; deploy a new model instead")
-        bad = tuple(n for n, share in endpoint.traffic.items() if share > 0 and n != target.name)
-    else:
-        target, bad = rules.rollback_target(endpoint)
-        if target is None:
-            raise Conflict(f"{msg.endpoint} has no known-good deployment to roll back to")
-    if endpoint.traffic.get(target.name, 0) == 100:
-        return Handled("ignored", f"{target.name} already serves 100%")
-    decision = rules.Decision(rules.Action.ROLLBACK, f"requested by {msg.actor}: {msg.reason}",
-                              traffic={target.name: 100}, target=target.name, mark_bad=bad)
-    notifier.notify(Alert(kind="manual_action", severity="info", title=f"Manual rollback of {endpoint.name}",
-                          summary=f"{msg.actor} asked to roll back {endpoint.name}: {msg.reason}.",
-                          facts=(("Endpoint", endpoint.name), ("Requested by", msg.actor), ("Reason", msg.reason)),
-                          incident_key=f"manual:{msg.event_id}", actor=msg.actor, event_id=msg.event_id))
-    return _roll_back(msg, endpoint, decision, workspace, audit, notifier, settings, clock, msg.actor,
-                      {"reason": msg.reason}, publisher)
+    ctx = _ctx(msg, workspace=workspace, states=states, audit=audit, notifier=notifier, settings=settings,
+               clock=clock, actor=msg.actor, extra_facts={"reason": msg.reason})
+    decision = controller.apply(ctx, msg.endpoint, rollout.ManualRollback(actor=msg.actor, reason=msg.reason,
+                                                                          to=msg.to_deployment))
+    if decision.action == "noop":
+        return Handled("ignored", decision.reason)
+    if publisher is not None:
+        _publish(publisher, "MLOps.RollbackCompleted", f"endpoints/{msg.endpoint}",
+                 {"endpoint": msg.endpoint, "to": decision.facts.get("to_deployment"),
+                  "markedBad": decision.facts.get("marked_bad"), "reason": decision.reason, "actor": msg.actor,
+                  "causationId": msg.event_id})
+    return Handled("done", f"rolled back to {decision.facts.get('to_deployment')}: {decision.reason}",
+                   resources=(f"deployment:{msg.endpoint}/{decision.facts.get('to_deployment')}",),
+                   data={"endpoint": msg.endpoint, "to": decision.facts.get("to_deployment"),
+                         "marked_bad": decision.facts.get("marked_bad")})
+
+
+def decide_approval(msg: DecideApproval, *, workspace: Workspace, audit: AuditLog, notifier: Notifier,
+                    settings: Settings, clock: Clock, states: StateStore) -> Handled:
+    """A named person approves (deploys as a canary) or rejects a model waiting for approval. Single-use."""
+    ctx = _ctx(msg, workspace=workspace, states=states, audit=audit, notifier=notifier, settings=settings,
+               clock=clock, actor=msg.actor, extra_facts={"reason": msg.reason})
+    decision = controller.apply(ctx, msg.endpoint, rollout.ApprovalDecision(
+        approval_id=msg.approval_id, approve=msg.approve, actor=msg.actor, reason=msg.reason))
+    return Handled("done", f"{decision.action}: {decision.reason}",
+                   data={"endpoint": msg.endpoint, "decision": decision.action, "approver": msg.actor})
+
+
+def advance_rollouts(msg: AdvanceRollouts, *, workspace: Workspace, audit: AuditLog, notifier: Notifier,
+                     settings: Settings, clock: Clock, states: StateStore, monitor: Monitor | None = None) -> Handled:
+    """The controller's timer: analyse each canary over its current step and advance, promote or abort it; expire
+    approvals; retire surplus deployments. A tick delivered twice decides on the same record twice: the second
+    finds the step just started (bake time) or nothing due, and changes nothing."""
+    names = [msg.endpoint] if msg.endpoint else states.endpoints()
+    done: dict[str, str] = {}
+    for name in names:
+        ctx = _ctx(msg, workspace=workspace, states=states, audit=audit, notifier=notifier, settings=settings,
+                   clock=clock)
+
+        def tick_for(state: rollout.EndpointState, view, name=name) -> rollout.Tick:
+            if state.phase is not rollout.Phase.PROGRESSING or not state.canary:
+                return rollout.Tick()
+            minutes = controller.recent_window(state, clock())
+            return rollout.Tick(rollout.Evidence(
+                canary=controller.health_or_none(monitor, name, state.canary, minutes),
+                stable=controller.health_or_none(monitor, name, state.stable, minutes)))
+
+        done[name] = controller.apply(ctx, name, tick_for).action
+    changed = {k: v for k, v in done.items() if v != "noop"}
+    return Handled("done" if changed else "ignored", ", ".join(f"{k}: {v}" for k, v in changed.items()) or
+                   "nothing to do", data={"endpoints": done})
 
 
 # --- audit-only events ---------------------------------------------------------------------------------
@@ -536,4 +563,6 @@ COMMAND_HANDLERS = {
     StartTraining: start_training,
     RerunJob: rerun_job,
     RollBack: roll_back,
+    DecideApproval: decide_approval,
+    AdvanceRollouts: advance_rollouts,
 }

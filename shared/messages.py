@@ -122,3 +122,21 @@ class RollBack(Command):
     reason: str
     to_deployment: str = ""  # empty: the policy picks the last known-good deployment
     actor: str = "automation"
+
+
+@dataclass(frozen=True)
+class DecideApproval(Command):
+    """A named person approves or rejects a model waiting for approval (the approval page, Easy Auth)."""
+
+    endpoint: str
+    approval_id: str
+    approve: bool
+    reason: str
+    actor: str
+
+
+@dataclass(frozen=True)
+class AdvanceRollouts(Command):
+    """A timer tick: analyse every canary, advance, promote or abort it, expire approvals, retire deployments."""
+
+    endpoint: str = ""  # empty: every endpoint the controller knows

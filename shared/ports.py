@@ -17,6 +17,7 @@ from shared.domain import (
     ModelSpec,
     TrainingJobSpec,
 )
+from shared.rollout import EndpointState
 
 
 class DataAssets(Protocol):
@@ -49,7 +50,8 @@ class RunMetrics(Protocol):
 
 class Models(Protocol):
     def register_model(self, spec: ModelSpec) -> Model:
-        """Register the job's model output; return the existing version unchanged if present (idempotent)."""
+        """Register the job's model output and return it. Idempotent: a version already registered from the same
+        job (tag ``mlops_job``) is returned unchanged. ``spec.version`` "" takes the next positive integer."""
 
     def get_model(self, name: str, version: str) -> Model:
         """Raise NotFound when missing."""
@@ -69,9 +71,16 @@ class Endpoints(Protocol):
         """Create the endpoint if needed and the deployment at 0% traffic; existing ones are kept (idempotent)."""
 
     def set_traffic(self, endpoint: str, traffic: Mapping[str, int], *, tags: Mapping[str, str] | None = None,
-                    deployment_tags: Mapping[str, Mapping[str, str]] | None = None) -> Endpoint:
+                    deployment_tags: Mapping[str, Mapping[str, str]] | None = None,
+                    expect: Mapping[str, int] | None = None) -> Endpoint:
         """Make the split exactly ``traffic`` (names left out get 0; the sum must be 100) and merge tags into the
-        endpoint and into named deployments in the same change."""
+        endpoint and into named deployments in the same change. With ``expect`` the write is conditional: when the
+        live split is neither ``expect`` nor already ``traffic``, someone else changed it and TrafficChanged is
+        raised without writing."""
+
+    def delete_deployment(self, endpoint: str, deployment: str) -> bool:
+        """Delete a deployment that serves no live or mirror traffic; False when it did not exist (idempotent).
+        A deployment that serves traffic raises Conflict and is kept."""
 
     def list_endpoints(self) -> list[Endpoint]:
         """Every endpoint in the workspace."""
@@ -116,6 +125,20 @@ class Notifier(Protocol):
 class Monitor(Protocol):
     def health(self, endpoint: str, deployment: str | None, window_minutes: int) -> Health:
         """Request count, error share and latency of an endpoint (or one deployment) over the window."""
+
+
+class StateStore(Protocol):
+    """One state record per endpoint (shared/rollout.py) with optimistic concurrency."""
+
+    def load(self, endpoint: str) -> EndpointState | None:
+        """The record with its version (ETag), or None when the controller never stored one."""
+
+    def save(self, state: EndpointState) -> EndpointState:
+        """Commit if ``state.version`` is still current ("" = create); returns the record with its new version.
+        Raises StaleState when another worker committed first."""
+
+    def endpoints(self) -> list[str]:
+        """Names of the endpoints that have a record."""
 
 
 class Publisher(Protocol):

@@ -58,7 +58,7 @@ resource deadLetterContainer 'Microsoft.Storage/storageAccounts/blobServices/con
 
 // The ledger, audit trail and alert outbox (shared/adapters/tables.py DEFAULT_TABLES; a test keeps the names in
 // step). Declared here so the app never needs to create them on a cold start.
-var ledgerTableNames = ['mlopsledger', 'mlopsaudit', 'mlopsoutbox']
+var ledgerTableNames = ['mlopsledger', 'mlopsaudit', 'mlopsoutbox', 'mlopsstate']
 
 resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-01' = {
   parent: account

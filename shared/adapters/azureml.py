@@ -24,6 +24,7 @@ from shared.config import Settings
 from shared.domain import (
     OWNER_TAG,
     OWNER_VALUE,
+    TAG_JOB,
     DataAsset,
     Deployment,
     Endpoint,
@@ -33,8 +34,18 @@ from shared.domain import (
     ModelSpec,
     TrainingJobSpec,
     check_traffic,
+    next_model_version,
 )
-from shared.errors import Conflict, InvalidPayload, NotFound, PermanentError, ServiceRejected, TransientError
+from shared.errors import (
+    Conflict,
+    InvalidPayload,
+    NotFound,
+    PermanentError,
+    ServiceRejected,
+    StaleState,
+    TrafficChanged,
+    TransientError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +70,7 @@ MODEL_ARM_ID = re.compile(r"/models/([^/]+)/versions/([^/]+)$", re.IGNORECASE)
 MODEL_SHORT_ID = re.compile(r"^azureml:([^:/]+):([^:/]+)$")
 # MLClient copies an endpoint's systemData into its property bag when it reads it; a read-modify-PUT would store
 # them as user properties (with a stale lastModifiedAt), so they are taken out again before the PUT.
+REGISTER_ATTEMPTS = 5  # next-version races lost before giving up (transient: the event is redelivered)
 SDK_SYSTEM_PROPERTIES = ("createdBy", "createdAt", "lastModifiedAt")
 
 
@@ -482,32 +494,53 @@ class AzureMLWorkspace:
     # --- models --------------------------------------------------------------------------------------
 
     def register_model(self, spec: ModelSpec) -> Model:
+        """Idempotent by job: a version whose ``mlops_job`` tag names this job is returned as it is; otherwise the
+        next positive integer is registered (Azure ML refuses any other model version). Two workers that picked the
+        same number for different jobs: the loser's create conflicts or comes back with another job's tag, and it
+        takes the next number (bounded)."""
         from azure.ai.ml.constants import AssetTypes
         from azure.ai.ml.entities import Model as AzureModel
 
+        if spec.version and not (spec.version.isdigit() and int(spec.version) > 0):
+            raise InvalidPayload(f"model version must be a positive integer, as Azure ML requires, not "
+                                 f"{spec.version!r}", field="version")
         deadline = self._deadline()
         job = self._find_job(spec.job_name, deadline)
         if job is None:
             raise NotFound(f"job {spec.job_name} does not exist")
-        existing = self._find_model(spec.name, spec.version, deadline)
-        if existing is not None:
-            return self._model(existing)  # registered before: returned unchanged
-        status = JobStatus.parse(job.status or "")
-        if status is not JobStatus.COMPLETED:
-            raise Conflict(f"job {spec.job_name} has no model output (status {status.value})")
-        entity = AzureModel(name=spec.name, version=spec.version, type=AssetTypes.MLFLOW_MODEL,
-                            path=f"azureml://jobs/{spec.job_name}/outputs/{MODEL_OUTPUT}", tags=_tags(spec.tags),
-                            description=spec.description or None, properties={"mlops_job": spec.job_name})
+        for _ in range(REGISTER_ATTEMPTS):
+            versions = self._model_versions(spec.name, deadline)
+            mine = [m for m in versions if _tags(m.tags).get(TAG_JOB) == spec.job_name]
+            if mine:
+                return self._model(min(mine, key=lambda m: int(m.version) if str(m.version).isdigit() else 0))
+            status = JobStatus.parse(job.status or "")
+            if status is not JobStatus.COMPLETED:
+                raise Conflict(f"job {spec.job_name} has no model output (status {status.value})")
+            version = spec.version or next_model_version(str(m.version) for m in versions)
+            entity = AzureModel(name=spec.name, version=version, type=AssetTypes.MLFLOW_MODEL,
+                                path=f"azureml://jobs/{spec.job_name}/outputs/{MODEL_OUTPUT}", tags=_tags(spec.tags),
+                                description=spec.description or None, properties={"mlops_job": spec.job_name})
+            try:
+                with translated(f"register model {spec.name}:{version}", deadline=deadline):
+                    created = self.ml.models.create_or_update(entity)
+            except Conflict:
+                if spec.version:
+                    raise
+                continue  # another job took this number first: look again
+            if _tags(created.tags).get(TAG_JOB) != spec.job_name:
+                if spec.version:
+                    raise Conflict(f"model {spec.name}:{version} belongs to another job")
+                continue
+            logger.info("registered model %s:%s from %s", spec.name, version, spec.job_name)
+            return self._model(created)
+        raise StaleState(f"model {spec.name}: the next version kept being taken by other jobs; try again")
+
+    def _model_versions(self, name: str, deadline: float) -> list:
         try:
-            with translated(f"register model {spec.name}:{spec.version}", deadline=deadline):
-                created = self.ml.models.create_or_update(entity)
-        except Conflict:
-            found = self._find_model(spec.name, spec.version, deadline)  # registered by a racing worker
-            if found is None:
-                raise
-            return self._model(found)
-        logger.info("registered model %s:%s from %s", spec.name, spec.version, spec.job_name)
-        return self._model(created)
+            with translated(f"list models {name}", deadline=deadline):
+                return list(self.ml.models.list(name=name))
+        except NotFound:
+            return []
 
     def _find_model(self, name: str, version: str, deadline: float):
         try:
@@ -523,12 +556,7 @@ class AzureMLWorkspace:
         return self._model(found)
 
     def list_models(self, name: str) -> list[Model]:
-        try:
-            with translated(f"list models {name}", deadline=self._deadline()):
-                found = list(self.ml.models.list(name=name))
-        except NotFound:
-            return []
-        models = [self._model(m) for m in found]
+        models = [self._model(m) for m in self._model_versions(name, self._deadline())]
         return sorted(models, key=lambda m: m.created_at.timestamp() if m.created_at else 0.0, reverse=True)
 
     def tag_model(self, name: str, version: str, tags: Mapping[str, str]) -> Model:
@@ -605,11 +633,23 @@ class AzureMLWorkspace:
         return self.get_endpoint(endpoint)
 
     def set_traffic(self, endpoint: str, traffic: Mapping[str, int], *, tags: Mapping[str, str] | None = None,
-                    deployment_tags: Mapping[str, Mapping[str, str]] | None = None) -> Endpoint:
+                    deployment_tags: Mapping[str, Mapping[str, str]] | None = None,
+                    expect: Mapping[str, int] | None = None) -> Endpoint:
+        """Online endpoints take no If-Match, so the write is made conditional by reading first: with ``expect``,
+        a live split that is neither the expected one nor already the wanted one raises TrafficChanged and nothing
+        is written. Every writer of ours goes through the endpoint's state record (one commit per decision), so
+        the only other writers are people and tools outside the automation, which this catches."""
         deadline = self._deadline()
         entity = self._find_endpoint(endpoint, deadline)
         if entity is None:
             raise NotFound(f"endpoint {endpoint} does not exist")
+        if expect is not None:
+            live_now = {str(k).lower(): int(v) for k, v in (entity.traffic or {}).items() if int(v or 0)}
+            wanted = {k.lower(): int(v) for k, v in traffic.items() if int(v)}
+            expected = {k.lower(): int(v) for k, v in expect.items() if int(v)}
+            if live_now not in (wanted, expected):
+                raise TrafficChanged(f"traffic of {endpoint} is {live_now}, not the expected {expected}: changed "
+                                     "outside the automation", actual=live_now)
         deployments = {d.name.lower(): d for d in self._deployments(endpoint, deadline)}
         unknown = sorted(n for n in {*traffic, *(deployment_tags or {})} if n.lower() not in deployments)
         if unknown:
@@ -663,6 +703,29 @@ class AzureMLWorkspace:
             raise TransientError(f"traffic of {endpoint} is {got} after the update, not {want}")
         logger.info("traffic of %s is now %s", endpoint, {k: v for k, v in want.items() if v})
         return after
+
+    def delete_deployment(self, endpoint: str, deployment: str) -> bool:
+        deadline = self._deadline()
+        entity = self._find_endpoint(endpoint, deadline)
+        if entity is None:
+            return False
+        if any(str(k).lower() == deployment.lower() and int(v or 0)
+               for k, v in {**(entity.traffic or {}), **(entity.mirror_traffic or {})}.items()):
+            raise Conflict(f"{endpoint}/{deployment} serves live or mirror traffic: it is not deleted")
+        current = next((d for d in self._deployments(endpoint, deadline) if d.name.lower() == deployment.lower()),
+                       None)
+        if current is None:
+            return False
+        self._not_busy(f"deployment {endpoint}/{deployment}", current.provisioning_state)
+        what = f"delete deployment {endpoint}/{deployment}"
+        try:
+            with translated(what, deadline=deadline):
+                poller = self.ml.online_deployments.begin_delete(name=current.name, endpoint_name=endpoint)
+            self._wait(poller, what, deadline)
+        except NotFound:
+            return False
+        logger.info("deleted deployment %s/%s", endpoint, deployment)
+        return True
 
     def _put(self, begin, entity, what: str, deadline: float):
         """Start a create-or-update and wait for it. A 409 here means another operation on the endpoint is still

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -14,6 +15,7 @@ from shared.errors import InvalidPayload, NotFound, ServiceRejected, Throttled, 
 logger = logging.getLogger(__name__)
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"  # Azure ML's header: which deployment served, or should serve
+ERROR_TAG = "local_error_share"  # deployment tag: share of requests that fail with 500 (fault injection)
 MAX_BODY = 16 * 1024 * 1024  # bytes; larger requests answer 413 like a managed endpoint's payload limit
 
 
@@ -104,6 +106,8 @@ class ScoringServer:
         self._httpd.server_close()
         self._thread.join(timeout=5)
 
+    _faults = random.Random(7)  # deterministic fault injection: the same requests fail on every run
+
     def predictor(self, endpoint: str, deployment) -> Any:
         key = (endpoint, deployment.name, deployment.model_name, deployment.model_version)
         with self._load_lock:  # one load per deployment even when the first requests arrive together
@@ -138,7 +142,13 @@ class ScoringServer:
             chosen = self.router.pick(endpoint, ep.traffic)
             if chosen is None:
                 return 404, None, {"error": f"endpoint {endpoint} sends no traffic to any deployment"}, rows, []
-        predictor = self.predictor(endpoint, ep.deployment(chosen))
+        dep = ep.deployment(chosen)
+        if (dep.state or "").lower() == "failed":
+            return 503, chosen, {"error": f"deployment {chosen} is in state Failed"}, rows, []
+        share = float(dep.tags.get(ERROR_TAG) or 0)
+        if share and self._faults.random() < share:  # fault injection (tests, the demo's failing canary)
+            return 500, chosen, {"error": "injected scoring failure"}, rows, []
+        predictor = self.predictor(endpoint, dep)
         missing = [f for f in predictor.features if any(f not in r for r in rows)]
         if missing:
             return 400, chosen, {"error": f"rows lack the model's input columns: {', '.join(missing)}"}, rows, []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -27,8 +28,9 @@ from shared.domain import (
     ModelSpec,
     TrainingJobSpec,
     check_traffic,
+    next_model_version,
 )
-from shared.errors import Conflict, InvalidPayload, NotFound, PermanentError
+from shared.errors import Conflict, InvalidPayload, NotFound, PermanentError, TrafficChanged
 from shared.local import wire
 
 logger = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ CREATE INDEX IF NOT EXISTS requests_by_endpoint ON requests (endpoint, at);
 """
 
 
+STATE_TAG = "local_provisioning_state"  # a simulated provisioning state (fail_deployment), as Azure reports
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")  # Azure's job/model name characters; no path tricks
 
 
@@ -424,12 +427,19 @@ class LocalWorkspace:
 
     def register_model(self, spec: ModelSpec) -> Model:
         _safe(spec.name, "model name")
-        _safe(spec.version, "model version")
+        if spec.version and not (spec.version.isdigit() and int(spec.version) > 0):
+            raise InvalidPayload(f"model version must be a positive integer, as Azure ML requires, not "
+                                 f"{spec.version!r}", field="version")
         job = self.get_job(spec.job_name)  # NotFound for an unknown job
         with self._db_lock:
-            existing = self._query("SELECT * FROM models WHERE name = ? AND version = ?", (spec.name, spec.version))
-            if existing:
-                return self._model(existing[0])
+            # Idempotent by job: a redelivered completion finds the version its job already produced.
+            mine = self._query("SELECT * FROM models WHERE name = ? AND job_name = ? ORDER BY seq", (spec.name, job.name))
+            if mine:
+                return self._model(mine[0])
+            versions = [r["version"] for r in self._query("SELECT version FROM models WHERE name = ?", (spec.name,))]
+            if spec.version and spec.version in versions:
+                raise Conflict(f"model {spec.name}:{spec.version} exists and came from another job")
+            spec = dataclasses.replace(spec, version=spec.version or next_model_version(versions))
             source = self._job_dir(job.name) / "outputs" / "model"
             if not (source / "MLmodel").exists():
                 raise Conflict(f"job {job.name} has no model output (status {job.status.value})")
@@ -494,11 +504,17 @@ class LocalWorkspace:
         return self.get_endpoint(endpoint)
 
     def set_traffic(self, endpoint: str, traffic: Mapping[str, int], *, tags: Mapping[str, str] | None = None,
-                    deployment_tags: Mapping[str, Mapping[str, str]] | None = None) -> Endpoint:
+                    deployment_tags: Mapping[str, Mapping[str, str]] | None = None,
+                    expect: Mapping[str, int] | None = None) -> Endpoint:
         with self._db_lock:
             rows = self._query("SELECT * FROM endpoints WHERE name = ?", (endpoint,))
             if not rows:
                 raise NotFound(f"endpoint {endpoint} does not exist")
+            live = {k: int(v) for k, v in json.loads(rows[0]["traffic"]).items() if int(v)}
+            wanted = {k: int(v) for k, v in traffic.items() if int(v)}
+            if expect is not None and live != wanted and live != {k: v for k, v in expect.items() if v}:
+                raise TrafficChanged(f"traffic of {endpoint} is {live}, not the expected {dict(expect)}: changed "
+                                     "outside the automation", actual=live)
             deployments = {r["name"]: r for r in self._query("SELECT * FROM deployments WHERE endpoint = ?",
                                                              (endpoint,))}
             unknown = sorted((set(traffic) | set(deployment_tags or {})) - set(deployments))
@@ -520,6 +536,34 @@ class LocalWorkspace:
         logger.info("traffic of %s is now %s", endpoint, {k: v for k, v in split.items() if v})
         return self.get_endpoint(endpoint)
 
+    def delete_deployment(self, endpoint: str, deployment: str) -> bool:
+        with self._db_lock:
+            rows = self._query("SELECT traffic FROM endpoints WHERE name = ?", (endpoint,))
+            if not rows or not self._query("SELECT 1 FROM deployments WHERE endpoint = ? AND name = ?",
+                                           (endpoint, deployment)):
+                return False
+            if int(json.loads(rows[0]["traffic"]).get(deployment, 0)):
+                raise Conflict(f"{endpoint}/{deployment} serves traffic: it is not deleted")
+            self._write("DELETE FROM deployments WHERE endpoint = ? AND name = ?", (endpoint, deployment))
+        logger.info("deleted deployment %s/%s", endpoint, deployment)
+        return True
+
+    def inject_errors(self, endpoint: str, deployment: str, share: float) -> None:
+        """Make a share (0..1) of the deployment's scoring requests fail with 500: tests and the demo."""
+        self._tag_deployment(endpoint, deployment, {"local_error_share": repr(float(share))})
+
+    def _tag_deployment(self, endpoint: str, deployment: str, extra: Mapping[str, str]) -> None:
+        with self._db_lock:
+            row = self._query("SELECT tags FROM deployments WHERE endpoint = ? AND name = ?", (endpoint, deployment))
+            if not row:
+                raise NotFound(f"{endpoint}/{deployment} does not exist")
+            self._write("UPDATE deployments SET tags = ? WHERE endpoint = ? AND name = ?",
+                        (json.dumps({**json.loads(row[0]["tags"]), **extra}), endpoint, deployment))
+
+    def fail_deployment(self, endpoint: str, deployment: str) -> None:
+        """Mark a deployment Failed (what Azure shows when its container cannot start): for tests and the demo."""
+        self._tag_deployment(endpoint, deployment, {STATE_TAG: "Failed"})
+
     def get_endpoint(self, name: str) -> Endpoint | None:
         with self._db_lock:
             rows = self._query("SELECT * FROM endpoints WHERE name = ?", (name,))
@@ -528,7 +572,8 @@ class LocalWorkspace:
             deps = self._query("SELECT * FROM deployments WHERE endpoint = ? ORDER BY seq", (name,))
         traffic = json.loads(rows[0]["traffic"])
         deployments = tuple(Deployment(name=d["name"], model_name=d["model_name"], model_version=d["model_version"],
-                                       tags=json.loads(d["tags"]), created_at=datetime.fromisoformat(d["created_at"]))
+                                       tags=json.loads(d["tags"]), created_at=datetime.fromisoformat(d["created_at"]),
+                                       state=json.loads(d["tags"]).get(STATE_TAG, "Succeeded"))
                             for d in deps)
         return Endpoint(name=name, deployments=deployments,
                         traffic={k: int(v) for k, v in traffic.items()},

@@ -46,7 +46,7 @@ def test_landed_data_is_registered_trained_gated_and_deployed_at_100_percent(two
     assert data.path.endswith("churn/1/data.csv")
     job = h.ws.get_job("train-churn-v1-a1")
     assert job.owned and job.tags[TAG_EVENT] and job.tags["mlops_code_version"].startswith("sha256:")
-    model = h.ws.get_model(MODEL, "1.1")
+    model = h.ws.get_model(MODEL, "1")
     assert model.tags["mlops_job"] == "train-churn-v1-a1"
     assert model.tags["mlops_data_version"] == "1" and model.tags["mlops_gate"] == "approved"
     assert float(model.tags["metric_auc"]) > 0.6
@@ -54,17 +54,17 @@ def test_landed_data_is_registered_trained_gated_and_deployed_at_100_percent(two
     assert {k: float(model.tags[f"metric_{k}"]) for k in ("auc", "logloss")} == {
         k: v for k, v in h.ws.get_run_metrics("train-churn-v1-a1").items() if k in ("auc", "logloss")}
     assert "no champion yet" in model.tags["mlops_gate_reason"]
-    first_deploy = next(r for r in h.decisions("deploy") if r.facts["deployment"] == "v1-1")
-    assert first_deploy.facts["traffic_after"] == {"v1-1": 100}
+    first_deploy = next(r for r in h.decisions("deploy") if r.facts["deployment"] == "churn-model-v1")
+    assert first_deploy.facts["traffic_after"] == {"churn-model-v1": 100}
 
 
 def test_a_better_model_starts_at_the_initial_share_beside_the_champion(two_models):
     h, _, _ = two_models
-    assert h.traffic() == {"v2-1": 10, "v1-1": 90}
+    assert h.traffic() == {"churn-model-v2": 10, "churn-model-v1": 90}
     ep = h.ws.get_endpoint(ENDPOINT)
-    assert ep.deployment("v1-1").known_good and not ep.deployment("v2-1").known_good
+    assert ep.deployment("churn-model-v1").known_good and not ep.deployment("churn-model-v2").known_good
     approve = next(r for r in h.decisions("approve") if r.facts["job"] == "train-churn-v2-a1")
-    assert approve.facts["champion"] == f"{MODEL}:1.1"
+    assert approve.facts["champion"] == f"{MODEL}:1"
     assert approve.facts["metrics"]["auc"] > approve.facts["champion_metrics"]["auc"]
 
 
@@ -89,11 +89,11 @@ def test_run_completed_and_run_status_changed_act_once(two_models):
 
 def test_the_audit_trail_names_event_facts_decision_reason_actor_and_resources(two_models):
     h, _, _ = two_models
-    deploy = next(r for r in h.decisions("deploy") if r.facts["deployment"] == "v2-1")
+    deploy = next(r for r in h.decisions("deploy") if r.facts["deployment"] == "churn-model-v2")
     assert deploy.actor == "automation" and deploy.event_id
-    assert deploy.facts["traffic_before"] == {"v1-1": 100}
-    assert deploy.resources == (f"deployment:{ENDPOINT}/v2-1",)
-    assert "v2-1 starts at 10%" in deploy.reason
+    assert deploy.facts["traffic_before"] == {"churn-model-v1": 100}
+    assert deploy.resources == (f"deployment:{ENDPOINT}/churn-model-v1", f"deployment:{ENDPOINT}/churn-model-v2")
+    assert "churn-model-v2 starts at 10 %" in deploy.reason
 
 
 def test_corrupted_labels_are_rejected_by_the_gate_recorded_and_alerted(arc):
@@ -103,8 +103,8 @@ def test_corrupted_labels_are_rejected_by_the_gate_recorded_and_alerted(arc):
     arc.pump()
     reject = next(r for r in arc.decisions("reject"))
     assert reject.facts["job"] == "train-churn-v3-a1" and "below the minimum" in reject.reason
-    assert [m.version for m in arc.ws.list_models(MODEL)] == ["1.1"]
-    assert arc.traffic() == {"v1-1": 100}
+    assert [m.version for m in arc.ws.list_models(MODEL)] == ["1"]
+    assert arc.traffic() == {"churn-model-v1": 100}
     alert = next(a for a in arc.notifier.alerts if a.kind == "model_rejected")
     assert "train-churn-v3-a1" in alert.summary and alert.severity == "warning"
 
@@ -115,7 +115,7 @@ def _canary(h: Harness) -> None:
     h.clock.advance(minutes=30)
     h.land("2", **V2)
     h.pump()
-    assert h.traffic() == {"v2-1": 10, "v1-1": 90}
+    assert h.traffic() == {"churn-model-v2": 10, "churn-model-v1": 90}
 
 
 def _drift(h: Harness, **extra) -> dict:
@@ -132,49 +132,60 @@ def test_drift_soon_after_a_rollout_rolls_back_to_the_known_good_deployment_and_
             served[name] = served.get(name, 0) + 1
     arc.clock.advance(minutes=10)
     results = arc.deliver(_drift(arc))
-    assert results[0].outcome == "done" and "rolled back to v1-1" in results[0].reason
-    assert arc.traffic() == {"v1-1": 100}
+    assert results[0].outcome == "done" and results[0].data["to"] == "churn-model-v1"
+    assert arc.traffic() == {"churn-model-v1": 100}
     # what production looked like when the decision was made is kept with it and shown in the alert
     health = arc.decisions("rollback")[0].facts["health"]
     assert {name: h["requests"] for name, h in health.items()} == served
     assert all(h["error_share"] == 0 and h["latency_p95_ms"] > 0 for h in health.values())
     card_facts = dict(next(a for a in arc.notifier.alerts if a.kind == "rollback").facts)
-    assert f"v2-1: {served['v2-1']} req, 0.0% errors" in card_facts["Health, last 15 min"]
+    assert f"churn-model-v2: {served['churn-model-v2']} req, 0.0% errors" in card_facts["Health, last 15 min"]
     ep = arc.ws.get_endpoint(ENDPOINT)
-    assert ep.deployment("v2-1").rolled_back and ep.traffic.get("v2-1", 0) == 0
-    assert arc.ws.get_model(MODEL, "2.1").tags["mlops_rolled_back"] == "true"
+    assert ep.deployment("churn-model-v2").rolled_back and ep.traffic.get("churn-model-v2", 0) == 0
+    assert arc.ws.get_model(MODEL, "2").tags["mlops_rolled_back"] == "true"
     rollback = arc.decisions("rollback")[0]
-    assert rollback.facts["from"] == {"v2-1": 10, "v1-1": 90} and rollback.facts["marked_bad"] == ["v2-1"]
+    assert rollback.facts["from"] == {"churn-model-v2": 10, "churn-model-v1": 90} and rollback.facts["marked_bad"] == ["churn-model-v2"]
     assert any(a.kind == "rollback" and a.severity == "critical" for a in arc.notifier.alerts)
     # within the cooldown a second alert only records and alerts
     again = arc.deliver(_drift(arc, value=0.5))
-    assert "cooldown" in again[0].reason and arc.traffic() == {"v1-1": 100}
+    assert "cooldown" in again[0].reason and arc.traffic() == {"churn-model-v1": 100}
     assert arc.decisions()[0].decision == "hold"
 
 
-def test_drift_without_a_recent_rollout_retrains_on_the_newest_data(arc, tmp_path):
-    _canary(arc)
+def test_drift_without_a_rollout_to_undo_retrains_on_new_data_once(arc, tmp_path):
+    arc.land("1", **V1)
+    arc.pump()
     arc.clock.advance(hours=5)
+    # The newest data is what the stable was trained on: retraining cannot help, new data is needed.
+    held = arc.deliver(_drift(arc))
+    assert held[0].data["decision"] == "hold" and "land new data" in held[0].reason
+    assert [j.name for j in arc.ws.list_jobs()] == ["train-churn-v1-a1"]
+    # Data registered outside the landing path (no training yet): drift retrains on it.
+    path = arc.home / "gen" / "v2.csv"
+    from shared.local.churn import write_csv
+    write_csv(path, **V2)
+    arc.ws.register_data("churn", "2", str(path))
+    arc.clock.advance(minutes=31)
     event = _drift(arc)
     results = arc.deliver(event)
-    started = [r for r in results if r.message == "StartTraining"]
-    assert started and started[0].data == {"job": "train-churn-v2-a2", "created": True, "attempt": 2}
-    assert arc.ws.get_job("train-churn-v2-a2").tags[TAG_EVENT] == event["id"]
-    assert arc.traffic() == {"v2-1": 10, "v1-1": 90}
+    assert results[0].data["decision"] == "retrain"
+    assert arc.ws.get_job("train-churn-v2-a1").tags[TAG_EVENT] == event["id"]
+    assert arc.traffic() == {"churn-model-v1": 100}
     retrain = next(a for a in arc.notifier.alerts if a.kind == "retraining_started")
-    assert dict(retrain.facts)["Endpoint"] == ENDPOINT and "train-churn-v2-a2" in retrain.summary
-    # A crash after the submit but before the ledger recorded it: the redelivered alert (past the cooldown, so
-    # the policy says retrain again) finds the job its own event started and starts no third attempt.
+    assert dict(retrain.facts)["Endpoint"] == ENDPOINT and "train-churn-v2-a1" in retrain.summary
+    # A crash after the submit but before the ledger recorded it: the redelivered alert (past the cooldown) finds
+    # that data version already in training and starts nothing more.
     arc.rt.bus.ledger = SqliteLedger(tmp_path / "ledger-without-the-record.db")
     arc.clock.advance(hours=1)
     redo = arc.deliver(event)
-    assert [r.data.get("job") for r in redo if r.message == "StartTraining"] == ["train-churn-v2-a2"]
+    assert redo[0].data["decision"] == "hold"
+    assert sorted(j.name for j in arc.ws.list_jobs()) == ["train-churn-v1-a1", "train-churn-v2-a1"]
 
 
 def test_a_resolved_alert_is_only_recorded(arc):
     _canary(arc)
     results = arc.deliver(_drift(arc, resolved=True))
-    assert results[0].outcome == "ignored" and arc.traffic() == {"v2-1": 10, "v1-1": 90}
+    assert results[0].outcome == "ignored" and arc.traffic() == {"churn-model-v2": 10, "churn-model-v1": 90}
     assert arc.notifier.alerts[-1].resolved
 
 
@@ -187,7 +198,7 @@ def test_the_freeze_switch_stops_automatic_changes_but_still_alerts(tmp_path):
     frozen = Harness(tmp_path, min_primary=0.6, freeze=True)  # same state, restarted with MLOPS_FREEZE
     try:
         results = frozen.deliver(_drift(frozen))
-        assert "freeze" in results[0].reason and frozen.traffic() == {"v2-1": 10, "v1-1": 90}
+        assert "freeze" in results[0].reason and frozen.traffic() == {"churn-model-v2": 10, "churn-model-v1": 90}
         assert frozen.notifier.alerts[-1].kind == "drift_detected"
         frozen.land("4", **V2)
         frozen.pump()
@@ -202,7 +213,8 @@ def test_a_preempted_low_priority_run_is_retried_up_to_the_attempt_limit(arc):
     arc.pump()
     assert arc.ws.get_job("train-churn-v1-a1").status.value == "Failed"
     assert arc.ws.get_job("train-churn-v1-a2").status.value == "Completed"
-    assert arc.traffic() == {"v1-2": 100}
+    assert arc.traffic() == {"churn-model-v1": 100}
+    assert arc.ws.get_model(MODEL, "1").tags["mlops_job"] == "train-churn-v1-a2"
     failed = next(a for a in arc.notifier.alerts if a.kind == "training_failed")
     assert failed.severity == "warning" and "preempted" in failed.detail
 
@@ -250,10 +262,10 @@ def test_manual_rollback_needs_a_known_good_target_and_records_the_caller(arc):
     arc.land("2", **V2)
     arc.pump()
     done = arc.rt.bus.handle(RollBack(event_id="m2", endpoint=ENDPOINT, reason="latency", actor="http:bob"))
-    assert done[0].outcome == "done" and arc.traffic() == {"v1-1": 100}
+    assert done[0].outcome == "done" and arc.traffic() == {"churn-model-v1": 100}
     assert arc.decisions("rollback")[0].actor == "http:bob"
-    assert any(a.kind == "manual_action" and a.actor == "http:bob" for a in arc.notifier.alerts)
-    again = arc.rt.bus.handle(RollBack(event_id="m3", endpoint=ENDPOINT, reason="again", to_deployment="v2-1",
+    assert [a.severity for a in arc.notifier.alerts if a.kind == "rollback" and a.actor == "http:bob"] == ["warning"]
+    again = arc.rt.bus.handle(RollBack(event_id="m3", endpoint=ENDPOINT, reason="again", to_deployment="churn-model-v2",
                                        actor="http:bob"))
     assert again[0].outcome == "failed" and "itself rolled back" in again[0].reason
 
@@ -312,10 +324,10 @@ def test_neither_a_throttled_monitor_nor_a_refused_publish_holds_up_or_unmakes_a
         _canary(h)
         h.clock.advance(minutes=10)
         result = h.deliver(_drift(h))
-        assert result[0].outcome == "done" and h.traffic() == {"v1-1": 100}
+        assert result[0].outcome == "done" and h.traffic() == {"churn-model-v1": 100}
         assert publisher.tried == ["MLOps.RollbackCompleted"]
         health = h.decisions("rollback")[0].facts["health"]
-        assert set(health) == {"v1-1", "v2-1"} and all(v["error"].startswith("Throttled") for v in health.values())
+        assert set(health) == {"churn-model-v1", "churn-model-v2"} and all(v["error"].startswith("Throttled") for v in health.values())
         assert not any(a.kind == "event_rejected" for a in h.notifier.alerts)
     finally:
         h.close()
