@@ -518,7 +518,8 @@ class AzureMLWorkspace:
                 raise Conflict(f"job {spec.job_name} has no model output (status {status.value})")
             version = spec.version or next_model_version(str(m.version) for m in versions)
             entity = AzureModel(name=spec.name, version=version, type=AssetTypes.MLFLOW_MODEL,
-                                path=f"azureml://jobs/{spec.job_name}/outputs/{MODEL_OUTPUT}", tags=_tags(spec.tags),
+                                path=f"azureml://jobs/{spec.job_name}/outputs/{MODEL_OUTPUT}",
+                                tags={**_tags(spec.tags), TAG_JOB: spec.job_name},
                                 description=spec.description or None, properties={"mlops_job": spec.job_name})
             try:
                 with translated(f"register model {spec.name}:{version}", deadline=deadline):

@@ -68,7 +68,7 @@ class WorkspaceContract:
         self._finish(workspace, job.name, metrics)
         return job.name
 
-    def _model(self, workspace, data_paths, name: str | None = None, version: str = "1.1",
+    def _model(self, workspace, data_paths, name: str | None = None, version: str = "1",
                tags: dict[str, str] | None = None) -> Model:
         job = self._finished_job(workspace, data_paths)
         return workspace.register_model(ModelSpec(name=name or _name("model"), version=version, job_name=job,
@@ -175,29 +175,29 @@ class WorkspaceContract:
     def test_a_registered_model_keeps_its_tags_and_re_registering_returns_it_unchanged(self, workspace, data_paths):
         job = self._finished_job(workspace, data_paths)
         name = _name("model")
-        first = workspace.register_model(ModelSpec(name=name, version="1.1", job_name=job,
+        first = workspace.register_model(ModelSpec(name=name, version="1", job_name=job,
                                                    tags={"metric_auc": "0.81", "mlops_job": job}))
-        assert (first.name, first.version) == (name, "1.1")
+        assert (first.name, first.version) == (name, "1")
         assert first.tags["metric_auc"] == "0.81" and first.tags["mlops_job"] == job
         assert first.metrics() == {"auc": pytest.approx(0.81)}
-        again = workspace.register_model(ModelSpec(name=name, version="1.1", job_name=job,
+        again = workspace.register_model(ModelSpec(name=name, version="1", job_name=job,
                                                    tags={"metric_auc": "0.99"}))
         assert again.tags["metric_auc"] == "0.81", "an existing version is returned unchanged"
-        assert workspace.get_model(name, "1.1").tags == first.tags
-        assert [m.version for m in workspace.list_models(name)] == ["1.1"]
+        assert workspace.get_model(name, "1").tags == first.tags
+        assert [m.version for m in workspace.list_models(name)] == ["1"]
 
     def test_registering_a_model_of_an_unknown_job_raises_not_found(self, workspace):
         with pytest.raises(NotFound):
-            workspace.register_model(ModelSpec(name=_name("model"), version="1.1", job_name="train-no-such-job",
+            workspace.register_model(ModelSpec(name=_name("model"), version="1", job_name="train-no-such-job",
                                                tags={}))
 
     def test_models_are_listed_newest_first_and_missing_ones_are_not_found(self, workspace, data_paths):
         job = self._finished_job(workspace, data_paths)
         name = _name("model")
         assert workspace.list_models(name) == []
-        for version in ("1.1", "2.1", "10.1"):
+        for version in ("1", "2", "10"):
             workspace.register_model(ModelSpec(name=name, version=version, job_name=job, tags={}))
-        assert [m.version for m in workspace.list_models(name)] == ["10.1", "2.1", "1.1"]
+        assert [m.version for m in workspace.list_models(name)] == ["10", "2", "1"]
         with pytest.raises(NotFound):
             workspace.get_model(name, "3.1")
 

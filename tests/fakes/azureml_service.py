@@ -558,7 +558,27 @@ class FakeAzureML(HttpTransport):
             return self._put_endpoint(r, segs)
         if r.method == "PUT" and n == 4 and segs[2].lower() == "deployments":
             return self._put_deployment(r, segs)
+        if r.method == "DELETE" and n == 4 and segs[2].lower() == "deployments":
+            return self._delete_deployment(segs)
         raise _error(405, "MethodNotAllowed", f"{r.method} {'/'.join(segs)}")
+
+    def _delete_deployment(self, segs: list[str]) -> _Answer:
+        """OnlineDeployments_Delete: 202 with an Azure-AsyncOperation to poll; the service refuses to delete a
+        deployment that still has traffic (assumed wording: the documented rule is that traffic must be 0 first)."""
+        endpoint = self._get(("onlineEndpoints", segs[1]))
+        resource = self._get(tuple(segs))
+        props = endpoint["properties"]
+        if any(k.lower() == segs[3].lower() and int(v) for k, v in
+               {**(props.get("traffic") or {}), **(props.get("mirrorTraffic") or {})}.items()):
+            raise _error(400, "BadArgument", f"Deployment {segs[3]} has traffic and cannot be deleted")
+        del self._resources[self._key_of(resource["id"])]
+        op = f"{uuid.uuid4()}"
+        self._operations[op] = {"target": resource["id"], "status": "InProgress", "polls": 0,
+                                "start": self._now(), "fail": None}
+        status_url = (f"https://{ARM_HOST}/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
+                      f"/providers/{PROVIDER}/locations/{self.location}/mfeOperationsStatus/{op}"
+                      f"?api-version=2023-04-01-preview")
+        return _Answer(202, None, {"Azure-AsyncOperation": status_url, "retry-after-ms": str(self.lro_delay_ms)})
 
     def _put_endpoint(self, r: Recorded, segs: list[str]) -> _Answer:
         body = r.json

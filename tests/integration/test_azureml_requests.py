@@ -30,6 +30,7 @@ from shared.errors import (
     PermanentError,
     ServiceRejected,
     Throttled,
+    TrafficChanged,
     TransientError,
 )
 from tests.fakes.azureml_service import FakeAzureML, FakeCredential
@@ -84,7 +85,7 @@ def _trained(ws: AzureMLWorkspace, fake: FakeAzureML, name: str = "train-churn-v
 
 def _endpoint_with(ws: AzureMLWorkspace, fake: FakeAzureML, *deployments: str) -> str:
     job = _trained(ws, fake)
-    model = ws.register_model(ModelSpec(name="churn-model", version="1.1", job_name=job, tags={}))
+    model = ws.register_model(ModelSpec(name="churn-model", version="1", job_name=job, tags={}))
     for d in deployments:
         ws.create_deployment("churn-ep", d, model, {"mlops_owner": "mlops-automation"})
     return "churn-ep"
@@ -388,16 +389,16 @@ def test_list_jobs_filters_by_tag_key_on_the_service_and_pages_through_next_link
 def test_register_model_puts_an_mlflow_model_from_the_job_model_output(ws, fake):
     job = _trained(ws, fake)
     fake.requests.clear()
-    model = ws.register_model(ModelSpec(name="churn-model", version="1.1", job_name=job,
+    model = ws.register_model(ModelSpec(name="churn-model", version="1", job_name=job,
                                         tags={"metric_auc": "0.81"}, description="trained by " + job))
-    assert (model.name, model.version, model.tags) == ("churn-model", "1.1", {"metric_auc": "0.81"})
+    assert (model.name, model.version, model.tags) == ("churn-model", "1", {"metric_auc": "0.81", "mlops_job": job})
     [put] = fake.find("PUT")
-    assert put.path == f"{fake.ws_path}/models/churn-model/versions/1.1"
+    assert put.path == f"{fake.ws_path}/models/churn-model/versions/1"
     assert put.api_version == "2023-08-01-preview"
     props = put.json["properties"]
     assert props["modelType"] == "mlflow_model"
     assert props["modelUri"] == f"azureml://jobs/{job}/outputs/{MODEL_OUTPUT}"
-    assert props["tags"] == {"metric_auc": "0.81"} and props["description"] == "trained by " + job
+    assert props["tags"] == {"metric_auc": "0.81", "mlops_job": job} and props["description"] == "trained by " + job
     assert props["properties"] == {"mlops_job": job}
 
 
@@ -406,38 +407,112 @@ def test_a_model_of_an_unfinished_job_is_not_registered(ws, fake):
     ws.submit_training(_spec())
     fake.set_job_status("train-churn-v1-a1", "Running")
     with pytest.raises(Conflict, match="no model output"):
-        ws.register_model(ModelSpec(name="churn-model", version="1.1", job_name="train-churn-v1-a1", tags={}))
+        ws.register_model(ModelSpec(name="churn-model", version="1", job_name="train-churn-v1-a1", tags={}))
     assert fake.find("PUT", "/models/") == []
 
 
 def test_re_registering_a_model_version_only_reads(ws, fake):
     job = _trained(ws, fake)
-    ws.register_model(ModelSpec(name="churn-model", version="1.1", job_name=job, tags={"a": "1"}))
+    ws.register_model(ModelSpec(name="churn-model", version="1", job_name=job, tags={"a": "1"}))
     fake.requests.clear()
-    again = ws.register_model(ModelSpec(name="churn-model", version="1.1", job_name=job, tags={"a": "2"}))
-    assert again.tags == {"a": "1"}
+    again = ws.register_model(ModelSpec(name="churn-model", version="1", job_name=job, tags={"a": "2"}))
+    assert again.tags == {"a": "1", "mlops_job": job}
     assert fake.find("PUT") == []
 
 
 def test_tag_model_puts_the_merged_tags_back(ws, fake):
     job = _trained(ws, fake)
-    ws.register_model(ModelSpec(name="churn-model", version="1.1", job_name=job, tags={"mlops_gate": "approved"}))
+    ws.register_model(ModelSpec(name="churn-model", version="1", job_name=job, tags={"mlops_gate": "approved"}))
     fake.requests.clear()
-    ws.tag_model("churn-model", "1.1", {"mlops_rolled_back": "true"})
+    ws.tag_model("churn-model", "1", {"mlops_rolled_back": "true"})
     [put] = fake.find("PUT")
-    assert put.json["properties"]["tags"] == {"mlops_gate": "approved", "mlops_rolled_back": "true"}
+    assert put.json["properties"]["tags"] == {"mlops_gate": "approved", "mlops_job": job, "mlops_rolled_back": "true"}
     assert put.json["properties"]["modelUri"] == f"azureml://jobs/{job}/outputs/{MODEL_OUTPUT}"
     fake.requests.clear()
-    ws.tag_model("churn-model", "1.1", {"mlops_rolled_back": "true"})
+    ws.tag_model("churn-model", "1", {"mlops_rolled_back": "true"})
     assert fake.find("PUT") == [], "tags already there: nothing to write"
+
+
+def test_model_versions_are_the_next_positive_integer_and_a_redelivery_finds_the_jobs_own(ws, fake):
+    first = _trained(ws, fake)
+    one = ws.register_model(ModelSpec(name="churn-model", version="", job_name=first, tags={}))
+    second = _trained(ws, fake, "train-churn-v1-a2")
+    two = ws.register_model(ModelSpec(name="churn-model", version="", job_name=second, tags={}))
+    assert (one.version, two.version) == ("1", "2")
+    puts = [r.path for r in fake.find("PUT", "/models/")]
+    assert puts == [f"{fake.ws_path}/models/churn-model/versions/1", f"{fake.ws_path}/models/churn-model/versions/2"]
+    fake.requests.clear()
+    again = ws.register_model(ModelSpec(name="churn-model", version="", job_name=first, tags={}))
+    assert again.version == "1" and fake.find("PUT") == [], "found by its mlops_job tag, nothing written"
+
+
+def test_a_model_version_azure_would_refuse_is_refused_before_any_request(ws, fake):
+    job = _trained(ws, fake)
+    fake.requests.clear()
+    for bad in ("1.1", "0", "v2", "-3"):
+        with pytest.raises(InvalidPayload, match="positive integer"):
+            ws.register_model(ModelSpec(name="churn-model", version=bad, job_name=job, tags={}))
+    assert fake.requests == []
+
+
+def test_a_version_taken_by_another_job_meanwhile_moves_on_to_the_next_number(ws, fake):
+    first, second = _trained(ws, fake), _trained(ws, fake, "train-churn-v1-a2")
+    ws.register_model(ModelSpec(name="churn-model", version="", job_name=first, tags={}))
+    # A racing worker read the same list: simulate by pinning the next number to one that is taken.
+    import shared.adapters.azureml as adapter
+
+    real = adapter.next_model_version
+    calls = []
+
+    def stale(existing):
+        calls.append(1)
+        return "1" if len(calls) == 1 else real(existing)
+
+    adapter.next_model_version = stale
+    try:
+        model = ws.register_model(ModelSpec(name="churn-model", version="", job_name=second, tags={}))
+    finally:
+        adapter.next_model_version = real
+    assert model.version == "2" and model.tags["mlops_job"] == second
+    assert ws.get_model("churn-model", "1").tags["mlops_job"] == first
 
 
 # --- endpoints -----------------------------------------------------------------------------------------
 
 
+def test_a_conditional_split_is_refused_without_a_write_when_someone_else_changed_it(ws, fake):
+    endpoint = _endpoint_with(ws, fake, "v1-1", "v2-1")
+    ws.set_traffic(endpoint, {"v1-1": 90, "v2-1": 10})
+    fake.requests.clear()
+    with pytest.raises(TrafficChanged) as caught:
+        ws.set_traffic(endpoint, {"v1-1": 100}, expect={"v1-1": 50, "v2-1": 50})
+    assert caught.value.actual == {"v1-1": 90, "v2-1": 10}
+    assert _endpoint_puts(fake) == []
+    got = ws.set_traffic(endpoint, {"v1-1": 100}, expect={"v1-1": 90, "v2-1": 10})
+    assert got.traffic == {"v1-1": 100, "v2-1": 0} and len(_endpoint_puts(fake)) == 1
+    fake.requests.clear()
+    # Completing the same change again (a redelivery after a crash): already done, nothing written.
+    ws.set_traffic(endpoint, {"v1-1": 100}, expect={"v1-1": 90, "v2-1": 10})
+    assert _endpoint_puts(fake) == []
+
+
+def test_delete_deployment_sends_one_delete_and_refuses_a_deployment_with_traffic(ws, fake):
+    endpoint = _endpoint_with(ws, fake, "v1-1", "v2-1")
+    ws.set_traffic(endpoint, {"v1-1": 100})
+    fake.requests.clear()
+    with pytest.raises(Conflict, match="serves"):
+        ws.delete_deployment(endpoint, "v1-1")
+    assert fake.find("DELETE") == []
+    assert ws.delete_deployment(endpoint, "v2-1") is True
+    [delete] = fake.find("DELETE")
+    assert delete.path == f"{fake.ws_path}/onlineEndpoints/churn-ep/deployments/v2-1"
+    assert [d.name for d in ws.get_endpoint(endpoint).deployments] == ["v1-1"]
+    assert ws.delete_deployment(endpoint, "v2-1") is False, "already gone: idempotent"
+
+
 def test_create_deployment_creates_a_managed_endpoint_then_the_deployment_and_waits_for_both(ws, fake):
     job = _trained(ws, fake)
-    model = ws.register_model(ModelSpec(name="churn-model", version="1.1", job_name=job, tags={}))
+    model = ws.register_model(ModelSpec(name="churn-model", version="1", job_name=job, tags={}))
     fake.requests.clear()
     endpoint = ws.create_deployment("churn-ep", "v1-1", model, {"mlops_owner": "mlops-automation"})
     puts = fake.find("PUT")
@@ -447,7 +522,7 @@ def test_create_deployment_creates_a_managed_endpoint_then_the_deployment_and_wa
     ep_body, dep_body = puts[0].json, puts[1].json
     assert ep_body["location"] == fake.location and ep_body["properties"]["authMode"] == "Key"
     assert ep_body["properties"]["traffic"] == {} and ep_body["tags"] == {"mlops_owner": "mlops-automation"}
-    assert dep_body["properties"]["model"] == f"{fake.ws_path}/models/churn-model/versions/1.1"
+    assert dep_body["properties"]["model"] == f"{fake.ws_path}/models/churn-model/versions/1"
     assert dep_body["properties"]["instanceType"] == "Standard_DS3_v2"
     assert dep_body["properties"]["endpointComputeType"] == "Managed"
     assert dep_body["sku"]["capacity"] == 1 and dep_body["tags"] == {"mlops_owner": "mlops-automation"}
@@ -455,7 +530,7 @@ def test_create_deployment_creates_a_managed_endpoint_then_the_deployment_and_wa
     assert len(polls) == 2, "each long-running operation was polled to its end"
     assert endpoint.traffic == {"v1-1": 0}
     assert endpoint.deployment("v1-1").state == "Succeeded"
-    assert (endpoint.deployment("v1-1").model_name, endpoint.deployment("v1-1").model_version) == ("churn-model", "1.1")
+    assert (endpoint.deployment("v1-1").model_name, endpoint.deployment("v1-1").model_version) == ("churn-model", "1")
 
 
 def test_set_traffic_for_a_rollback_ends_with_exactly_the_split_including_the_zero(ws, fake):
@@ -488,7 +563,7 @@ def test_setting_the_split_the_endpoint_already_has_writes_nothing(ws, fake):
 def test_create_deployment_after_a_split_keeps_the_split_and_adds_the_new_one_at_zero(ws, fake):
     endpoint = _endpoint_with(ws, fake, "v1-1")
     ws.set_traffic(endpoint, {"v1-1": 100})
-    model = ws.get_model("churn-model", "1.1")
+    model = ws.get_model("churn-model", "1")
     got = ws.create_deployment(endpoint, "v2-1", model, {})
     assert got.traffic == {"v1-1": 100, "v2-1": 0}
     assert len(_endpoint_puts(fake)) == 2, "created once, written once for the split, not again for v2-1"
@@ -534,7 +609,7 @@ def test_a_split_the_service_did_not_apply_is_reported_as_transient(fake):
 def test_a_deployment_still_creating_after_the_time_limit_is_transient_and_found_on_redelivery(ws, fake):
     ws.lro_timeout = 0.3
     job = _trained(ws, fake)
-    model = ws.register_model(ModelSpec(name="churn-model", version="1.1", job_name=job, tags={}))
+    model = ws.register_model(ModelSpec(name="churn-model", version="1", job_name=job, tags={}))
     fake.hold_operations = True
     started = time.monotonic()
     with pytest.raises(TransientError, match="create endpoint churn-ep"):
@@ -555,7 +630,7 @@ def test_a_deployment_still_creating_after_the_time_limit_is_transient_and_found
 
 def test_a_failed_deployment_operation_is_a_permanent_error_with_the_service_message(ws, fake):
     job = _trained(ws, fake)
-    model = ws.register_model(ModelSpec(name="churn-model", version="1.1", job_name=job, tags={}))
+    model = ws.register_model(ModelSpec(name="churn-model", version="1", job_name=job, tags={}))
     ws.create_deployment("churn-ep", "v1-1", model, {})
     fake.fail_next_operation("ResourceNotReady: the scoring container crashed")
     with pytest.raises(PermanentError, match="scoring container crashed"):
@@ -609,7 +684,7 @@ def test_server_errors_are_retried_within_the_budget_then_transient(fake):
     fake.fail_next(500, method="GET", times=50, message="Internal server error")
     started = time.monotonic()
     with pytest.raises(TransientError) as caught:
-        ws.get_model("churn-model", "1.1")
+        ws.get_model("churn-model", "1")
     assert not isinstance(caught.value, Throttled)
     assert time.monotonic() - started < 1.5
     assert len(fake.find("GET")) == 4, "the first try and three retries"
@@ -621,14 +696,14 @@ def test_backoff_that_would_outlast_the_budget_is_not_started(fake):
     fake.fail_next(503, method="GET", times=50, message="Service unavailable")
     started = time.monotonic()
     with pytest.raises(Throttled, match="Service unavailable"):
-        ws.get_model("churn-model", "1.1")
+        ws.get_model("churn-model", "1")
     # Backoffs 0 then 1.0 s: the second would reach the 1 s budget, so the 503 is answered after two tries.
     assert time.monotonic() - started < 0.5 and len(fake.find("GET")) == 2
 
 
 def test_a_404_is_not_found(ws, fake):
     with pytest.raises(NotFound):
-        ws.get_model("churn-model", "1.1")
+        ws.get_model("churn-model", "1")
     with pytest.raises(NotFound):
         ws.get_job("train-no-such-job")
     assert ws.get_endpoint("no-such-endpoint") is None

@@ -84,7 +84,7 @@ def landed(ws: LocalWorkspace, tmp_path: Path, version: str = "1", rows: int = 6
     return event["data"]["url"]
 
 
-def trained_model(ws: LocalWorkspace, tmp_path: Path, name: str = "churn-model", version: str = "1.1"):
+def trained_model(ws: LocalWorkspace, tmp_path: Path, name: str = "churn-model", version: str = "1"):
     landed(ws, tmp_path)
     ws.submit_training(spec("train-churn-v1-a1"))
     assert ws.wait_for_jobs(60)
@@ -131,7 +131,7 @@ def test_a_landed_file_trains_registers_deploys_and_serves_a_ninety_ten_split_ex
     metrics = ws.get_run_metrics(job.name)
     assert 0.6 < metrics["auc"] <= 1.0 and metrics["logloss"] > 0
 
-    model = ws.register_model(ModelSpec(name="churn-model", version="1.1", job_name=job.name,
+    model = ws.register_model(ModelSpec(name="churn-model", version="1", job_name=job.name,
                                         tags={"metric_auc": round(metrics["auc"], 4), "mlops_job": job.name}))
     assert (Path(model.path) / "MLmodel").exists() and model.tags["metric_auc"] == str(round(metrics["auc"], 4))
     registered = eventgrid.to_message(events.of()[-1])
@@ -142,7 +142,7 @@ def test_a_landed_file_trains_registers_deploys_and_serves_a_ninety_ten_split_ex
     ws.create_deployment("churn-endpoint", "green", model, {"mlops_owner": "mlops-automation"})  # no change
     deployed = [eventgrid.to_message(e) for e in events.of() if e["eventType"] == ML + "ModelDeployed"]
     assert [(m.endpoint, m.models) for m in deployed if isinstance(m, ModelDeployed)] == [
-        ("churn-endpoint", "churn-model:1.1")] * 2
+        ("churn-endpoint", "churn-model:1")] * 2
     endpoint = ws.set_traffic("churn-endpoint", {"blue": 90, "green": 10})
     assert endpoint.scoring_uri == ws.scoring_url("churn-endpoint")
     assert endpoint.scoring_uri.startswith("http://127.0.0.1:")
@@ -368,9 +368,9 @@ def test_concurrent_calls_from_threads_keep_one_consistent_state(ws, tmp_path):
 
     def work(i: int) -> list[str]:
         ws.register_data("other", "1", path)
-        ws.register_model(ModelSpec(name="shared-model", version="1.1", job_name="train-churn-v1-a1", tags={}))
+        ws.register_model(ModelSpec(name="shared-model", version="1", job_name="train-churn-v1-a1", tags={}))
         ws.register_model(ModelSpec(name="mine", version=f"{i}.1", job_name="train-churn-v1-a1", tags={}))
-        ws.tag_model("churn-model", "1.1", {f"t{i}": str(i)})
+        ws.tag_model("churn-model", "1", {f"t{i}": str(i)})
         ws.create_deployment("ep", "blue", model, {})
         ws.set_traffic("ep", {"blue": 90, "green": 10}, deployment_tags={"blue": {f"k{i}": "v"}})
         with httpx.Client() as client:
@@ -379,9 +379,9 @@ def test_concurrent_calls_from_threads_keep_one_consistent_state(ws, tmp_path):
     with ThreadPoolExecutor(max_workers=4) as pool:
         served = [d for batch in pool.map(work, range(4)) for d in batch]
     assert {d: served.count(d) for d in set(served)} == {"blue": 90, "green": 10}
-    assert [m.version for m in ws.list_models("shared-model")] == ["1.1"]
-    assert sorted(m.version for m in ws.list_models("mine")) == ["0.1", "1.1", "2.1", "3.1"]
-    assert {f"t{i}" for i in range(4)} <= set(ws.get_model("churn-model", "1.1").tags)
+    assert [m.version for m in ws.list_models("shared-model")] == ["1"]
+    assert sorted(m.version for m in ws.list_models("mine")) == ["0.1", "1", "2", "3.1"]
+    assert {f"t{i}" for i in range(4)} <= set(ws.get_model("churn-model", "1").tags)
     ep = ws.get_endpoint("ep")
     assert [d.name for d in ep.deployments] == ["blue", "green"]
     assert {f"k{i}" for i in range(4)} <= set(ep.deployment("blue").tags)
