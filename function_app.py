@@ -13,7 +13,7 @@ import azure.functions as func
 
 from shared import eventgrid
 from shared.errors import InvalidPayload
-from shared.messages import RerunJob, RollBack, StartTraining
+from shared.messages import AdvanceRollouts, DecideApproval, RerunJob, RollBack, StartTraining
 
 logger = logging.getLogger(__name__)
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -204,6 +204,103 @@ def monitor_alert(req: func.HttpRequest) -> func.HttpResponse:
     return _json(202, {"event_id": message.event_id,
                        "decisions": [{"message": r.message, "outcome": r.outcome, "reason": r.reason}
                                      for r in results]})
+
+
+@app.function_name("rollout_tick")
+@app.timer_trigger(schedule="0 * * * * *", arg_name="timer", run_on_startup=False)
+def rollout_tick(timer: func.TimerRequest) -> None:
+    """Every minute: analyse each canary, advance, promote or abort it; expire approvals; retire deployments."""
+    from datetime import datetime, timezone
+
+    minute = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M")
+    runtime().bus.handle(AdvanceRollouts(event_id=f"tick-{minute}"))  # a tick fired twice in a minute is one
+
+
+def _html(status: int, page: str) -> func.HttpResponse:
+    return func.HttpResponse(page, status_code=status, mimetype="text/html",
+                             headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+                                                                 "form-action 'self'", "X-Frame-Options": "DENY"})
+
+
+def _approval_view(req: func.HttpRequest, message: str = "", status: int = 200) -> func.HttpResponse:
+    from datetime import datetime, timezone
+
+    from shared import approvals
+
+    rt = runtime()
+    state = approvals.find(rt.states, req.route_params.get("approval_id", ""))
+    if state is None:
+        return _html(404, "<!doctype html><title>Not found</title><p id='status'>This approval is unknown, was "
+                          "already used or has expired.</p>")
+    c = state.candidate
+    cand_tags = rt.workspace.get_model(c.model, c.version).tags
+    stable_tags = {}
+    if state.stable_model:
+        name, _, version = state.stable_model.rpartition(":")
+        stable_tags = rt.workspace.get_model(name, version).tags
+    who = approvals.principal_from(req.headers, rt.settings)
+    page = approvals.render_page(state, cand_tags, stable_tags, who=who, easy_auth=rt.settings.easy_auth,
+                                 allowed=who is not None and approvals.may_approve(who, rt.settings.approvers),
+                                 now=datetime.now(timezone.utc), message=message)
+    return _html(status, page)
+
+
+@app.function_name("approval_page")
+@app.route(route="approvals/{approval_id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def approval_page(req: func.HttpRequest) -> func.HttpResponse:
+    """The approval page a Teams card links to: the candidate against the stable, and the decision form."""
+    return _approval_view(req)
+
+
+@app.function_name("approval_decision")
+@app.route(route="approvals/{approval_id}", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def approval_decision(req: func.HttpRequest) -> func.HttpResponse:
+    """Approve or reject ({decision: approve|reject, reason}) as the person App Service Authentication signed in;
+    a function key alone never approves."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from shared import approvals
+
+    rt = runtime()
+    who = approvals.principal_from(req.headers, rt.settings)
+    if who is None:
+        return _json(401, {"error": "approving needs a person signed in through App Service Authentication "
+                                    "(MLOPS_EASY_AUTH=true); a function key is not enough"})
+    if not approvals.may_approve(who, rt.settings.approvers):
+        return _json(403, {"error": f"{who.name} is not on the approvers list (MLOPS_APPROVERS)"})
+    origin = req.headers.get("origin")
+    if origin and urlsplit(origin).netloc != urlsplit(req.url).netloc:  # a form posted from another site
+        return _json(403, {"error": "cross-site approval refused"})
+    raw = req.get_body() or b""
+    if "json" in (req.headers.get("content-type") or ""):
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            return _bad_request(InvalidPayload("body must be JSON", field="body"))
+    else:
+        body = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
+    decision, reason = str(body.get("decision", "")).lower(), str(body.get("reason", "")).strip()
+    if decision not in ("approve", "reject"):
+        return _bad_request(InvalidPayload("decision must be approve or reject", field="decision"))
+    if not reason:
+        return _bad_request(InvalidPayload("a reason is required", field="reason"))
+    state = approvals.find(rt.states, req.route_params.get("approval_id", ""))
+    if state is None:
+        return _json(409, {"error": "this approval is unknown, was already used or has expired"})
+    command = DecideApproval(event_id=f"http-{uuid.uuid4()}", endpoint=state.endpoint,
+                             approval_id=state.candidate.approval_id, approve=decision == "approve",
+                             reason=reason[:500], actor=f"user:{who.name}")
+    answer = _run_command(command)
+    if "html" in (req.headers.get("accept") or "") and answer.status_code == 202:
+        return _html(200, f"<!doctype html><title>Done</title><p id='status'>{html_escape(decision)}d by "
+                          f"{html_escape(who.name)}.</p>")
+    return answer
+
+
+def html_escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
 
 
 @app.function_name("outbox_sweep")

@@ -36,6 +36,10 @@ KIND_LABELS = {
     "drift_detected": "Drift or health alert",
     "manual_action": "Manual action acknowledged",
     "event_rejected": "Event rejected",
+    "approval_requested": "Approval needed",
+    "approval_expired": "Approval expired",
+    "rollout_held": "Rollout held",
+    "deployment_retired": "Deployment retired",
 }
 
 # Limits on every free-text field, so one runaway value cannot push the card over the budget. The second set is
@@ -178,6 +182,8 @@ def _kind_section(alert: Alert, limits: dict) -> list[dict]:
     facts = dict(alert.facts)
     if alert.kind in ("model_rejected", "model_registered"):
         return _metric_table(alert.facts, limits)
+    if alert.kind in ("rollback", "deployment_changed") and facts.get("From") and facts.get("To"):
+        return _transition("From", facts.get("From"), "To", facts.get("To"), limits)
     if alert.kind == "rollback":
         return _transition("From", facts.get("From"), "To", facts.get("To"), limits)
     if alert.kind == "deployment_changed":

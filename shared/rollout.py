@@ -615,7 +615,11 @@ def _on_tick(state: EndpointState, ev: Tick, view: Endpoint | None, policy: Poli
                         alert="approval_expired", severity="warning",
                         facts={"model": f"{cand.model}:{cand.version}"})
     if state.phase is Phase.PROGRESSING and state.canary:
-        return _progress(state, ev, view, policy, now)
+        step = _progress(state, ev, view, policy, now)
+        if step.action != "noop" or step.state is not None:
+            return step
+        retire = _retire(state, view, policy, now)
+        return retire if retire.action != "noop" or retire.state is not None else step
     return _retire(state, view, policy, now)
 
 

@@ -44,6 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}; 0 picks a free one")
     serve.add_argument("--key", help="the function key to require (default: a new random one, printed)")
+    serve.add_argument("--easy-auth", action="store_true",
+                       help="simulate App Service Authentication: X-Local-User (and X-Local-Groups, X-Local-Roles) "
+                            "become the X-MS-CLIENT-PRINCIPAL headers; sets MLOPS_EASY_AUTH=true")
+    serve.add_argument("--tick-every", type=float, default=60.0,
+                       help="seconds between rollout controller ticks (default 60, like the timer; 0 = off)")
     serve.add_argument("--drift-every", type=float, default=60.0,
                        help="seconds between PSI drift checks of every endpoint's logged requests (0 = off; "
                             "default 60); a drifted endpoint raises MLOps.DriftDetected")
@@ -153,7 +158,7 @@ class Stack:
 def local_stack(settings=None, *, host: str = "127.0.0.1", port: int = 0, key: str | None = None,
                 subscriptions: list[subs.Subscription] | None = None, dead_letter_dir: Path | None = None,
                 max_attempts: int | None = None, backoff: float = 0.05, duplicate_every: int = 0,
-                **overrides: Any) -> Stack:
+                easy_auth: bool = False, **overrides: Any) -> Stack:
     """Start ``function_app`` on a LocalHost with a LocalEventGrid as the workspace's ``emit``; ``overrides``
     go to ``shared.bootstrap.build`` (tests replace ports there)."""
     import function_app
@@ -164,7 +169,12 @@ def local_stack(settings=None, *, host: str = "127.0.0.1", port: int = 0, key: s
     settings = settings or _settings()
     home = settings.home
     home.mkdir(parents=True, exist_ok=True)
-    server = LocalHost(function_app.app, host=host, port=port, master_key=key or secrets.token_urlsafe(24))
+    if easy_auth:
+        import dataclasses
+
+        settings = dataclasses.replace(settings, easy_auth=True)
+    server = LocalHost(function_app.app, host=host, port=port, master_key=key or secrets.token_urlsafe(24),
+                       easy_auth=easy_auth)
     # The grid needs the host's URL and the runtime needs the grid (emit); the host reads the runtime on each
     # request, so everything is wired before start() lets the first request in.
     grid = LocalEventGrid(subscriptions if subscriptions is not None else subs.load(),
@@ -190,7 +200,7 @@ def serve_command(args: argparse.Namespace) -> int:
         stack = local_stack(settings, host=args.host, port=args.port, key=args.key,
                             subscriptions=subs.load(args.subscriptions), dead_letter_dir=args.dead_letter_dir,
                             max_attempts=args.max_attempts, backoff=args.backoff,
-                            duplicate_every=args.duplicate_every)
+                            duplicate_every=args.duplicate_every, easy_auth=args.easy_auth)
     except ImportError as error:  # a part of the embedded backend is missing from this checkout
         print(f"error: cannot build the local backend: {error}", file=sys.stderr)
         return 2
@@ -201,9 +211,13 @@ def serve_command(args: argparse.Namespace) -> int:
     # `kill` (SIGTERM) stops as cleanly as Ctrl-C: deliveries finish and the recorded URL and key are removed.
     signal.signal(signal.SIGTERM, _interrupt)
     next_check = time.monotonic() + args.drift_every
+    next_tick = time.monotonic() + args.tick_every
     try:
         while True:
             time.sleep(1)
+            if args.tick_every > 0 and time.monotonic() >= next_tick:
+                tick(stack.runtime)
+                next_tick = time.monotonic() + args.tick_every
             if args.drift_every > 0 and time.monotonic() >= next_check:
                 check_drift(stack.runtime)
                 next_check = time.monotonic() + args.drift_every
@@ -218,6 +232,15 @@ def serve_command(args: argparse.Namespace) -> int:
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
+
+
+def tick(runtime) -> object:
+    """One rollout controller tick, as the every-minute timer trigger runs it in Azure."""
+    import uuid
+
+    from shared.messages import AdvanceRollouts
+
+    return runtime.bus.handle(AdvanceRollouts(event_id=f"tick-{uuid.uuid4()}"))
 
 
 def check_drift(runtime) -> list:

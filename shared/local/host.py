@@ -135,8 +135,9 @@ class LocalHost:
     """Serve a FunctionApp on 127.0.0.1 (``port=0`` picks a free port). Use ``start()``/``stop()`` or ``with``."""
 
     def __init__(self, app: func.FunctionApp, *, host: str = "127.0.0.1", port: int = 7071,
-                 master_key: str | None = None, route_prefix: str = "api") -> None:
+                 master_key: str | None = None, route_prefix: str = "api", easy_auth: bool = False) -> None:
         self.app = app
+        self.easy_auth = easy_auth  # simulate App Service Authentication in front of the app
         self.functions = {f.name: f for f in index(app)}
         self.key = master_key or secrets.token_urlsafe(24)
         self.route_prefix = route_prefix.strip("/")
@@ -220,6 +221,8 @@ class LocalHost:
         function, match = allowed[0]
         if function.auth_level != "anonymous" and not self._authorized(query, lowered):
             return _text(401)
+        if self.easy_auth:
+            headers = _easy_auth(headers)
         request = func.HttpRequest(method=method, url=self.url + target, headers=dict(headers), params=query,
                                    route_params={k: v for k, v in match.groupdict().items() if v is not None},
                                    body=body)
@@ -324,6 +327,25 @@ class LocalHost:
                 logger.debug("%s %s", self.address_string(), format % args)
 
         return Handler
+
+
+def _easy_auth(headers: Mapping[str, str]) -> dict[str, str]:
+    """What App Service Authentication does to a request: the client's own X-MS-CLIENT-PRINCIPAL* headers are
+    dropped, and a signed-in caller's identity is written in their place. Signing in is simulated: X-Local-User
+    names the caller (X-Local-Groups / X-Local-Roles, comma-separated, add claims)."""
+    from shared.approvals import encode_principal
+
+    kept = {k: v for k, v in headers.items()
+            if not k.lower().startswith("x-ms-client-principal") and not k.lower().startswith("x-local-")}
+    lowered = {k.lower(): v for k, v in headers.items()}
+    user = (lowered.get("x-local-user") or "").strip()
+    if user:
+        split = lambda v: tuple(x.strip() for x in (v or "").split(",") if x.strip())  # noqa: E731
+        kept["X-MS-CLIENT-PRINCIPAL-NAME"] = user
+        kept["X-MS-CLIENT-PRINCIPAL-IDP"] = "aad"
+        kept["X-MS-CLIENT-PRINCIPAL"] = encode_principal(user, groups=split(lowered.get("x-local-groups")),
+                                                         roles=split(lowered.get("x-local-roles")))
+    return kept
 
 
 def _invoke(function: IndexedFunction, value: Any) -> Any:

@@ -191,15 +191,19 @@ class WorkspaceContract:
             workspace.register_model(ModelSpec(name=_name("model"), version="1", job_name="train-no-such-job",
                                                tags={}))
 
-    def test_models_are_listed_newest_first_and_missing_ones_are_not_found(self, workspace, data_paths):
-        job = self._finished_job(workspace, data_paths)
+    def test_models_take_the_next_integer_version_once_per_job_newest_first(self, workspace, data_paths):
         name = _name("model")
         assert workspace.list_models(name) == []
-        for version in ("1", "2", "10"):
-            workspace.register_model(ModelSpec(name=name, version=version, job_name=job, tags={}))
-        assert [m.version for m in workspace.list_models(name)] == ["10", "2", "1"]
+        jobs = [self._finished_job(workspace, data_paths) for _ in range(3)]
+        got = [workspace.register_model(ModelSpec(name=name, version="", job_name=j, tags={})).version for j in jobs]
+        assert got == ["1", "2", "3"]
+        again = workspace.register_model(ModelSpec(name=name, version="", job_name=jobs[1], tags={}))
+        assert again.version == "2", "a redelivered registration finds the version its job produced"
+        assert [m.version for m in workspace.list_models(name)] == ["3", "2", "1"]
+        with pytest.raises(InvalidPayload):
+            workspace.register_model(ModelSpec(name=name, version="4.1", job_name=jobs[0], tags={}))
         with pytest.raises(NotFound):
-            workspace.get_model(name, "3.1")
+            workspace.get_model(name, "4")
 
     def test_tag_model_merges_into_the_existing_tags(self, workspace, data_paths):
         model = self._model(workspace, data_paths, tags={"metric_auc": "0.81", "mlops_gate": "approved"})
@@ -207,7 +211,7 @@ class WorkspaceContract:
         assert tagged.tags == {"metric_auc": "0.81", "mlops_gate": "approved", "mlops_rolled_back": "true"}
         assert workspace.get_model(model.name, model.version).tags == tagged.tags
         with pytest.raises(NotFound):
-            workspace.tag_model(model.name, "99.1", {"x": "y"})
+            workspace.tag_model(model.name, "99", {"x": "y"})
 
     # --- endpoints ----------------------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ def test_a_generated_table_lands_and_ends_up_deployed(served, capsys):
     assert cli.main(["land", "churn", "1", "--rows", "1500", *args]) == 0
     assert "landed landing/churn/1/customers.csv -> data-landed; delivered 1, dead-lettered 0" in capsys.readouterr().out
     endpoint = _wait_for_traffic(stack)
-    assert endpoint["name"] == "churn-endpoint" and endpoint["traffic"] == {"v1-1": 100}
+    assert endpoint["name"] == "churn-endpoint" and endpoint["traffic"] == {"churn-model-v1": 100}
     data = stack.runtime.workspace.get_data("churn", "1")
     assert data.path.endswith("/landing/churn/1/customers.csv")
 
@@ -75,7 +75,7 @@ def test_the_served_monitor_turns_drifted_traffic_into_a_drift_decision(served):
     stack.grid.drain(timeout=30)
     drift = [r for r in stack.runtime.audit.recent(limit=50) if r.message == "DriftDetected"]
     assert drift and drift[0].event_id == report.event["id"]
-    assert drift[0].facts["endpoint"] == "churn-endpoint" and drift[0].facts["value"] == report.value
+    assert drift[0].facts["endpoint"] == "churn-endpoint" and drift[0].facts["signal"]["value"] == report.value
 
 
 def test_serve_stops_cleanly_on_sigterm_and_forgets_its_url_and_key(tmp_path):

@@ -59,7 +59,7 @@ def test_event_grid_triggers_run_the_whole_arc(app):
     event = h.land("1", rows=900, seed=201, label_noise=0.15)
     functions["on_blob_created"](grid_event(event))
     pump_through_functions(h, functions)
-    assert h.traffic() == {"v1-1": 100}
+    assert h.traffic() == {"churn-model-v1": 100}
     observed = h.decisions("observe")
     assert any(r.facts.get("model") == "churn-model" for r in observed)  # ModelRegistered via on_model_event
     assert any(r.facts.get("endpoint") == "churn-endpoint" for r in observed)  # ModelDeployed

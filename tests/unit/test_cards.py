@@ -28,6 +28,11 @@ FACTS = {
     "drift_detected": (("Endpoint", "churn-endpoint"), ("Signal", "psi 0.310 (threshold 0.200)")),
     "manual_action": (("Endpoint", "churn-endpoint"), ("Requested by", "alice@example.com")),
     "event_rejected": (("Event", "evt-1"), ("Type", "RunFinished"), ("Outcome", "rejected")),
+    "approval_requested": (("Endpoint", "churn-endpoint"), ("Phase", "awaiting_approval"),
+                           ("Expires", "2026-12-09T12:00:00+00:00")),
+    "approval_expired": (("Endpoint", "churn-endpoint"), ("Phase", "promoted")),
+    "rollout_held": (("Endpoint", "churn-endpoint"), ("Analysis", "canary served 12 requests, fewer than 100")),
+    "deployment_retired": (("Endpoint", "churn-endpoint"), ("Traffic", "churn-model-v3 100%")),
 }
 
 

@@ -7,7 +7,7 @@ from shared.errors import InvalidPayload
 
 def test_defaults_to_the_embedded_backend_without_a_workspace():
     s = Settings.from_env({})
-    assert s.backend == "local" and s.policy.initial_traffic == 10 and s.policy.primary_metric == "auc"
+    assert s.backend == "local" and s.policy.rollout_steps == (10, 50, 100) and s.policy.primary_metric == "auc"
 
 
 def test_a_configured_workspace_selects_azure():
@@ -16,9 +16,9 @@ def test_a_configured_workspace_selects_azure():
 
 
 def test_values_are_parsed():
-    s = Settings.from_env({"MLOPS_FREEZE": "yes", "MLOPS_INITIAL_TRAFFIC": "25", "MLOPS_MIN_PRIMARY": "0.8",
+    s = Settings.from_env({"MLOPS_FREEZE": "yes", "MLOPS_ROLLOUT_STEPS": "25,100", "MLOPS_MIN_PRIMARY": "0.8",
                            "MLOPS_GUARD_METRICS": "logloss, , brier", "MLOPS_LOW_PRIORITY": "true"})
-    assert s.policy.freeze and s.policy.initial_traffic == 25 and s.policy.min_primary == 0.8
+    assert s.policy.freeze and s.policy.rollout_steps == (25, 100) and s.policy.min_primary == 0.8
     assert s.policy.guard_metrics == ("logloss", "brier")
     assert s.low_priority
     assert Settings.from_env({}).azure_cloud == "AzureCloud"
@@ -26,8 +26,10 @@ def test_values_are_parsed():
 
 
 @pytest.mark.parametrize("name, value", [
-    ("MLOPS_BACKEND", "gcp"), ("MLOPS_FREEZE", "maybe"), ("MLOPS_INITIAL_TRAFFIC", "0"),
-    ("MLOPS_INITIAL_TRAFFIC", "ten"), ("MLOPS_MIN_PRIMARY", "high"), ("MLOPS_MAX_RUN_SECONDS", "5"),
+    ("MLOPS_BACKEND", "gcp"), ("MLOPS_FREEZE", "maybe"), ("MLOPS_ROLLOUT_STEPS", "0,100"),
+    ("MLOPS_ROLLOUT_STEPS", "ten"), ("MLOPS_ROLLOUT_STEPS", "50,10,100"), ("MLOPS_ROLLOUT_STEPS", "10,50"),
+    ("MLOPS_ANALYSIS_ERROR_TOLERANCE", "nan"), ("MLOPS_ANALYSIS_LATENCY_TOLERANCE", "-1"),
+    ("MLOPS_APPROVAL", "sometimes"), ("MLOPS_APPROVAL", "churn-endpoint=maybe"), ("MLOPS_EASY_AUTH", "perhaps"), ("MLOPS_MIN_PRIMARY", "high"), ("MLOPS_MAX_RUN_SECONDS", "5"),
     ("MLOPS_AZURE_CLOUD", "AzureGermanCloud"),
 ])
 def test_bad_values_name_the_setting(name, value):
@@ -53,3 +55,12 @@ def test_every_setting_read_is_listed(monkeypatch):
 
     Settings.from_env(Spy())
     assert seen == set(SETTING_NAMES)
+
+
+def test_approval_takes_a_default_and_per_endpoint_overrides():
+    p = Settings.from_env({"MLOPS_APPROVAL": "auto; churn-endpoint=manual"}).policy
+    assert p.approval_for("churn-endpoint") == "manual" and p.approval_for("other") == "auto"
+    assert Settings.from_env({"MLOPS_APPROVAL": "manual"}).policy.approval_for("any") == "manual"
+    s = Settings.from_env({"MLOPS_APPROVERS": "ana@contoso.com, group:1234, role:MLOps.Approver",
+                           "MLOPS_EASY_AUTH": "true"})
+    assert s.approvers == ("ana@contoso.com", "group:1234", "role:MLOps.Approver") and s.easy_auth
