@@ -26,6 +26,7 @@ from shared.domain import (
     JobStatus,
     Model,
     ModelSpec,
+    TAG_JOB,
     TrainingJobSpec,
     check_traffic,
     next_model_version,
@@ -447,7 +448,7 @@ class LocalWorkspace:
             if target.exists():  # left by a copy that crashed before its row was written
                 shutil.rmtree(target)
             shutil.copytree(source, target)
-            tags = _tags(spec.tags)
+            tags = {**_tags(spec.tags), TAG_JOB: job.name}  # as the Azure adapter: the model names its job
             self._write("INSERT INTO models (name, version, job_name, tags, path, description, created_at) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?)", (spec.name, spec.version, job.name, json.dumps(tags),
                                                           str(target), spec.description, _now()))

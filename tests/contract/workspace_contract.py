@@ -208,7 +208,8 @@ class WorkspaceContract:
     def test_tag_model_merges_into_the_existing_tags(self, workspace, data_paths):
         model = self._model(workspace, data_paths, tags={"metric_auc": "0.81", "mlops_gate": "approved"})
         tagged = workspace.tag_model(model.name, model.version, {"mlops_rolled_back": "true"})
-        assert tagged.tags == {"metric_auc": "0.81", "mlops_gate": "approved", "mlops_rolled_back": "true"}
+        assert tagged.tags == {"metric_auc": "0.81", "mlops_gate": "approved", "mlops_rolled_back": "true",
+                               "mlops_job": model.tags["mlops_job"]}
         assert workspace.get_model(model.name, model.version).tags == tagged.tags
         with pytest.raises(NotFound):
             workspace.tag_model(model.name, "99", {"x": "y"})

@@ -133,28 +133,32 @@ def test_landed_data_trains_registers_and_rolls_back_on_azure_exactly_once(arc):
     [model_put] = arc.puts(f"/models/{MODEL}/versions/1")
     assert model_put.json["properties"]["modelType"] == "mlflow_model"
     assert model_put.json["properties"]["tags"]["metric_auc"] == "0.8"
-    assert arc.traffic() == {"v1-1": 100}
+    assert model_put.json["properties"]["tags"]["mlops_job"] == "train-churn-v1-a1"
+    assert arc.traffic() == {"churn-model-v1": 100}
 
     arc.clock.advance(minutes=30)
     arc.deliver(arc.land("2"))
     arc.deliver(arc.finish("train-churn-v2-a1", auc=0.86, logloss=0.40))
-    assert arc.traffic() == {"v1-1": 90, "v2-1": 10}
+    assert arc.traffic() == {"churn-model-v1": 90, "churn-model-v2": 10}
 
     arc.clock.advance(minutes=10)
     drift = wire.custom("MLOps.DriftDetected", f"endpoints/{ENDPOINT}",
                         {"endpoint": ENDPOINT, "metric": "psi", "value": 0.4, "threshold": 0.2})
     rolled = arc.deliver(drift)
-    assert rolled[0].outcome == "done" and "rolled back to v1-1" in rolled[0].reason
-    assert arc.traffic() == {"v1-1": 100, "v2-1": 0}  # exactly the intended split, the 0 included
+    assert rolled[0].outcome == "done" and rolled[0].data["to"] == "churn-model-v1"
+    assert arc.traffic() == {"churn-model-v1": 100, "churn-model-v2": 0}  # exactly the intended split, the 0 included
     assert arc.rt.workspace.get_model(MODEL, "2").tags["mlops_rolled_back"] == "true"
-    assert arc.rt.workspace.get_endpoint(ENDPOINT).deployment("v2-1").rolled_back
+    assert arc.rt.workspace.get_endpoint(ENDPOINT).deployment("churn-model-v2").rolled_back
     assert arc.deliver(drift)[0].outcome == "duplicate"
 
     # the decisions sit in the Table Storage audit trail, the effects in its ledger
     decisions = [r.decision for r in reversed(arc.rt.audit.recent(limit=100))]
     assert decisions.count("start_training") == 2 and decisions.count("rollback") == 1
-    assert arc.rt.audit.recent(subject=ENDPOINT, decisions=["rollback"])[0].facts["from"] == {"v1-1": 90, "v2-1": 10}
+    assert arc.rt.audit.recent(subject=ENDPOINT, decisions=["rollback"])[0].facts["from"] == {"churn-model-v1": 90, "churn-model-v2": 10}
     assert arc.rt.ledger.stats()["duplicates"] == 3
+    # the endpoint's state record lives in Table Storage too, with its ETag
+    state = arc.rt.states.load(ENDPOINT)
+    assert state.stable == "churn-model-v1" and "churn-model-v2" in state.rolled_back and state.version
     assert len(arc.puts("/jobs/")) == 2  # one job per data version, whatever was redelivered
 
 

@@ -10,6 +10,9 @@ ROOT = Path(__file__).resolve().parents[2]
 EVENT_GRID = {"on_blob_created", "on_run_event", "on_model_event", "on_dataset_drift", "on_custom_event"}
 HTTP = {"reruns": ("reruns", ["POST"]), "rollbacks": ("rollbacks", ["POST"]), "status": ("status", ["GET"]),
         "monitor_alert": ("alerts", ["POST"])}
+# Anonymous at the Functions level: App Service Authentication (Easy Auth) signs the approver in, never a key.
+APPROVAL = {"approval_page": ("approvals/{approval_id}", ["GET"]),
+            "approval_decision": ("approvals/{approval_id}", ["POST"])}
 
 
 def test_importing_the_app_loads_no_heavy_sdk_and_does_no_io():
@@ -29,7 +32,7 @@ def test_there_is_exactly_one_function_app():
 
 
 def test_every_function_is_indexed(indexed_functions):
-    assert set(indexed_functions) == EVENT_GRID | set(HTTP) | {"outbox_sweep"}
+    assert set(indexed_functions) == EVENT_GRID | set(HTTP) | set(APPROVAL) | {"outbox_sweep", "rollout_tick"}
 
 
 def test_event_grid_functions_bind_one_event_grid_trigger(indexed_functions):
@@ -46,6 +49,18 @@ def test_http_functions_have_routes_methods_and_function_auth(indexed_functions)
         assert [m.upper() for m in trigger["methods"]] == methods
         assert str(trigger["authLevel"]).upper() == "FUNCTION", name
         assert any(b["type"] == "http" and b["direction"].lower() == "out" for b in indexed_functions[name]["bindings"])
+
+
+def test_approval_routes_are_anonymous_so_that_a_function_key_alone_can_never_approve(indexed_functions):
+    for name, (route, methods) in APPROVAL.items():
+        trigger = next(b for b in indexed_functions[name]["bindings"] if b["type"] == "httpTrigger")
+        assert trigger["route"] == route and [m.upper() for m in trigger["methods"]] == methods
+        assert str(trigger["authLevel"]).upper() == "ANONYMOUS", name
+
+
+def test_the_rollout_controller_ticks_every_minute(indexed_functions):
+    trigger = indexed_functions["rollout_tick"]["bindings"][0]
+    assert trigger["type"] == "timerTrigger" and trigger["schedule"] == "0 * * * * *"
 
 
 def test_outbox_sweep_runs_every_five_minutes(indexed_functions):

@@ -114,7 +114,7 @@ def test_failed_analysis_up_to_the_limit_aborts_to_the_stable_and_marks_the_cana
     now = T0 + timedelta(hours=3)
     bad = Evidence(healthy(errors=0.3), healthy())
     assert analyze(bad, P)[0] is Verdict.FAILED
-    for i in range(P.analysis_failure_limit):
+    for _ in range(P.analysis_failure_limit):
         now += timedelta(minutes=P.bake_minutes)
         d, s = run(s, Tick(bad), v, now)
     assert d.action == "abort" and s.phase is Phase.ABORTED and s.traffic == {"churn-model-v1": 100}
@@ -271,3 +271,49 @@ def test_state_records_round_trip_through_json():
     d, s = run(s, new(3), view(v.traffic | {"churn-model-v3": 0}), T0 + timedelta(hours=4))
     back = EndpointState.from_json(s.to_json(), "7")
     assert back == replace(s, version="7")
+
+
+PROMOTED = EndpointState(endpoint=EP, phase=Phase.PROMOTED, stable="churn-model-v2", stable_model="churn-model:2",
+                         previous_stable="churn-model-v1", previous_model="churn-model:1", promoted_at=T0,
+                         retained=("churn-model-v1",), traffic={"churn-model-v2": 100})
+CANARY = EndpointState(endpoint=EP, phase=Phase.PROGRESSING, stable="churn-model-v1", stable_model="churn-model:1",
+                       canary="churn-model-v2", canary_model="churn-model:2", step=0, weight=10,
+                       step_started_at=T0, traffic={"churn-model-v1": 90, "churn-model-v2": 10})
+TWO = view({"churn-model-v1": 0, "churn-model-v2": 100})
+DATA = ("churn", "4")
+
+
+def ago(state: EndpointState, minutes: int, action: str = "rollback") -> EndpointState:
+    from shared.rollout import Change
+
+    return replace(state, last_automatic=Change(action, "automation", T0 + timedelta(minutes=5 - minutes)))
+
+
+@pytest.mark.parametrize("state, signal, policy, minutes, action, to", [
+    (CANARY, DriftSignal(summary="s", newest_data=DATA), P, 5, "rollback", "churn-model-v1"),
+    (CANARY, DriftSignal(resolved=True), P, 5, "record", None),
+    (CANARY, DriftSignal(summary="s"), replace(P, freeze=True), 5, "hold", None),
+    (ago(CANARY, 10), DriftSignal(summary="s"), replace(P, cooldown_minutes=30), 5, "hold", None),
+    (ago(CANARY, 45), DriftSignal(summary="s"), replace(P, cooldown_minutes=30), 5, "rollback", "churn-model-v1"),
+    (ago(CANARY, 10, "deploy"), DriftSignal(summary="s"), P, 5, "rollback", "churn-model-v1"),  # deploys: no cooldown
+    (PROMOTED, DriftSignal(summary="s", newest_data=DATA), P, 5, "rollback", "churn-model-v1"),
+    # the promotion is older than the window: retrain on the newest data instead
+    (PROMOTED, DriftSignal(summary="s", newest_data=DATA), replace(P, rollback_window_minutes=120), 600, "retrain",
+     None),
+    # only one deployment ever: nothing to return to
+    (replace(PROMOTED, previous_stable="", retained=()), DriftSignal(summary="s", newest_data=DATA), P, 5, "retrain",
+     None),
+    # never onto a deployment that was itself rolled back
+    (replace(PROMOTED, rolled_back=("churn-model-v1",)), DriftSignal(summary="s", newest_data=DATA), P, 5, "retrain",
+     None),
+    (replace(PROMOTED, previous_stable=""), DriftSignal(summary="s", newest_data=None), P, 5, "hold", None),
+])
+def test_drift_response(state, signal, policy, minutes, action, to):
+    v = TWO if state.phase is Phase.PROMOTED else view(state.traffic)
+    d = decide(state, signal, v, policy, T0 + timedelta(minutes=minutes))
+    assert d.action == action, d.reason
+    assert d.facts.get("to_deployment") == to
+    if to:
+        assert d.state.traffic == {to: 100} and any(isinstance(e, SetTraffic) for e in d.effects)
+    else:
+        assert not any(isinstance(e, SetTraffic) for e in d.effects)
