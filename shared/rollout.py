@@ -126,8 +126,8 @@ class EndpointState:
         return cls(**raw, version=version)
 
     def live(self) -> set[str]:
-        """Deployments the state needs: stable, canary, retained and the awaited candidate."""
-        names = {self.stable, self.canary, *self.retained}
+        """Deployments the state needs whatever the retention: stable, canary and the awaited candidate."""
+        names = {self.stable, self.canary}
         if self.candidate is not None:
             names.add(self.candidate.deployment)
         return {n for n in names if n}
@@ -552,7 +552,8 @@ def _retrain(state: EndpointState, ev: DriftSignal, policy: Policy, now: datetim
     if ev.data_status == "running":
         return Decision("hold", f"drift, but training on {asset}:{version} is already running", alert="drift_detected")
     if ev.data_status in ("stable", "tried"):
-        what = "the stable was trained on it" if ev.data_status == "stable" else "it already failed or was rejected"
+        what = ("the stable was trained on it" if ev.data_status == "stable"
+                else "a model from it already failed, was rejected or was rolled back")
         return Decision("hold", f"drift, but the newest data {asset}:{version} cannot help ({what}): land new data "
                                 "to retrain", alert="drift_detected", severity="warning")
     window = now - timedelta(hours=24)
