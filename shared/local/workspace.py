@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from shared.domain import (
+    TAG_JOB,
     DataAsset,
     Deployment,
     Endpoint,
@@ -26,7 +27,6 @@ from shared.domain import (
     JobStatus,
     Model,
     ModelSpec,
-    TAG_JOB,
     TrainingJobSpec,
     check_traffic,
     next_model_version,
