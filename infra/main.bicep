@@ -223,6 +223,7 @@ module app 'app/functionapp.bicep' = {
       MLOPS_DATASTORE: datastoreName
       MLOPS_COMPUTE: computeName
       MLOPS_LANDING_CONTAINER: landingContainer
+      MLOPS_DATASTORE_ACCOUNT: datastoreAccountName
       MLOPS_LEDGER__tableServiceUri: storage.outputs.tableEndpoint
       MLOPS_EVENTS__topicEndpointUri: topic.outputs.endpoint
       MLOPS_LOG_ANALYTICS_WORKSPACE_ID: monitoring.outputs.logAnalyticsCustomerId
