@@ -87,10 +87,10 @@ var token = toLower(uniqueString(subscription().id, environmentName, location))
 // the workspace limit of 33. The token (13 characters, from the whole name) keeps names of long environments apart.
 var stem = take(replace(replace(replace(replace(toLower(environmentName), '_', '-'), '.', '-'), '(', ''), ')', ''), 15)
 var useExistingWorkspace = !empty(existingWorkspaceName)
-var workspaceResourceGroupName = useExistingWorkspace && !empty(existingWorkspaceResourceGroup) ? existingWorkspaceResourceGroup : rg.name
+var workspaceResourceGroupName = (useExistingWorkspace && !empty(existingWorkspaceResourceGroup)) ? existingWorkspaceResourceGroup : rg.name
 var workspaceName = useExistingWorkspace ? existingWorkspaceName : 'mlw-${stem}-${token}'
 var datastoreAccountName = useExistingWorkspace ? existingDatastoreAccountName : 'stml${token}'
-var datastoreResourceGroupName = useExistingWorkspace && !empty(existingDatastoreAccountResourceGroup) ? existingDatastoreAccountResourceGroup : workspaceResourceGroupName
+var datastoreResourceGroupName = (useExistingWorkspace && !empty(existingDatastoreAccountResourceGroup)) ? existingDatastoreAccountResourceGroup : workspaceResourceGroupName
 var useServerless = computeName == 'serverless'
 // The landing container also appears in subscriptions.json's subject filter; tests check they agree.
 var landingContainer = 'landing'
@@ -292,7 +292,7 @@ module app 'app/functionapp.bicep' = {
       MLOPS_DATASTORE: datastoreName
       MLOPS_COMPUTE: computeName
       // The cost lever of serverless compute: the Spot job tier (a cluster's own VM priority decides for a cluster).
-      MLOPS_LOW_PRIORITY: useServerless && computeLowPriority ? 'true' : 'false'
+      MLOPS_LOW_PRIORITY: (useServerless && computeLowPriority) ? 'true' : 'false'
       MLOPS_LANDING_CONTAINER: landingContainer
       MLOPS_DATASTORE_ACCOUNT: datastoreAccountName
       MLOPS_LEDGER__tableServiceUri: storage.outputs.tableEndpoint

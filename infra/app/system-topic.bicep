@@ -27,7 +27,7 @@ resource account 'Microsoft.Storage/storageAccounts@2023-05-01' existing = if (s
 resource topic 'Microsoft.EventGrid/systemTopics@2025-02-15' = if (create) {
   name: 'evgst-${sourceName}'
   // A system topic lives in its source's region.
-  location: source == 'ml' ? workspace.location : account.location
+  location: (source == 'ml') ? workspace.location : account.location
   tags: tags
   identity: {
     type: 'UserAssigned'
@@ -36,8 +36,8 @@ resource topic 'Microsoft.EventGrid/systemTopics@2025-02-15' = if (create) {
     }
   }
   properties: {
-    source: source == 'ml' ? workspace.id : account.id
-    topicType: source == 'ml' ? 'Microsoft.MachineLearningServices.Workspaces' : 'Microsoft.Storage.StorageAccounts'
+    source: (source == 'ml') ? workspace.id : account.id
+    topicType: (source == 'ml') ? 'Microsoft.MachineLearningServices.Workspaces' : 'Microsoft.Storage.StorageAccounts'
   }
 }
 
@@ -45,4 +45,4 @@ output topicName string = create ? 'evgst-${sourceName}' : existingTopicName
 @description('False when an existing topic is reused: it may not carry the app identity, so its subscriptions dead-letter without it.')
 output created bool = create
 @description('Region of the source (for the workspace: where its online endpoints, and so their metrics, are).')
-output sourceLocation string = source == 'ml' ? workspace.location : account.location
+output sourceLocation string = (source == 'ml') ? workspace.location : account.location
