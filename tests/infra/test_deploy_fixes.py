@@ -3,7 +3,6 @@ Bicep (pycep) and each check shown failing on the template as it was."""
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
@@ -72,10 +71,10 @@ def monitoring_reader_scopes(docs, main: str = "main.bicep") -> set[str]:
     """Where the app identity holds Monitoring Reader: 'subscription' for an assignment in a targetScope='subscription'
     module that main.bicep deploys without another scope."""
     scopes = set()
-    for name, mod in docs[main]["modules"].items():
+    for mod in docs[main]["modules"].values():
         target = c.module_target(main, mod)
         doc = docs.get(target, {})
-        for rname, r in c.resources(doc, "Microsoft.Authorization/roleAssignments"):
+        for _rname, r in c.resources(doc, "Microsoft.Authorization/roleAssignments"):
             if c._role_guid(doc, c.body(r).get("properties", {})) != MONITORING_READER:
                 continue
             at_subscription = (doc.get("globals", {}).get("scope", {}).get("value") == "subscription"
