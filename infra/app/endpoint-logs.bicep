@@ -1,7 +1,7 @@
 // Assigns the endpoint traffic-log policy (main.bicep defines it from endpoint-logs-policy.json) to the workspace's
 // resource group, with a system-assigned identity that deploys each endpoint's diagnostic setting. The policy acts on
-// endpoints created or updated after the assignment, about ten minutes after each one finishes provisioning; an
-// endpoint that already existed needs a remediation task (docs/azure.md).
+// endpoints created or updated after the assignment, once each one has finished provisioning; an endpoint that
+// already existed needs a remediation task (docs/azure.md).
 param location string
 param policyDefinitionId string
 @description('Resource id of the app\'s Log Analytics workspace.')
