@@ -46,7 +46,8 @@ def _deliver(event: func.EventGridEvent) -> None:
     payload = {"id": event.id, "eventType": event.event_type, "subject": event.subject, "topic": event.topic,
                "data": event.get_json()}
     try:
-        message = eventgrid.to_message(payload, landing_container=rt.settings.landing_container)
+        message = eventgrid.to_message(payload, landing_container=rt.settings.landing_container,
+                                       datastore_account=rt.settings.datastore_account)
     except InvalidPayload as error:
         rt.bus.reject(event.id or "unknown", event.event_type or "unknown", error)
         return

@@ -9,7 +9,7 @@ targetScope = 'subscription'
 
 @minLength(1)
 @maxLength(40)
-@description('azd environment name; names and tags every resource.')
+@description('azd environment name; names and tags every resource. Names take at most its first 15 characters (workspace names stop at 33), and the token keeps them unique.')
 param environmentName string
 
 @minLength(1)
@@ -30,13 +30,24 @@ param existingWorkspaceName string = ''
 @description('Resource group of the existing workspace (defaults to the app resource group).')
 param existingWorkspaceResourceGroup string = ''
 
-@description('Storage account holding the landing data of the existing workspace (its datastore account).')
+@description('Storage account holding the landing data of the existing workspace (its datastore account). Required with existingWorkspaceName: the preprovision hook refuses to go on without it.')
 param existingDatastoreAccountName string = ''
+
+@description('Resource group of that storage account (defaults to the workspace\'s resource group).')
+param existingDatastoreAccountResourceGroup string = ''
+
+@description('Event Grid allows one system topic per source. Name of the existing system topic of the workspace, if it has one (the preprovision hook finds it): it is reused instead of created.')
+param existingMlSystemTopicName string = ''
+
+@description('Name of the existing system topic of the datastore storage account (Defender for Storage malware scanning, for example, creates one), if any: reused instead of created.')
+param existingStorageSystemTopicName string = ''
 
 @description('Azure ML datastore the app registers landing data through. A new workspace gets one named "landing".')
 param datastoreName string = 'landing'
 
-@description('Compute cluster the training jobs run on (MLOPS_COMPUTE). A new workspace gets it; with an existing workspace it must already exist there (see the README).')
+@minLength(2)
+@maxLength(16)
+@description('Compute cluster the training jobs run on (MLOPS_COMPUTE; 2-16 characters, Azure ML\'s limit). A new workspace gets it; with an existing workspace it must already exist there (docs/azure.md). "serverless": no cluster, serverless compute.')
 param computeName string = 'cpu-cluster'
 
 @minValue(1)
@@ -63,18 +74,31 @@ param workspacePublicAccessPolicyEffect string = 'Audit'
 @description('Flex Consumption scale-out limit.')
 param maximumInstanceCount int = 40
 
+@description('Give the app a custom role with exactly the Azure ML actions it uses (infra/app-role.json). Needs Microsoft.Authorization/roleDefinitions/write (Owner or User Access Administrator); false: the built-in AzureML Data Scientist instead.')
+param useCustomRole bool = true
+
 var tags = {
   'azd-env-name': environmentName
   app: 'mlops-automation'
 }
 var token = toLower(uniqueString(subscription().id, environmentName, location))
+// The environment name as it appears in resource names: lower case, only letters, digits and hyphens (Event Grid
+// topics and Azure ML workspaces allow nothing else), at most 15 characters so that 'mlw-<stem>-<token>' stays within
+// the workspace limit of 33. The token (13 characters, from the whole name) keeps names of long environments apart.
+var stem = take(replace(replace(replace(replace(toLower(environmentName), '_', '-'), '.', '-'), '(', ''), ')', ''), 15)
 var useExistingWorkspace = !empty(existingWorkspaceName)
-var workspaceResourceGroupName = useExistingWorkspace && !empty(existingWorkspaceResourceGroup) ? existingWorkspaceResourceGroup : rg.name
-var workspaceName = useExistingWorkspace ? existingWorkspaceName : 'mlw-${environmentName}-${token}'
+var workspaceResourceGroupName = (useExistingWorkspace && !empty(existingWorkspaceResourceGroup)) ? existingWorkspaceResourceGroup : rg.name
+var workspaceName = useExistingWorkspace ? existingWorkspaceName : 'mlw-${stem}-${token}'
 var datastoreAccountName = useExistingWorkspace ? existingDatastoreAccountName : 'stml${token}'
+var datastoreResourceGroupName = (useExistingWorkspace && !empty(existingDatastoreAccountResourceGroup)) ? existingDatastoreAccountResourceGroup : workspaceResourceGroupName
+var useServerless = computeName == 'serverless'
 // The landing container also appears in subscriptions.json's subject filter; tests check they agree.
 var landingContainer = 'landing'
 var hasTeamsRoutes = !empty(teamsRoutesBase64)
+// The app's custom Azure ML role: exactly the actions shared/adapters/azureml.py uses (tests/infra/test_custom_role.py).
+var appRole = loadJsonContent('app-role.json')
+// AzureML Data Scientist: f6c7c914-8db3-469d-8ca1-694a8f32e121. The fallback when useCustomRole is false.
+var azureMLDataScientist = 'f6c7c914-8db3-469d-8ca1-694a8f32e121'
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: 'rg-${environmentName}'
@@ -86,11 +110,37 @@ resource workspaceRg 'Microsoft.Resources/resourceGroups@2024-03-01' existing = 
   name: workspaceResourceGroupName
 }
 
+resource datastoreRg 'Microsoft.Resources/resourceGroups@2024-03-01' existing = {
+  name: datastoreResourceGroupName
+}
+
+resource appRoleDefinition 'Microsoft.Authorization/roleDefinitions@2022-04-01' = if (useCustomRole) {
+  // A custom role's name is a GUID and its roleName is unique in the tenant: both derive from this environment.
+  name: guid(subscription().id, 'mlops-automation-app-role', environmentName, location)
+  properties: {
+    roleName: '${appRole.roleName} (${stem}-${token})'
+    description: appRole.description
+    type: 'CustomRole'
+    permissions: [
+      {
+        actions: appRole.actions
+        notActions: []
+      }
+    ]
+    assignableScopes: [
+      workspaceRg.id
+    ]
+  }
+  dependsOn: [
+    rg // the workspace's resource group may be this one, created above: the scope must exist first
+  ]
+}
+
 module identity 'app/identity.bicep' = {
   name: 'identity'
   scope: rg
   params: {
-    name: 'id-${environmentName}-${token}'
+    name: 'id-${stem}-${token}'
     location: location
     tags: tags
   }
@@ -100,8 +150,8 @@ module monitoring 'app/monitoring.bicep' = {
   name: 'monitoring'
   scope: rg
   params: {
-    logAnalyticsName: 'log-${environmentName}-${token}'
-    appInsightsName: 'appi-${environmentName}-${token}'
+    logAnalyticsName: 'log-${stem}-${token}'
+    appInsightsName: 'appi-${stem}-${token}'
     location: location
     tags: tags
   }
@@ -133,7 +183,7 @@ module topic 'app/eventgrid-topic.bicep' = {
   name: 'eventgrid-topic'
   scope: rg
   params: {
-    name: 'evgt-${environmentName}-${token}'
+    name: 'evgt-${stem}-${token}'
     location: location
     tags: tags
     identityId: identity.outputs.id
@@ -144,7 +194,7 @@ module network 'app/network.bicep' = if (isolateWorkspace && !useExistingWorkspa
   name: 'network'
   scope: rg
   params: {
-    name: 'vnet-${environmentName}-${token}'
+    name: 'vnet-${stem}-${token}'
     location: location
     tags: tags
   }
@@ -162,9 +212,10 @@ module workspace 'app/workspace.bicep' = if (!useExistingWorkspace) {
     landingContainer: landingContainer
     datastoreName: datastoreName
     computeName: computeName
+    createCluster: !useServerless
     computeMaxNodes: computeMaxNodes
     computeLowPriority: computeLowPriority
-    computeIdentityName: 'id-compute-${environmentName}-${token}'
+    computeIdentityName: 'id-compute-${stem}-${token}'
     principalId: identity.outputs.principalId
     appInsightsId: monitoring.outputs.appInsightsId
     logAnalyticsId: monitoring.outputs.logAnalyticsId
@@ -184,13 +235,31 @@ module policy 'app/policy.bicep' = {
   ]
 }
 
-module systemTopics 'app/system-topics.bicep' = {
-  name: 'system-topics'
+// One system topic per source: the workspace's (in its resource group) and the datastore account's (in that account's
+// resource group). Each is created, or reused when the source already has one (Event Grid allows only one).
+module mlSystemTopic 'app/system-topic.bicep' = {
+  name: 'system-topic-ml'
   scope: workspaceRg
   params: {
+    source: 'ml'
+    sourceName: workspaceName
+    existingTopicName: existingMlSystemTopicName
     tags: tags
-    workspaceName: workspaceName
-    datastoreAccountName: datastoreAccountName
+    identityId: identity.outputs.id
+  }
+  dependsOn: [
+    workspace
+  ]
+}
+
+module storageSystemTopic 'app/system-topic.bicep' = {
+  name: 'system-topic-storage'
+  scope: datastoreRg
+  params: {
+    source: 'storage'
+    sourceName: datastoreAccountName
+    existingTopicName: existingStorageSystemTopicName
+    tags: tags
     identityId: identity.outputs.id
   }
   dependsOn: [
@@ -202,8 +271,8 @@ module app 'app/functionapp.bicep' = {
   name: 'functionapp'
   scope: rg
   params: {
-    planName: 'plan-${environmentName}-${token}'
-    name: 'func-${environmentName}-${token}'
+    planName: 'plan-${stem}-${token}'
+    name: 'func-${stem}-${token}'
     location: location
     tags: union(tags, { 'azd-service-name': 'app' })
     identityId: identity.outputs.id
@@ -222,16 +291,29 @@ module app 'app/functionapp.bicep' = {
       MLOPS_AZURE_CLOUD: environment().name // AzureCloud, AzureUSGovernment or AzureChinaCloud: MLClient's cloud names
       MLOPS_DATASTORE: datastoreName
       MLOPS_COMPUTE: computeName
+      // The cost lever of serverless compute: the Spot job tier (a cluster's own VM priority decides for a cluster).
+      MLOPS_LOW_PRIORITY: (useServerless && computeLowPriority) ? 'true' : 'false'
       MLOPS_LANDING_CONTAINER: landingContainer
+      MLOPS_DATASTORE_ACCOUNT: datastoreAccountName
       MLOPS_LEDGER__tableServiceUri: storage.outputs.tableEndpoint
       MLOPS_EVENTS__topicEndpointUri: topic.outputs.endpoint
       MLOPS_LOG_ANALYTICS_WORKSPACE_ID: monitoring.outputs.logAnalyticsCustomerId
-      MLOPS_METRICS_ENDPOINT: 'https://${location}.metrics.monitor.azure.com'
+      // metrics:getBatch answers only for resources in the endpoint's own region: the workspace's (its online
+      // endpoints live there), which for an existing workspace need not be the app's.
+      MLOPS_METRICS_ENDPOINT: 'https://${mlSystemTopic.outputs.sourceLocation}.metrics.monitor.azure.com'
       MLOPS_TEAMS_WEBHOOK_URL: '@Microsoft.KeyVault(SecretUri=${vault.outputs.teamsSecretUri})'
     }, hasTeamsRoutes ? {
       MLOPS_TEAMS_ROUTES: '@Microsoft.KeyVault(SecretUri=${vault.outputs.teamsRoutesSecretUri})'
     } : {})
   }
+  // Key Vault references resolve when the app starts; one that cannot (no Key Vault Secrets User yet) is kept as
+  // the literal reference string for up to 24 hours. So the app, its settings included, waits for its roles.
+  dependsOn: [
+    roles
+    workspaceRoles
+    datastoreRoles
+    subscriptionRoles
+  ]
 }
 
 // Roles in the app's resource group: every principal is the app's user-assigned identity.
@@ -251,19 +333,71 @@ module roles 'app/roles.bicep' = {
   }
 }
 
-// Roles on the workspace and its landing data, wherever the workspace lives.
+// Roles on the workspace, wherever it lives: the Azure ML role, and blob read of the data the online deployments
+// collect (the drift monitor reads it).
 module workspaceRoles 'app/roles-workspace.bicep' = {
   name: 'roles-workspace'
   scope: workspaceRg
   params: {
     principalId: identity.outputs.principalId
     workspaceName: workspaceName
+    mlRoleDefinitionId: useCustomRole ? appRoleDefinition.id : subscriptionResourceId('Microsoft.Authorization/roleDefinitions', azureMLDataScientist)
+  }
+  dependsOn: [
+    workspace
+  ]
+}
+
+// Read access to the landing container, in the datastore account's resource group.
+module datastoreRoles 'app/roles-datastore.bicep' = {
+  name: 'roles-datastore'
+  scope: datastoreRg
+  params: {
+    principalId: identity.outputs.principalId
     datastoreAccountName: datastoreAccountName
     landingContainer: landingContainer
   }
   dependsOn: [
     workspace
   ]
+}
+
+// Monitoring Reader on the subscription: the metrics batch API (metrics:getBatch) authorizes at subscription scope.
+module subscriptionRoles 'app/roles-subscription.bicep' = {
+  name: 'roles-subscription'
+  params: {
+    principalId: identity.outputs.principalId
+  }
+}
+
+// Online endpoints send their traffic logs (AmlOnlineEndpointTrafficLog, the health evidence of every rollout
+// decision) to the app's Log Analytics workspace: a DeployIfNotExists policy adds the diagnostic setting to each
+// endpoint the app creates, so the app itself needs no right to write diagnostic settings.
+resource endpointLogsDefinition 'Microsoft.Authorization/policyDefinitions@2023-04-01' = {
+  name: guid(subscription().id, 'mlops-endpoint-traffic-logs', environmentName, location)
+  properties: loadJsonContent('app/endpoint-logs-policy.json')
+}
+
+module endpointLogs 'app/endpoint-logs.bicep' = {
+  name: 'endpoint-logs'
+  scope: workspaceRg
+  params: {
+    location: location
+    policyDefinitionId: endpointLogsDefinition.id
+    logAnalyticsId: monitoring.outputs.logAnalyticsId
+  }
+  dependsOn: [
+    rg
+  ]
+}
+
+module endpointLogsRoles 'app/roles-policy.bicep' = {
+  name: 'roles-endpoint-logs'
+  scope: rg
+  params: {
+    policyPrincipalId: endpointLogs.outputs.principalId
+    logAnalyticsName: monitoring.outputs.logAnalyticsName
+  }
 }
 
 // azd stores these in the environment; the postdeploy hook reads them. No output carries a key or secret.
@@ -277,5 +411,8 @@ output AZURE_APP_STORAGE_NAME string = storage.outputs.name
 output AZURE_EVENTGRID_TOPIC_NAME string = topic.outputs.name
 output AZURE_ML_WORKSPACE_NAME string = workspaceName
 output AZURE_ML_RESOURCE_GROUP string = workspaceResourceGroupName
-output AZURE_ML_SYSTEM_TOPIC_NAME string = systemTopics.outputs.mlTopicName
-output AZURE_STORAGE_SYSTEM_TOPIC_NAME string = systemTopics.outputs.storageTopicName
+output AZURE_ML_SYSTEM_TOPIC_NAME string = mlSystemTopic.outputs.topicName
+output AZURE_ML_SYSTEM_TOPIC_CREATED bool = mlSystemTopic.outputs.created
+output AZURE_STORAGE_SYSTEM_TOPIC_NAME string = storageSystemTopic.outputs.topicName
+output AZURE_STORAGE_SYSTEM_TOPIC_CREATED bool = storageSystemTopic.outputs.created
+output AZURE_STORAGE_SYSTEM_TOPIC_RESOURCE_GROUP string = datastoreResourceGroupName

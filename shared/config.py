@@ -66,6 +66,7 @@ class Settings:
     environment: str = ""  # empty: built from shared/training/conda.yaml (xgboost, mlflow, azureml-mlflow)
     datastore: str = "workspaceblobstore"
     landing_container: str = "landing"
+    datastore_account: str = ""  # storage account of the landing datastore; BlobCreated from others is refused
     model_name: str = "{asset}-model"  # template, formatted with the data asset name
     endpoint_name: str = "{asset}-endpoint"  # template, formatted with the data asset name
     instance_type: str = "Standard_DS3_v2"
@@ -141,6 +142,7 @@ class Settings:
             environment=r.str("MLOPS_ENVIRONMENT", s.environment),
             datastore=r.str("MLOPS_DATASTORE", s.datastore),
             landing_container=r.str("MLOPS_LANDING_CONTAINER", s.landing_container),
+            datastore_account=r.str("MLOPS_DATASTORE_ACCOUNT", ""),
             model_name=r.str("MLOPS_MODEL_NAME", s.model_name),
             endpoint_name=r.str("MLOPS_ENDPOINT_NAME", s.endpoint_name),
             instance_type=r.str("MLOPS_INSTANCE_TYPE", s.instance_type),
@@ -177,7 +179,7 @@ SETTING_NAMES: tuple[str, ...] = (
     "MLOPS_BACKEND", "MLOPS_HOME", "MLOPS_SUBSCRIPTION_ID", "MLOPS_RESOURCE_GROUP", "MLOPS_WORKSPACE",
     "MLOPS_AZURE_CLOUD",
     "MLOPS_COMPUTE", "MLOPS_LOW_PRIORITY", "MLOPS_MAX_RUN_SECONDS", "MLOPS_ENVIRONMENT", "MLOPS_DATASTORE",
-    "MLOPS_LANDING_CONTAINER", "MLOPS_MODEL_NAME", "MLOPS_ENDPOINT_NAME", "MLOPS_INSTANCE_TYPE",
+    "MLOPS_LANDING_CONTAINER", "MLOPS_DATASTORE_ACCOUNT", "MLOPS_MODEL_NAME", "MLOPS_ENDPOINT_NAME", "MLOPS_INSTANCE_TYPE",
     "MLOPS_CODE_VERSION", "MLOPS_LEDGER__tableServiceUri", "MLOPS_EVENTS__topicEndpointUri",
     "MLOPS_LOG_ANALYTICS_WORKSPACE_ID", "MLOPS_LOGS_ENDPOINT", "MLOPS_METRICS_ENDPOINT", "MLOPS_STUDIO_URL",
     "MLOPS_STATUS_URL", "MLOPS_TEAMS_WEBHOOK_URL", "MLOPS_TEAMS_ROUTES", "MLOPS_TEAMS_FAILURES_ONLY",

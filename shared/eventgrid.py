@@ -92,11 +92,21 @@ def envelope(event: Mapping[str, object]) -> tuple[str, str, str, Fields]:
     return event_id, event_type, e.text("subject"), Fields(e.get("data", {}), "data")
 
 
-def to_message(event: Mapping[str, object], *, landing_container: str = "landing") -> Message:
-    """Translate one Event Grid event (dict, as delivered) into the message the bus handles."""
+def to_message(event: Mapping[str, object], *, landing_container: str = "landing",
+               datastore_account: str = "") -> Message:
+    """Translate one Event Grid event (dict, as delivered) into the message the bus handles.
+
+    ``datastore_account`` is the storage account behind the landing datastore (MLOPS_DATASTORE_ACCOUNT): a
+    BlobCreated from any other account is refused, since registering it would point the datastore at a blob it does
+    not hold. Empty (the embedded backend) skips the check.
+    """
     event_id, event_type, subject, data = envelope(event)
     kind = event_type.lower()
     if kind == BLOB_CREATED:
+        if datastore_account:
+            refused = _foreign_account(event_id, event, data, datastore_account)
+            if refused is not None:
+                return refused
         return _blob_created(event_id, subject, data, landing_container)
     if kind in (ML + "runcompleted", ML + "runstatuschanged"):
         status = "Completed" if kind.endswith("runcompleted") else data.require("runStatus")
@@ -153,6 +163,25 @@ def validate_version(value: str, field: str = "data.version") -> str:
         raise InvalidPayload(f"{field} {value!r} is not a valid version (letters, digits, '.', '-', '_')",
                              field=field)
     return value
+
+
+_TOPIC_ACCOUNT = re.compile(r"/providers/microsoft\.storage/storageaccounts/([^/]+)", re.IGNORECASE)
+_URL_ACCOUNT = re.compile(r"^https://([^./]+)\.(?:blob|dfs)\.", re.IGNORECASE)
+
+
+def _foreign_account(event_id: str, event: Mapping[str, object], data: Fields, account: str) -> Message | None:
+    """EventIgnored when the blob's storage account, read from the event's topic and from its URL, is not
+    ``account`` (or cannot be read from either); None when it is that account."""
+    envelope_fields = Fields(event, "event")
+    topic = envelope_fields.text("topic") or envelope_fields.text("source")
+    seen = [m.group(1) for m in (_TOPIC_ACCOUNT.search(topic), _URL_ACCOUNT.match(data.text("url"))) if m]
+    others = sorted({a for a in seen if a.lower() != account.lower()})
+    if seen and not others:
+        return None
+    found = ", ".join(repr(a) for a in others) if others else "no storage account in its topic or url"
+    return EventIgnored(event_id=event_id, event_type="Microsoft.Storage.BlobCreated",
+                        reason=f"BlobCreated from {found}, not from the landing datastore's storage account "
+                               f"{account!r} (MLOPS_DATASTORE_ACCOUNT): not registered")
 
 
 def _blob_created(event_id: str, subject: str, data: Fields, landing_container: str) -> Message:

@@ -12,6 +12,8 @@ param topicName string
 param functionAppId string
 param identityId string
 param deadLetterStorageId string
+@description('True when the topic carries the app identity (a topic system-topic.bicep created): dead-letter with it. False for a reused system topic, which may not carry it: Event Grid then dead-letters with its own access.')
+param deadLetterWithIdentity bool = true
 
 var config = loadJsonContent('../subscriptions.json')
 var defaults = config.defaults
@@ -40,7 +42,7 @@ var properties = [for s in subscriptions: {
   retryPolicy: contains(s, 'retryPolicy') ? s.retryPolicy : defaults.retryPolicy
   // Undeliverable events land in a blob container on the app storage, written with the topic's
   // user-assigned identity (the app identity, Storage Blob Data Owner there): no storage key involved.
-  deadLetterWithResourceIdentity: {
+  deadLetterWithResourceIdentity: deadLetterWithIdentity ? {
     identity: {
       type: 'UserAssigned'
       userAssignedIdentity: identityId
@@ -51,6 +53,13 @@ var properties = [for s in subscriptions: {
         resourceId: deadLetterStorageId
         blobContainerName: contains(s, 'deadLetterContainer') ? s.deadLetterContainer : defaults.deadLetterContainer
       }
+    }
+  } : null
+  deadLetterDestination: deadLetterWithIdentity ? null : {
+    endpointType: 'StorageBlob'
+    properties: {
+      resourceId: deadLetterStorageId
+      blobContainerName: contains(s, 'deadLetterContainer') ? s.deadLetterContainer : defaults.deadLetterContainer
     }
   }
 }]

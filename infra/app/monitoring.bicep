@@ -14,7 +14,8 @@ resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2023-09-01' = {
     }
     retentionInDays: 30
     features: {
-      // Readers need an Azure role on the workspace, not only on the resources that log to it.
+      // Resource-context access: someone with read access to a resource may read that resource's logs here without a
+      // role on the workspace (workspace roles still work too). The app itself queries with a workspace role.
       enableLogAccessUsingOnlyResourcePermissions: true
     }
   }

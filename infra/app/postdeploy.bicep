@@ -7,8 +7,14 @@ param storageAccountName string
 param customTopicName string
 param mlSystemTopicName string
 param storageSystemTopicName string
-@description('Resource group of the workspace and its system topics.')
+@description('Resource group of the workspace and its system topic.')
 param systemTopicsResourceGroup string
+@description('Resource group of the datastore storage account and its system topic.')
+param storageSystemTopicResourceGroup string = systemTopicsResourceGroup
+@description('False when the workspace\'s system topic was reused rather than created (main.bicep output AZURE_ML_SYSTEM_TOPIC_CREATED).')
+param mlSystemTopicCreated bool = true
+@description('False when the storage account\'s system topic was reused rather than created.')
+param storageSystemTopicCreated bool = true
 
 @secure()
 @description('https://<app>/api/alerts?code=<monitor_alert function key>, built by the hook. Never an output.')
@@ -37,18 +43,20 @@ module mlSubscriptions 'eventgrid-subscriptions.bicep' = {
     functionAppId: site.id
     identityId: identity.id
     deadLetterStorageId: storage.id
+    deadLetterWithIdentity: mlSystemTopicCreated
   }
 }
 
 module storageSubscriptions 'eventgrid-subscriptions.bicep' = {
   name: 'eventgrid-subscriptions-storage'
-  scope: resourceGroup(systemTopicsResourceGroup)
+  scope: resourceGroup(storageSystemTopicResourceGroup)
   params: {
     source: 'storage'
     topicName: storageSystemTopicName
     functionAppId: site.id
     identityId: identity.id
     deadLetterStorageId: storage.id
+    deadLetterWithIdentity: storageSystemTopicCreated
   }
 }
 

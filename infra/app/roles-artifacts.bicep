@@ -1,19 +1,16 @@
-// Write access to the new workspace's default blob datastore (workspaceblobstore) and to nothing else on its
-// storage account. Shared keys are off there, so every write is made with a Microsoft Entra identity:
-// - the app identity uploads each training job's code snapshot (shared/training/) when it submits the job
-//   (azure-ai-ml uploads with the caller's credential when the datastore stores no key or SAS);
-// - the training cluster's identity writes the jobs' outputs (the `output` folder and the `mlflow_model` output),
-//   which default to that datastore.
-// The same account holds the `landing` container, where a new blob starts training, so neither identity gets
-// write access on the account: each assignment is scoped to the default blob container alone.
+// Write access for the app identity to the new workspace's default blob datastore (workspaceblobstore) and to
+// nothing else on its storage account. Shared keys are off there, so the app uploads each training job's code
+// snapshot (shared/training/) with its Microsoft Entra identity when it submits the job (azure-ai-ml uploads with the
+// caller's credential when the datastore stores no key or SAS). The same account holds the `landing` container, where
+// a new blob starts training, so the app gets no write access on the account: the assignment is scoped to the
+// default blob container alone. (The training cluster's identity holds Storage Blob Data Contributor on the account,
+// as Azure ML documents: workspace.bicep.)
 //
 // A module because that container is named after the workspace's immutable id (azureml-blobstore-<workspaceId>),
 // a value that exists only once the workspace does: a resource name must be known when the deployment starts, and
 // a module parameter is, for the module (the caller passes workspace.properties.workspaceId).
 @description('principalId of the app user-assigned identity (identity.bicep): uploads the job code snapshots.')
 param principalId string
-@description('principalId of the training cluster\'s user-assigned identity: writes the job outputs.')
-param computePrincipalId string
 @description('The workspace\'s storage account (the datastore account).')
 param datastoreAccountName string
 @description('The workspace\'s default blob container, azureml-blobstore-<workspaceId> (the workspace creates it).')
@@ -43,16 +40,6 @@ resource appArtifactWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' 
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributor)
     principalId: principalId
-    principalType: 'ServicePrincipal'
-  }
-}
-
-resource computeArtifactWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(artifacts.id, computePrincipalId, storageBlobDataContributor)
-  scope: artifacts
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributor)
-    principalId: computePrincipalId
     principalType: 'ServicePrincipal'
   }
 }

@@ -1,63 +1,36 @@
-// Role assignments on the Azure ML workspace and its landing data, in the workspace's resource group (which may
-// be another one when an existing workspace is used). Every principal is the app's user-assigned identity.
+// Role assignments on the Azure ML workspace, in its resource group (another one when an existing workspace is
+// used). Every principal is the app's user-assigned identity.
 @description('principalId of the app user-assigned identity (identity.bicep).')
 param principalId string
 param workspaceName string
-param datastoreAccountName string
-param landingContainer string
-
-// AzureML Data Scientist: f6c7c914-8db3-469d-8ca1-694a8f32e121. Submit jobs, register models, manage online
-// endpoints and deployments; cannot change the workspace, its computes' settings or its role assignments.
-var azureMLDataScientist = 'f6c7c914-8db3-469d-8ca1-694a8f32e121'
-// Monitoring Reader: 43d0d8ad-25c7-4714-9337-8ba259a9fe05. Online endpoint metrics (endpoints are workspace children).
-var monitoringReader = '43d0d8ad-25c7-4714-9337-8ba259a9fe05'
-// Storage Blob Data Reader: 2a2b9908-6ea1-4ae2-8e65-a410df84e7d1. Read landing blobs, scoped to that container only.
-var storageBlobDataReader = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
+@description('The app\'s Azure ML role: the custom role of main.bicep (infra/app-role.json), or AzureML Data Scientist.')
+param mlRoleDefinitionId string
 
 resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01' existing = {
   name: workspaceName
 }
 
-resource datastoreAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
-  name: datastoreAccountName
-}
-
-resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' existing = {
-  parent: datastoreAccount
-  name: 'default'
-}
-
-resource landing 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
-  parent: blobService
-  name: landingContainer
-}
-
-resource dataScientist 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(workspace.id, principalId, azureMLDataScientist)
+resource mlRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  // Named by the role's GUID, as before the custom role existed: redeploying with useCustomRole=false finds the same
+  // assignment instead of colliding with it (RoleAssignmentExists).
+  name: guid(workspace.id, principalId, last(split(mlRoleDefinitionId, '/')))
   scope: workspace
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', azureMLDataScientist)
+    roleDefinitionId: mlRoleDefinitionId
     principalId: principalId
     principalType: 'ServicePrincipal'
   }
 }
 
-resource metricsReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(workspace.id, principalId, monitoringReader)
-  scope: workspace
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', monitoringReader)
+// The data online deployments collect (model data collection) lands in the workspace's default blob datastore,
+// workspaceblobstore = the container azureml-blobstore-<workspaceId> on the workspace's storage account; the drift
+// monitor reads it. A module because the container's name exists only once the workspace does (roles-artifacts.bicep
+// explains). The account is taken to be in the workspace's resource group, where Azure ML creates it.
+module collectedData 'roles-collected-data.bicep' = {
+  name: 'roles-collected-data'
+  params: {
     principalId: principalId
-    principalType: 'ServicePrincipal'
-  }
-}
-
-resource landingReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(landing.id, principalId, storageBlobDataReader)
-  scope: landing
-  properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataReader)
-    principalId: principalId
-    principalType: 'ServicePrincipal'
+    storageAccountName: last(split(workspace.properties.storageAccount, '/'))
+    containerName: 'azureml-blobstore-${workspace.properties.workspaceId}'
   }
 }

@@ -1,8 +1,10 @@
 // A new Azure ML workspace with its datastore storage account (holding the `landing` container), its own Key
 // Vault, an identity-based `landing` datastore, a scale-to-zero CPU cluster running as its own user-assigned
-// identity, write access for that identity and the app identity in the default blob container only
-// (roles-artifacts.bicep), and diagnostic logs to Log Analytics. With isolate = true: managed virtual network
-// (AllowOnlyApprovedOutbound), public network access disabled and a private endpoint in the app's VNet.
+// identity (unless the jobs run on serverless compute), blob write access on the account for that identity (job
+// outputs and MLflow artifacts, as Azure ML documents for accounts without shared keys), write access for the app
+// identity in the default blob container only (roles-artifacts.bicep), and diagnostic logs to Log Analytics. With
+// isolate = true: managed virtual network (AllowOnlyApprovedOutbound, with outbound rules to the package indexes
+// the training environment is built from), public network access disabled and a private endpoint in the app's VNet.
 param name string
 param location string
 param tags object
@@ -17,6 +19,8 @@ param privateEndpointSubnetId string
 
 @description('Compute cluster the training jobs run on (the app setting MLOPS_COMPUTE).')
 param computeName string
+@description('False when the jobs run on serverless compute (MLOPS_COMPUTE=serverless): no cluster is created.')
+param createCluster bool = true
 param computeVmSize string = 'Standard_DS3_v2'
 @description('Upper bound of the cluster; it scales to zero when idle.')
 param computeMaxNodes int
@@ -27,10 +31,12 @@ param computeIdentityName string
 @description('principalId of the app user-assigned identity (identity.bicep): it uploads each job\'s code snapshot to the default blob datastore.')
 param principalId string
 
-// Storage Blob Data Reader: 2a2b9908-6ea1-4ae2-8e65-a410df84e7d1. The training cluster reads its input (the
-// identity-based landing datastore: no key, no SAS) and the workspace's blobs on this account. It writes only in
-// the default blob container (roles-artifacts.bicep).
-var storageBlobDataReader = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
+// Storage Blob Data Contributor: ba92f5b4-2d11-453d-a403-e96b0029c9fe. The training cluster reads its input (the
+// identity-based landing datastore: no key, no SAS) and writes its outputs and MLflow artifacts, which go to two
+// containers (workspaceblobstore and workspaceartifactstore): Azure ML's documentation for a storage account without
+// shared keys gives the compute identity this role on the account.
+var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
+
 
 resource datastoreAccount 'Microsoft.Storage/storageAccounts@2023-05-01' = {
   #checkov:skip=CKV_AZURE_206: LRS by default for the demo datastore; point existingDatastoreAccountName at a GRS/ZRS account for production data
@@ -76,6 +82,8 @@ resource landing 'Microsoft.Storage/storageAccounts/blobServices/containers@2023
 resource workspaceVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   #checkov:skip=CKV_AZURE_109: firewall is Deny with public access Disabled when isolate is true; checkov cannot evaluate the condition
   #checkov:skip=CKV_AZURE_189: public network access is Disabled when isolate is true; checkov cannot evaluate the condition (its check crashes on it)
+  #checkov:skip=CKV_AZURE_110: purge protection off on purpose: the name is fixed per environment and azd down --purge must free it; Azure ML re-creates what it keeps here
+  #checkov:skip=CKV_AZURE_42: soft delete is on (7 days); only purge protection is off, for the reason of CKV_AZURE_110
   name: 'kvml${token}'
   location: location
   tags: tags
@@ -88,7 +96,9 @@ resource workspaceVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
     enableRbacAuthorization: true
     enableSoftDelete: true
     softDeleteRetentionInDays: 7
-    enablePurgeProtection: true
+    // No purge protection: the vault's name is fixed per environment, and `azd down --purge` must be able to purge
+    // it so that the next `azd up` can create it again; Azure ML re-creates what it keeps here.
+    enablePurgeProtection: false
     publicNetworkAccess: isolate ? 'Disabled' : 'Enabled'
     networkAcls: {
       bypass: 'AzureServices'
@@ -117,8 +127,32 @@ resource workspace 'Microsoft.MachineLearningServices/workspaces@2024-10-01' = {
     // The datastore account disables shared keys, so the system datastores use Microsoft Entra ID.
     systemDatastoresAuthMode: 'identity'
     publicNetworkAccess: isolate ? 'Disabled' : 'Enabled'
-    managedNetwork: {
-      isolationMode: isolate ? 'AllowOnlyApprovedOutbound' : 'Disabled'
+    managedNetwork: isolate ? {
+      isolationMode: 'AllowOnlyApprovedOutbound'
+      // FQDN rules need the managed firewall; Basic is the cheapest SKU that carries them.
+      firewallSku: 'Basic'
+      // What the training environment (shared/training/conda.yaml, built by Azure ML) downloads from: conda-forge
+      // through conda.anaconda.org, pip packages from PyPI. Nothing else leaves the managed network, so each host is
+      // an FQDN outbound rule (tests/infra checks these against conda.yaml).
+      outboundRules: {
+        'conda-forge': {
+          type: 'FQDN'
+          category: 'UserDefined'
+          destination: 'conda.anaconda.org'
+        }
+        pypi: {
+          type: 'FQDN'
+          category: 'UserDefined'
+          destination: 'pypi.org'
+        }
+        'pypi-files': {
+          type: 'FQDN'
+          category: 'UserDefined'
+          destination: 'files.pythonhosted.org'
+        }
+      }
+    } : {
+      isolationMode: 'Disabled'
     }
     v1LegacyMode: false
   }
@@ -150,32 +184,32 @@ resource computeIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-
   tags: tags
 }
 
-// Shared keys are disabled on the account, so without this role a job cannot read its input.
-resource computeDataReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(datastoreAccount.id, computeIdentity.id, storageBlobDataReader)
+// Shared keys are disabled on the account, so without this role a job can neither read its input nor write its
+// outputs and MLflow artifacts (the workspaceartifactstore container `azureml` as well as workspaceblobstore).
+resource computeDataWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (createCluster) {
+  name: guid(datastoreAccount.id, computeIdentity.id, storageBlobDataContributor)
   scope: datastoreAccount
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataReader)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributor)
     principalId: computeIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
 }
 
-// Write access in the workspace's default blob datastore, workspaceblobstore = the container
+// Write access for the app identity in the workspace's default blob datastore, workspaceblobstore = the container
 // azureml-blobstore-<workspaceId> on the datastore account (the workspace is created without data isolation, which
-// would name it <workspaceId>-azureml-blobstore): the cluster writes job outputs there and the app identity the code
-// snapshots. Only that container: Storage Blob Data Contributor on the account would also open `landing`.
+// would name it <workspaceId>-azureml-blobstore): it uploads each job's code snapshot there. Only that container:
+// the app never writes anywhere else on this account, which also holds `landing`.
 module artifactWriters 'roles-artifacts.bicep' = {
   name: 'roles-artifacts'
   params: {
     principalId: principalId
-    computePrincipalId: computeIdentity.properties.principalId
     datastoreAccountName: datastoreAccount.name
     artifactContainerName: 'azureml-blobstore-${workspace.properties.workspaceId}'
   }
 }
 
-resource cluster 'Microsoft.MachineLearningServices/workspaces/computes@2024-10-01' = {
+resource cluster 'Microsoft.MachineLearningServices/workspaces/computes@2024-10-01' = if (createCluster) {
   parent: workspace
   name: computeName
   location: location
@@ -201,8 +235,7 @@ resource cluster 'Microsoft.MachineLearningServices/workspaces/computes@2024-10-
     }
   }
   dependsOn: [
-    computeDataReader
-    artifactWriters
+    computeDataWriter
   ]
 }
 

@@ -3,6 +3,9 @@
 # (endpointType AzureFunction) is validated against that deployed function, and the action group's webhook
 # needs the monitor_alert function key. Deploys infra/app/postdeploy.bicep into the app resource group.
 # Needs: az CLI signed in to the same subscription (azd passes its environment values as variables).
+# On Flex Consumption the function list can show only WarmUp until the host's triggers are synced
+# (Azure/azure-functions-host#10169), so the hook asks for a sync (POST .../host/default/sync) before waiting, and
+# again while the functions are missing.
 set -eu
 
 : "${AZURE_RESOURCE_GROUP:?run through azd (azd up / azd deploy)}"
@@ -19,9 +22,18 @@ here=$(cd "$(dirname "$0")" && pwd)
 infra=$(dirname "$here")
 if [ -n "${AZURE_SUBSCRIPTION_ID:-}" ]; then az account set --subscription "$AZURE_SUBSCRIPTION_ID"; fi
 
+poll_seconds=${MLOPS_HOOK_POLL_SECONDS:-10}
+app_id=$(az functionapp show -g "$AZURE_RESOURCE_GROUP" -n "$AZURE_FUNCTION_APP_NAME" --query id -o tsv)
+sync_triggers() {
+  # az rest prefixes a resource id with the ARM endpoint of the signed-in cloud.
+  az rest --method post --url "$app_id/host/default/sync?api-version=2024-04-01" >/dev/null 2>&1 \
+    || echo "trigger sync request failed; still waiting for the function list" >&2
+}
+
 # The functions named in subscriptions.json, plus monitor_alert, must be indexed by the host before we go on.
 wanted=$(python3 -c 'import json,sys; print(" ".join(sorted({s["function"] for s in json.load(open(sys.argv[1]))["subscriptions"]} | {"monitor_alert"})))' "$infra/subscriptions.json")
 echo "waiting for functions: $wanted"
+sync_triggers
 attempt=0
 while :; do
   deployed=$(az functionapp function list -g "$AZURE_RESOURCE_GROUP" -n "$AZURE_FUNCTION_APP_NAME" --query "[].name" -o tsv 2>/dev/null | sed 's|.*/||' || true)
@@ -31,8 +43,10 @@ while :; do
   done
   [ -z "$missing" ] && break
   attempt=$((attempt + 1))
-  if [ "$attempt" -ge 30 ]; then echo "functions not indexed after 5 minutes:$missing" >&2; exit 1; fi
-  sleep 10
+  if [ "$attempt" -ge 30 ]; then echo "functions not indexed after 30 attempts:$missing" >&2; exit 1; fi
+  # Ask again now and then: a sync sent while the host was still starting can be lost.
+  if [ $((attempt % 3)) -eq 0 ]; then sync_triggers; fi
+  sleep "$poll_seconds"
 done
 
 # The webhook URL embeds a function key: it goes only into a private, temporary parameters file.
@@ -54,6 +68,10 @@ values = {
     "mlSystemTopicName": e["AZURE_ML_SYSTEM_TOPIC_NAME"],
     "storageSystemTopicName": e["AZURE_STORAGE_SYSTEM_TOPIC_NAME"],
     "systemTopicsResourceGroup": e["AZURE_ML_RESOURCE_GROUP"],
+    "storageSystemTopicResourceGroup": e.get("AZURE_STORAGE_SYSTEM_TOPIC_RESOURCE_GROUP") or e["AZURE_ML_RESOURCE_GROUP"],
+    # azd stores bool outputs as "true"/"false"; a missing value (an older provision) means the topic was created.
+    "mlSystemTopicCreated": e.get("AZURE_ML_SYSTEM_TOPIC_CREATED", "true").lower() != "false",
+    "storageSystemTopicCreated": e.get("AZURE_STORAGE_SYSTEM_TOPIC_CREATED", "true").lower() != "false",
     "alertWebhookUrl": f"https://{e['AZURE_FUNCTION_APP_HOSTNAME']}/api/alerts?code={key}",
 }
 doc = {

@@ -60,6 +60,9 @@ TRAIN_COMMAND = ("python train.py --data ${{inputs.data}} --output ${{outputs.ou
 # and shared/training/conda.yaml; it is built once and reused while the file is unchanged.
 TRAINING_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
 TRAINING_CONDA = TRAINING_CODE / "conda.yaml"
+# MLOPS_COMPUTE values meaning serverless compute (no cluster): Azure ML provisions a VM for each job, and the job's
+# queue settings pick its tier: Spot with MLOPS_LOW_PRIORITY (preemptible, cheaper), Standard otherwise.
+SERVERLESS = frozenset({"serverless", ""})
 PROVIDER = "Microsoft.MachineLearningServices"
 BUSY_STATES = frozenset({"creating", "updating", "deleting", "scaling"})  # provisioning still under way
 BLOB_URL = re.compile(r"^https://([a-z0-9]+)\.blob\.core\.[a-z0-9.]+/([^/?#]+)/([^?#]+)$", re.IGNORECASE)
@@ -330,7 +333,14 @@ class AzureMLWorkspace:
         from azure.ai.ml.constants import AssetTypes
         from azure.ai.ml.entities import QueueSettings
 
+        compute = spec.compute or self.settings.compute
         low_priority = spec.low_priority or self.settings.low_priority
+        serverless = compute.strip().lower() in SERVERLESS
+        if low_priority and not serverless:
+            # A named AmlCompute cluster runs every job at its own VM priority (vmPriority, set when the cluster is
+            # made: MLOPS_COMPUTE_LOW_PRIORITY in azd); a job tier on it would be sent but decide nothing.
+            logger.warning("MLOPS_LOW_PRIORITY has no effect on the compute cluster %s: its VM priority decides; "
+                           "use a low-priority cluster, or serverless compute (MLOPS_COMPUTE=serverless)", compute)
         job = command(
             name=spec.name,
             display_name=spec.name,
@@ -343,9 +353,10 @@ class AzureMLWorkspace:
             outputs={RUN_OUTPUT: Output(type=AssetTypes.URI_FOLDER),
                      MODEL_OUTPUT: Output(type=AssetTypes.MLFLOW_MODEL)},
             environment=self._environment(),
-            compute=spec.compute or self.settings.compute,
+            # Serverless: no compute target at all; Azure ML picks the VM per job and the job tier is the cost lever.
+            compute=None if serverless else compute,
             tags=_tags(spec.tags),
-            queue_settings=QueueSettings(job_tier="Spot") if low_priority else None,
+            queue_settings=QueueSettings(job_tier="Spot" if low_priority else "Standard") if serverless else None,
         )
         job.set_limits(timeout=int(spec.max_run_seconds or self.settings.max_run_seconds))
         return job

@@ -56,16 +56,26 @@ ALLOWED_ROLES = {
 
 KEY_VAULT_REFERENCE = "@Microsoft.KeyVault(SecretUri="
 
-# The training cluster's identity reads its input through identity-based datastores and writes its outputs to the
-# workspace's default blob datastore, nothing else.
+# The training cluster's identity reads its input through identity-based datastores and writes its outputs and MLflow
+# artifacts on the workspace's storage account (Azure ML documents Storage Blob Data Contributor on the account for a
+# compute identity when shared keys are off), nothing else.
 COMPUTE_ROLES = {
     "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1": "Storage Blob Data Reader",
     "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
 }
 
-# Write access to blobs is held only in the workspace's default blob container (workspaceblobstore), named after the
+# The endpoint traffic-log policy's identity (a DeployIfNotExists assignment) may hold exactly the roles its
+# definition's roleDefinitionIds name: endpoint-logs-policy.json.
+LOG_ANALYTICS_CONTRIBUTOR = "92aaf0da-9dab-42b6-94a3-d43ce8d16293"
+POLICY_ROLES = {LOG_ANALYTICS_CONTRIBUTOR: "Log Analytics Contributor"}
+# A role assignment whose role is this module parameter gets the app's Azure ML role: the custom role of main.bicep or
+# AzureML Data Scientist (tests/infra/test_custom_role.py checks what main passes).
+ML_ROLE_PARAMETER = "mlRoleDefinitionId"
+ROLE_NAMES = {**ALLOWED_ROLES, **POLICY_ROLES}
+
+# The app identity writes blobs only in the workspace's default blob container (workspaceblobstore), named after the
 # workspace's immutable id. The datastore account also holds `landing`, where a new blob starts training, so this role
-# on the account (or on any other container) fails the role check, with or without an ABAC condition.
+# for the app on the account (or on any other container) fails the role check, with or without an ABAC condition.
 STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 STORAGE_BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
 ARTIFACT_CONTAINER_NAME = re.compile(r"'?azureml-blobstore-\$\{(\w+)\.properties\.workspaceId\}'?")
@@ -314,42 +324,57 @@ def artifact_containers(docs: dict[str, dict], path: str) -> set[str]:
     return found
 
 
+def policy_principals(doc: dict[str, Any]) -> set[str]:
+    """principalId expressions in a template that stand for a policy assignment's managed identity: the identity of a
+    policyAssignments resource declared there, or the parameter policyPrincipalId (main.bicep passes it the
+    endpoint-logs module's output, a test checks)."""
+    found = {f"{n}.identity.principalId" for n, _ in resources(doc, "Microsoft.Authorization/policyAssignments")}
+    if "policyPrincipalId" in (doc.get("parameters") or {}):
+        found.add("policyPrincipalId")
+    return found
+
+
 def check_role_assignments(docs: dict[str, dict], main: str = "main.bicep") -> list[str]:
-    """Every role assignment's principal is the app identity (any role on ALLOWED_ROLES) or a training cluster's
-    identity (only COMPUTE_ROLES); the cluster reads on a storage account; Storage Blob Data Contributor, for either,
-    only on the workspace's default blob container (never the account, where `landing` is); every role is named in a
-    comment (a separate test)."""
+    """Every role assignment's principal is the app identity (any role on ALLOWED_ROLES, or the Azure ML role passed as
+    mlRoleDefinitionId), a training cluster's identity (only COMPUTE_ROLES, only on a storage account) or a policy
+    assignment's identity (only POLICY_ROLES); Storage Blob Data Contributor for the app only on the workspace's default
+    blob container (never the account, where `landing` is); every role is named in a comment (a separate test)."""
     problems = []
     for path, doc in docs.items():
         variables = {k: render(_value(v)) for k, v in (doc.get("variables") or {}).items()}
+        params = doc.get("parameters") or {}
         computes = compute_principals(docs, path)
+        policies = policy_principals(doc)
         storage = {n for n, _ in resources(doc, "Microsoft.Storage/storageAccounts", include_existing=True)}
         artifacts = artifact_containers(docs, path)
         for name, res in resources(doc, "Microsoft.Authorization/roleAssignments"):
             props = body(res).get("properties", {})
             where = f"{path}:{name}"
             principal = render(props.get("principalId"))
-            scope = render(body(res).get("scope")) if "scope" in body(res) else "the deployment's resource group"
-            for_compute = principal in computes
-            if not for_compute and (principal != "principalId" or "principalId" not in (doc.get("parameters") or {})):
-                problems.append(f"{where}: principalId must be the module parameter principalId (the app identity) "
-                                f"or a compute cluster's identity, not {principal}")
+            scope = render(body(res).get("scope")) if "scope" in body(res) else "the deployment's scope"
+            for_compute, for_policy = principal in computes, principal in policies
+            if not (for_compute or for_policy) and (principal != "principalId" or "principalId" not in params):
+                problems.append(f"{where}: principalId must be the module parameter principalId (the app identity), "
+                                f"a compute cluster's identity or a policy assignment's, not {principal}")
             if props.get("principalType") != "ServicePrincipal":
                 problems.append(f"{where}: principalType must be ServicePrincipal")
             role = render(props.get("roleDefinitionId"))
+            if role == ML_ROLE_PARAMETER and ML_ROLE_PARAMETER in params and not (for_compute or for_policy):
+                continue  # the app's Azure ML role, chosen by main.bicep
             guid = next((g for g in re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", role)), None)
             if guid is None:  # subscriptionResourceId('...roleDefinitions', someVar): look the variable up
                 args = [render(a) for a in walk(props.get("roleDefinitionId")) if isinstance(a, str)]
                 guid = next((variables[a] for a in args if a in variables), "")
-            if guid not in (COMPUTE_ROLES if for_compute else ALLOWED_ROLES):
-                who = "the compute cluster's" if for_compute else "the app's"
+            allowed = COMPUTE_ROLES if for_compute else POLICY_ROLES if for_policy else ALLOWED_ROLES
+            if guid not in allowed:
+                who = "the compute cluster's" if for_compute else "the policy's" if for_policy else "the app's"
                 problems.append(f"{where}: role {guid or role} is not one of {who} allowed least-privilege roles")
-            elif guid == STORAGE_BLOB_DATA_CONTRIBUTOR:
-                if scope not in artifacts:
-                    problems.append(f"{where}: Storage Blob Data Contributor ({guid}) only on the workspace's default "
-                                    f"blob container (azureml-blobstore-<workspaceId>), not on {scope}")
-            elif for_compute and scope not in storage:
-                problems.append(f"{where}: the cluster identity's role must be scoped to a storage account")
+            elif for_compute:
+                if scope not in storage:
+                    problems.append(f"{where}: the cluster identity's role must be scoped to a storage account")
+            elif guid == STORAGE_BLOB_DATA_CONTRIBUTOR and scope not in artifacts:
+                problems.append(f"{where}: Storage Blob Data Contributor ({guid}) for the app only on the workspace's "
+                                f"default blob container (azureml-blobstore-<workspaceId>), not on {scope}")
     # Modules that take principalId must get the app identity's principalId: from main.bicep, the identity module's
     # output; from any other template, its own principalId parameter (which its caller checked in turn).
     identity_modules = {n for n, m in (docs.get(main, {}).get("modules") or {}).items()
@@ -372,13 +397,20 @@ def check_role_assignments(docs: dict[str, dict], main: str = "main.bicep") -> l
 
 
 def check_artifact_writers(docs: dict[str, dict], workspace: str = "app/workspace.bicep") -> list[str]:
-    """The new workspace's default blob container (workspaceblobstore) is writable by the two identities that write
-    there with shared keys off: the app identity (each job's code snapshot, uploaded on submission) and the training
-    cluster's identity (job outputs). Each holds Storage Blob Data Contributor on that container, through a module the
-    workspace template deploys with the container's name built from the workspace's immutable id."""
+    """With shared keys off, the two identities that write to the new workspace's storage can: the app identity holds
+    Storage Blob Data Contributor on the default blob container (each job's code snapshot, uploaded on submission),
+    through a module the workspace template deploys with the container's name built from the workspace's immutable id;
+    the training cluster's identity holds it on the storage account (job outputs in workspaceblobstore, MLflow artifacts
+    in workspaceartifactstore), as Azure ML documents."""
     wdoc = docs.get(workspace, {})
     cluster_principals = set(compute_identities(wdoc))
-    app, cluster = False, False
+    accounts = {n for n, r in resources(wdoc, "Microsoft.Storage/storageAccounts", include_existing=True)
+                if render(body(r).get("name")) == "datastoreAccountName"}
+    cluster = any(render(body(r).get("properties", {}).get("principalId")) in cluster_principals
+                  and render(body(r).get("scope")) in accounts
+                  and _role_guid(wdoc, body(r).get("properties", {})) == STORAGE_BLOB_DATA_CONTRIBUTOR
+                  for _n, r in resources(wdoc, "Microsoft.Authorization/roleAssignments"))
+    app = False
     for mod in (wdoc.get("modules") or {}).values():
         target = module_target(workspace, mod)
         tdoc, params = docs.get(target, {}), body(mod).get("params", {})
@@ -389,14 +421,13 @@ def check_artifact_writers(docs: dict[str, dict], workspace: str = "app/workspac
                 continue
             passed = render(params.get(render(props.get("principalId"))))
             app = app or (passed == "principalId" and "principalId" in (wdoc.get("parameters") or {}))
-            cluster = cluster or passed in cluster_principals
     problems = []
     if not app:
         problems.append(f"{workspace}: the app identity needs Storage Blob Data Contributor on the default blob "
                         "container (it uploads each job's code snapshot there)")
     if not cluster:
-        problems.append(f"{workspace}: the cluster identity needs Storage Blob Data Contributor on the default blob "
-                        "container (jobs write their outputs there)")
+        problems.append(f"{workspace}: the cluster identity needs Storage Blob Data Contributor on the storage "
+                        "account (jobs write their outputs and MLflow artifacts there)")
     return problems
 
 
@@ -623,10 +654,13 @@ def check_event_grid(docs: dict[str, dict], config: dict[str, Any], functions: s
             problems.append(f"{module}:{name}: destination must be AzureFunction or WebHook")
         if "retryPolicy" not in props:
             problems.append(f"{module}:{name}: retryPolicy missing")
-        dl = props.get("deadLetterWithResourceIdentity") or props.get("deadLetterDestination")
-        if not dl:
+        # Dead-lettering: with the topic's user-assigned identity, or (a reused topic, which may not carry it) without
+        # one; a ternary between the two counts when each branch is one of them.
+        with_identity = [o for o in setting_objects(props.get("deadLetterWithResourceIdentity")) if o]
+        without = [o for o in setting_objects(props.get("deadLetterDestination")) if o]
+        if not with_identity and not without:
             problems.append(f"{module}:{name}: dead-letter destination missing")
-        elif "deadLetterWithResourceIdentity" in props and props["deadLetterWithResourceIdentity"].get("identity", {}).get("type") != "UserAssigned":
+        if any(o.get("identity", {}).get("type") != "UserAssigned" for o in with_identity):
             problems.append(f"{module}:{name}: dead-lettering must use the user-assigned identity")
     # postdeploy.bicep must deploy the module for every source used in subscriptions.json.
     pdoc = docs.get(postdeploy, {})
@@ -784,9 +818,10 @@ def check_training_cluster(docs: dict[str, dict], main: str = "main.bicep", work
     readers = [n for n, r in resources(doc, "Microsoft.Authorization/roleAssignments")
                if render(body(r).get("properties", {}).get("principalId")) in principals
                and render(body(r).get("scope")) in accounts
-               and _role_guid(doc, body(r).get("properties", {})) == "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"]
+               and _role_guid(doc, body(r).get("properties", {})) in COMPUTE_ROLES]
     if principals and not readers:
-        problems.append(f"{where}: the cluster identity needs Storage Blob Data Reader on the datastore account")
+        problems.append(f"{where}: the cluster identity needs blob data access (Storage Blob Data Reader or "
+                        "Contributor) on the datastore account")
     return problems
 
 

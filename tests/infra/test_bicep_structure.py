@@ -81,7 +81,7 @@ def test_role_guids_are_named_in_comments():
                      for g in re.findall(r"'([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})'", ln)}:
             if "roleAssignments" not in path.read_text():
                 continue
-            name = c.ALLOWED_ROLES.get(guid, "?")
+            name = c.ROLE_NAMES.get(guid, "?")
             assert any(guid in ln and name in ln for ln in comments), f"{path.name}: role {guid} has no '// {name}: {guid}' comment"
 
 
@@ -104,7 +104,7 @@ def test_policy_assignment_is_the_builtin_ml_public_access_policy(docs):
 def test_isolated_workspace_uses_managed_network_and_no_public_access(docs):
     (_, ws), = c.resources(docs["app/workspace.bicep"], "Microsoft.MachineLearningServices/workspaces")
     props = c.body(ws)["properties"]
-    assert "AllowOnlyApprovedOutbound" in c.render(props["managedNetwork"]["isolationMode"])
+    assert c.render(props["managedNetwork"]).startswith("conditional(isolate, {isolationMode: AllowOnlyApprovedOutbound")
     assert "Disabled" in c.render(props["publicNetworkAccess"])
     assert any(r["type"] == "Microsoft.Network/privateEndpoints" for _, r in c.resources(docs["app/workspace.bicep"]))
 
@@ -279,11 +279,12 @@ def _with_workspace(docs, text: str) -> dict:
 
 def test_cluster_check_reports_no_identity_no_role_and_idle_nodes(docs):
     text = (c.INFRA / "app" / "workspace.bicep").read_text()
-    no_role = re.sub(r"resource computeDataReader .*?\n}\n", "", text, flags=re.S).replace(
-        "  dependsOn: [\n    computeDataReader\n  ]\n", "")
+    no_role = re.sub(r"resource computeDataWriter .*?\n}\n", "", text, flags=re.S).replace(
+        "  dependsOn: [\n    computeDataWriter\n  ]\n", "")
     assert no_role != text
     assert c.check_training_cluster(_with_workspace(docs, no_role)) == [
-        "app/workspace.bicep:cluster: the cluster identity needs Storage Blob Data Reader on the datastore account"]
+        "app/workspace.bicep:cluster: the cluster identity needs blob data access (Storage Blob Data Reader or "
+        "Contributor) on the datastore account"]
     no_identity = re.sub(r"(resource cluster .*?\n)  identity: \{.*?\n  \}\n", r"\1", text, flags=re.S)
     assert no_identity != text
     assert "the cluster needs a managed identity" in "\n".join(c.check_training_cluster(_with_workspace(docs, no_identity)))
@@ -292,19 +293,18 @@ def test_cluster_check_reports_no_identity_no_role_and_idle_nodes(docs):
     assert "minNodeCount must be 0" in problems and "maxNodeCount must be a parameter" in problems
 
 
-def test_role_check_holds_the_cluster_identity_to_reading(docs):
+def test_role_check_holds_the_cluster_identity_to_blob_roles_on_a_storage_account(docs):
     text = (c.INFRA / "app" / "workspace.bicep").read_text()
-    # Storage Blob Data Contributor (ba92f5b4-2d11-453d-a403-e96b0029c9fe) is more than the cluster may hold.
-    broader = text.replace("var storageBlobDataReader = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'",
-                           "var storageBlobDataReader = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'")
-    assert broader != text
-    problems = c.check_role_assignments(_with_workspace(docs, broader))
-    assert "app/workspace.bicep:computeDataReader: Storage Blob Data Contributor (ba92f5b4-2d11-453d-a403-e96b0029c9fe)" \
-           " only on the workspace's default blob container (azureml-blobstore-<workspaceId>), not on datastoreAccount" \
-           in problems
-    # And the cluster may not get an app-only role such as AzureML Data Scientist either.
-    scientist = text.replace("'2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'", "'f6c7c914-8db3-469d-8ca1-694a8f32e121'")
+    # The cluster may not get an app-only role such as AzureML Data Scientist ...
+    contributor = "var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'"
+    assert contributor in text
+    scientist = text.replace(contributor, "var storageBlobDataContributor = 'f6c7c914-8db3-469d-8ca1-694a8f32e121'")
     assert any("f6c7c914" in p for p in c.check_role_assignments(_with_workspace(docs, scientist)))
+    # ... nor its blob role anywhere but on a storage account (here: the whole resource group).
+    unscoped = re.sub(r"(resource computeDataWriter .*?)  scope: datastoreAccount\n", r"\1", text, flags=re.S)
+    assert unscoped != text
+    assert "app/workspace.bicep:computeDataWriter: the cluster identity's role must be scoped to a storage account" \
+        in c.check_role_assignments(_with_workspace(docs, unscoped))
 
 
 def test_datastore_check_reports_stored_credentials_or_a_missing_datastore(docs):
@@ -328,33 +328,33 @@ def _contributor_problems(problems: list[str]) -> list[str]:
     return [p for p in problems if "Storage Blob Data Contributor" in p]
 
 
-def test_role_check_refuses_blob_data_contributor_on_the_whole_datastore_account(docs):
+def test_role_check_refuses_the_app_blob_data_contributor_on_the_whole_datastore_account(docs):
     text = (c.INFRA / "app" / "roles-artifacts.bicep").read_text()
     account = text.replace("scope: artifacts", "scope: datastoreAccount")
-    assert account.count("scope: datastoreAccount") == 2
-    assert _contributor_problems(c.check_role_assignments(_with(docs, ARTIFACTS, account))) == [
-        f"{ARTIFACTS}:{name}: Storage Blob Data Contributor (ba92f5b4-2d11-453d-a403-e96b0029c9fe) only on the "
-        "workspace's default blob container (azureml-blobstore-<workspaceId>), not on datastoreAccount"
-        for name in ("appArtifactWriter", "computeArtifactWriter")]
+    assert account.count("scope: datastoreAccount") == 1
+    expected = [f"{ARTIFACTS}:appArtifactWriter: Storage Blob Data Contributor (ba92f5b4-2d11-453d-a403-e96b0029c9fe) "
+                "for the app only on the workspace's default blob container (azureml-blobstore-<workspaceId>), not on "
+                "datastoreAccount"]
+    assert _contributor_problems(c.check_role_assignments(_with(docs, ARTIFACTS, account))) == expected
     # An ABAC condition does not make the account scope acceptable: the rule is the container scope.
     conditioned = account.replace("    principalType: 'ServicePrincipal'\n",
                                   "    principalType: 'ServicePrincipal'\n    conditionVersion: '2.0'\n"
                                   "    condition: '((!(ActionMatches{\\'Microsoft.Storage/storageAccounts/blobServices/"
                                   "containers/blobs/write\\'})) OR (@Resource[Microsoft.Storage/storageAccounts/"
                                   "blobServices/containers:name] StringNotEquals \\'landing\\'))'\n")
-    assert conditioned.count("conditionVersion") == 2
-    assert len(_contributor_problems(c.check_role_assignments(_with(docs, ARTIFACTS, conditioned)))) == 2
+    assert conditioned.count("conditionVersion") == 1
+    assert len(_contributor_problems(c.check_role_assignments(_with(docs, ARTIFACTS, conditioned)))) == 1
     # Without a scope, the assignment would cover the whole resource group: refused as well.
     unscoped = text.replace("  scope: artifacts\n", "")
-    assert len(_contributor_problems(c.check_role_assignments(_with(docs, ARTIFACTS, unscoped)))) == 2
+    assert len(_contributor_problems(c.check_role_assignments(_with(docs, ARTIFACTS, unscoped)))) == 1
     # Nor the app's write access on the landing container.
-    roles = (c.INFRA / "app" / "roles-workspace.bicep").read_text()
+    roles = (c.INFRA / "app" / "roles-datastore.bicep").read_text()
     landing = roles.replace("var storageBlobDataReader = '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'",
                             "var storageBlobDataReader = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'")
     assert landing != roles
-    assert _contributor_problems(c.check_role_assignments(_with(docs, "app/roles-workspace.bicep", landing))) == [
-        "app/roles-workspace.bicep:landingReader: Storage Blob Data Contributor (ba92f5b4-2d11-453d-a403-e96b0029c9fe)"
-        " only on the workspace's default blob container (azureml-blobstore-<workspaceId>), not on landing"]
+    assert _contributor_problems(c.check_role_assignments(_with(docs, "app/roles-datastore.bicep", landing))) == [
+        "app/roles-datastore.bicep:landingReader: Storage Blob Data Contributor (ba92f5b4-2d11-453d-a403-e96b0029c9fe)"
+        " for the app only on the workspace's default blob container (azureml-blobstore-<workspaceId>), not on landing"]
 
 
 def test_role_check_refuses_a_container_not_named_after_the_workspace_id(docs):
@@ -365,8 +365,8 @@ def test_role_check_refuses_a_container_not_named_after_the_workspace_id(docs):
                   "artifactContainerName: 'azureml-blobstore-${token}'"):
         mutated = _with_workspace(docs, text.replace(passed, other))
         assert c.artifact_containers(mutated, ARTIFACTS) == set()
-        assert len(_contributor_problems(c.check_role_assignments(mutated))) == 2, other
-        assert len(c.check_artifact_writers(mutated)) == 2, other
+        assert len(_contributor_problems(c.check_role_assignments(mutated))) == 1, other
+        assert len(c.check_artifact_writers(mutated)) == 1, other
 
 
 def test_artifact_writer_check_reports_a_missing_writer(docs):
@@ -376,32 +376,41 @@ def test_artifact_writer_check_reports_a_missing_writer(docs):
     assert c.check_artifact_writers(_with(docs, ARTIFACTS, no_app)) == [
         "app/workspace.bicep: the app identity needs Storage Blob Data Contributor on the default blob container "
         "(it uploads each job's code snapshot there)"]
-    no_cluster = re.sub(r"resource computeArtifactWriter .*?\n}\n", "", text, flags=re.S)
-    assert no_cluster != text
-    assert c.check_artifact_writers(_with(docs, ARTIFACTS, no_cluster)) == [
-        "app/workspace.bicep: the cluster identity needs Storage Blob Data Contributor on the default blob container "
-        "(jobs write their outputs there)"]
+    ws = (c.INFRA / "app" / "workspace.bicep").read_text()
+    # The cluster's write access held on the default blob container only (the old template) misses the MLflow
+    # artifacts in workspaceartifactstore: reported.
+    container_only = re.sub(r"(resource computeDataWriter .*?)  scope: datastoreAccount\n", r"\1  scope: landing\n",
+                            ws, flags=re.S)
+    assert container_only != ws
+    assert c.check_artifact_writers(_with_workspace(docs, container_only)) == [
+        "app/workspace.bicep: the cluster identity needs Storage Blob Data Contributor on the storage account (jobs "
+        "write their outputs and MLflow artifacts there)"]
 
 
 def test_role_check_reports_a_nested_module_given_another_principal(docs):
     text = (c.INFRA / "app" / "workspace.bicep").read_text()
-    swapped = text.replace("    principalId: principalId\n    computePrincipalId:",
-                           "    principalId: computeIdentity.properties.principalId\n    computePrincipalId:")
+    swapped = text.replace("    principalId: principalId\n    datastoreAccountName:",
+                           "    principalId: computeIdentity.properties.principalId\n    datastoreAccountName:")
     assert swapped != text
     problems = c.check_role_assignments(_with_workspace(docs, swapped))
     assert "app/workspace.bicep:artifactWriters: principalId must be the app identity's (its own principalId " \
            "parameter), not computeIdentity.properties.principalId" in problems
-    # A template given the cluster identity for a parameter that is not one may not treat it as the cluster's.
-    crossed = text.replace("computePrincipalId: computeIdentity.properties.principalId",
-                           "computePrincipalId: principalId")
-    assert crossed != text
-    mutated = _with_workspace(docs, crossed)
-    assert "computePrincipalId" not in c.compute_principals(mutated, ARTIFACTS)
-    assert any(p.startswith(f"{ARTIFACTS}:computeArtifactWriter: principalId must be")
-               for p in c.check_role_assignments(mutated))
-    assert c.check_artifact_writers(mutated) == [
-        "app/workspace.bicep: the cluster identity needs Storage Blob Data Contributor on the default blob container "
-        "(jobs write their outputs there)"]
+
+
+def test_role_check_holds_the_policy_identity_to_its_definitions_roles(docs):
+    text = (c.INFRA / "app" / "endpoint-logs.bicep").read_text()
+    owner = text.replace("var logAnalyticsContributor = '92aaf0da-9dab-42b6-94a3-d43ce8d16293'",
+                         "var logAnalyticsContributor = '8e3af657-a8ff-443c-a75c-2fe8c4bcb635'")
+    assert owner != text
+    assert c.check_role_assignments(_with(docs, "app/endpoint-logs.bicep", owner)) == [
+        "app/endpoint-logs.bicep:remediator: role 8e3af657-a8ff-443c-a75c-2fe8c4bcb635 is not one of the policy's "
+        "allowed least-privilege roles"]
+    # And the policy definition names exactly that role for its remediation.
+    import json
+
+    policy = json.loads((c.INFRA / "app" / "endpoint-logs-policy.json").read_text())
+    assert policy["policyRule"]["then"]["details"]["roleDefinitionIds"] == [
+        f"/providers/Microsoft.Authorization/roleDefinitions/{g}" for g in c.POLICY_ROLES]
 
 
 def test_the_app_is_told_which_cloud_it_was_deployed_to(docs):

@@ -125,3 +125,40 @@ def test_oidc_check_reports_a_client_secret_and_missing_id_token(workflows):
     assert "id-token: write" in problems
     assert "secrets.AZURE_CREDENTIALS" in problems
     assert "azure/login with ['creds']" in problems
+
+
+# ------------------------------------------------------------------------------------------------- what-if preview
+
+def test_ci_previews_the_template_with_what_if_only_where_credentials_exist(workflows):
+    assert w.check_what_if(workflows) == []
+    job = workflows["ci.yml"]["jobs"]["what-if"]
+    assert job["needs"] == "test" and job["permissions"]["id-token"] == "write"
+    # It is not a deploying job, so the deploy gate does not apply to it, and nothing in ci.yml reads a secret.
+    assert not w.deploys(job) and w.signs_in(job)
+    assert "secrets." not in str(workflows["ci.yml"])
+
+
+def test_what_if_check_reports_a_job_that_would_run_without_credentials_or_for_forks(workflows):
+    mutated = copy.deepcopy(workflows)
+    del mutated["ci.yml"]["jobs"]["what-if"]["if"]
+    problems = "\n".join(w.check_what_if(mutated))
+    for var in w.SIGN_IN_VARIABLES:
+        assert f"must require vars.{var} != ''" in problems
+    assert "must skip pull requests from forks" in problems
+    mutated = copy.deepcopy(workflows)
+    job = mutated["ci.yml"]["jobs"]["what-if"]
+    job["if"] = job["if"].replace("vars.AZURE_CLIENT_ID != '' &&", "vars.AZURE_CLIENT_ID != '' ||")
+    assert any("must be a conjunction" in p for p in w.check_what_if(mutated))
+
+
+def test_what_if_check_reports_a_deploy_in_its_place_and_a_missing_preview(workflows):
+    mutated = copy.deepcopy(workflows)
+    step = next(s for s in mutated["ci.yml"]["jobs"]["what-if"]["steps"] if "what-if" in str(s.get("run", "")))
+    step["run"] = step["run"].replace("az deployment sub what-if", "az deployment sub create")
+    assert w.check_what_if(mutated) == ["no job runs `az deployment sub what-if --template-file infra/main.bicep`"]
+    # As a deploying job in ci.yml it now falls under the deploy gate, which it does not meet.
+    assert any(p.startswith("ci.yml:what-if:") for p in w.check_deploy_gated_on_ci(mutated))
+    unsigned = copy.deepcopy(workflows)
+    unsigned["ci.yml"]["jobs"]["what-if"]["steps"] = [
+        s for s in unsigned["ci.yml"]["jobs"]["what-if"]["steps"] if not str(s.get("uses", "")).startswith("azure/login")]
+    assert "ci.yml:what-if: must sign in (azure/login with OIDC) before the what-if" in w.check_what_if(unsigned)

@@ -22,8 +22,11 @@ WORKFLOWS = ROOT / ".github" / "workflows"
 
 # Commands that run the whole test suite (make test runs ruff and every test, including tests/infra).
 TEST_COMMANDS = (re.compile(r"(^|\s)make\s+test(\s|$)"),)
-# A step deploys if it runs azd provision/deploy/up or signs in to Azure.
-_DEPLOY_RUN = re.compile(r"\bazd\s+(up|deploy|provision)\b|\baz\s+deployment\b")
+# A step deploys if it runs azd provision/deploy/up or an ARM deployment; `az deployment ... what-if` only previews.
+_DEPLOY_RUN = re.compile(r"\bazd\s+(up|deploy|provision)\b|\baz\s+deployment\s+(?!(sub|group|mg|tenant)\s+what-if\b)\S+")
+_WHAT_IF = re.compile(r"\baz\s+deployment\s+sub\s+what-if\b[^\n]*?--template-file\s+infra/main\.bicep")
+# The variables the OIDC sign-in needs; a job that signs in only when they are set is skipped where they are not.
+SIGN_IN_VARIABLES = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_SUBSCRIPTION_ID")
 _AZURE_LOGIN = re.compile(r"^azure/login@", re.I)
 # Secrets a deploying workflow may read: values that end up in Key Vault. No Azure credential is ever a secret.
 ALLOWED_SECRETS = frozenset({"MLOPS_TEAMS_WEBHOOK_URL", "MLOPS_TEAMS_ROUTES"})
@@ -68,7 +71,12 @@ def runs_tests(job: dict[str, Any]) -> bool:
 
 
 def deploys(job: dict[str, Any]) -> bool:
-    return any(_DEPLOY_RUN.search(str(s.get("run", ""))) or _AZURE_LOGIN.match(str(s.get("uses", "")))
+    """The job changes Azure: azd up/provision/deploy or an ARM deployment (not a what-if preview)."""
+    return any(_DEPLOY_RUN.search(" ".join(str(s.get("run", "")).split())) for s in _steps(job))
+
+
+def signs_in(job: dict[str, Any]) -> bool:
+    return any(_AZURE_LOGIN.match(str(s.get("uses", ""))) or re.search(r"\bazd\s+auth\s+login\b", str(s.get("run", "")))
                for s in _steps(job))
 
 
@@ -181,7 +189,7 @@ def check_oidc_only(workflows: dict[str, dict[str, Any]]) -> list[str]:
     problems: list[str] = []
     for fname, wf in workflows.items():
         jobs = wf.get("jobs") or {}
-        deploying = {n: j for n, j in jobs.items() if deploys(j)}
+        deploying = {n: j for n, j in jobs.items() if deploys(j) or signs_in(j)}
         if not deploying:
             continue
         for ref in sorted(set(_SECRET_REF.findall(str(wf))) - ALLOWED_SECRETS):
@@ -201,4 +209,32 @@ def check_oidc_only(workflows: dict[str, dict[str, Any]]) -> list[str]:
                     problems.append(f"{where}: azd auth login must use --federated-credential-provider github")
                 if re.search(r"--client-secret|--client-certificate|AZURE_CLIENT_SECRET", run):
                     problems.append(f"{where}: signs in with a client secret or certificate")
+    return problems
+
+
+def check_what_if(workflows: dict[str, dict[str, Any]]) -> list[str]:
+    """A CI job previews main.bicep with `az deployment sub what-if` when Azure sign-in is configured, and is skipped
+    otherwise: its ``if`` requires every sign-in variable to be non-empty and excludes pull requests from forks (which
+    get no OIDC token). It signs in with OIDC and deploys nothing."""
+    found = [(f, n, j) for f, wf in workflows.items() for n, j in (wf.get("jobs") or {}).items()
+             if any(_WHAT_IF.search(" ".join(str(s.get("run", "")).split())) for s in _steps(j))]
+    if not found:
+        return ["no job runs `az deployment sub what-if --template-file infra/main.bicep`"]
+    problems = []
+    for fname, jname, job in found:
+        where = f"{fname}:{jname}"
+        condition = _condition(job)
+        if "||" in condition.replace("github.event_name != 'pull_request' ||", ""):
+            problems.append(f"{where}: its if must be a conjunction (an || could run it without credentials)")
+        for var in SIGN_IN_VARIABLES:
+            if not re.search(rf"vars\.{var}\s*!=\s*''", condition):
+                problems.append(f"{where}: its if must require vars.{var} != '' (skip the job without credentials)")
+        if "github.event.pull_request.head.repo.full_name == github.repository" not in condition:
+            problems.append(f"{where}: its if must skip pull requests from forks (they get no OIDC token)")
+        if deploys(job):
+            problems.append(f"{where}: a what-if job must not deploy")
+        if not signs_in(job):
+            problems.append(f"{where}: must sign in (azure/login with OIDC) before the what-if")
+        if job.get("continue-on-error"):
+            problems.append(f"{where}: continue-on-error would hide a template Azure refuses")
     return problems

@@ -53,8 +53,9 @@ def fake():
 
 
 def _settings(fake: FakeAzureML, **changes) -> Settings:
+    values = {"datastore": "landing", "compute": "cpu-cluster", **changes}
     return Settings(backend="azure", subscription_id=fake.subscription_id, resource_group=fake.resource_group,
-                    workspace=fake.workspace, datastore="landing", compute="cpu-cluster", **changes)
+                    workspace=fake.workspace, **values)
 
 
 @pytest.fixture
@@ -279,13 +280,37 @@ def test_a_second_job_with_the_same_code_reuses_the_uploaded_code_version(ws, fa
     assert len(codes) == 1
 
 
-def test_low_priority_jobs_ask_for_the_spot_tier(fake):
-    ws = build_workspace(_settings(fake, low_priority=True), FakeCredential(), transport=fake)
+def test_low_priority_on_serverless_compute_asks_for_the_spot_tier(fake):
+    # Serverless compute (MLOPS_COMPUTE=serverless): no compute target, and the job tier is the cost lever.
+    ws = build_workspace(_settings(fake, low_priority=True, compute="serverless"), FakeCredential(), transport=fake)
     ws.register_data("churn", "1", LANDING_BLOB)
-    ws.submit_training(_spec(max_run_seconds=7200))
+    ws.submit_training(_spec(compute="", max_run_seconds=7200))
     props = fake.find("PUT", "/jobs/")[0].json["properties"]
     assert props["queueSettings"] == {"jobTier": "Spot"}
+    assert "computeId" not in props
     assert props["limits"]["timeout"] == "PT2H"
+
+
+def test_serverless_compute_without_low_priority_asks_for_the_standard_tier(fake):
+    ws = build_workspace(_settings(fake, compute="serverless"), FakeCredential(), transport=fake)
+    ws.register_data("churn", "1", LANDING_BLOB)
+    ws.submit_training(_spec(compute="serverless"))
+    props = fake.find("PUT", "/jobs/")[0].json["properties"]
+    assert props["queueSettings"] == {"jobTier": "Standard"}
+    assert "computeId" not in props
+
+
+def test_low_priority_on_a_named_cluster_sends_no_job_tier_the_cluster_would_ignore(fake, caplog):
+    # On an AmlCompute cluster the cluster's vmPriority decides (azd: MLOPS_COMPUTE_LOW_PRIORITY); a job tier there
+    # would look like a cost lever and change nothing, so none is sent and the setting is reported as ineffective.
+    ws = build_workspace(_settings(fake, low_priority=True), FakeCredential(), transport=fake)
+    ws.register_data("churn", "1", LANDING_BLOB)
+    with caplog.at_level("WARNING", logger="shared.adapters.azureml"):
+        ws.submit_training(_spec())
+    props = fake.find("PUT", "/jobs/")[0].json["properties"]
+    assert "queueSettings" not in props
+    assert props["computeId"] == f"{fake.ws_path}/computes/cpu-cluster"
+    assert "MLOPS_LOW_PRIORITY has no effect on the compute cluster cpu-cluster" in caplog.text
 
 
 def test_resubmitting_a_job_name_only_reads_it(ws, fake):

@@ -72,6 +72,27 @@ def test_an_unreadable_event_is_acknowledged_and_recorded_as_rejected(app):
     assert h.rt.ledger.stats().get("rejected") == 1
 
 
+def test_a_blob_from_another_storage_account_is_refused_with_its_reason_and_starts_nothing(tmp_path, functions):
+    # In Azure the app knows the landing datastore's account (MLOPS_DATASTORE_ACCOUNT, set by main.bicep).
+    h = Harness(tmp_path, env={"MLOPS_DATASTORE_ACCOUNT": "stmlopsdataprod"})
+    function_app.use_runtime(h.rt)
+    try:
+        event = h.land("1", rows=200, seed=5)
+        event["topic"] = ("/subscriptions/0/resourceGroups/rg/providers/Microsoft.Storage/storageAccounts/"
+                          "stsomeoneelse")
+        event["data"]["url"] = "https://stsomeoneelse.blob.core.windows.net/landing/churn/1/data.csv"
+        functions["on_blob_created"](grid_event(event))
+        assert h.rt.ledger.stats().get("ignored") == 1
+        outcome, reason = h.rt.ledger.outcome(f"{event['id']}/EventIgnored")
+        assert outcome == "ignored"
+        assert reason.startswith("BlobCreated from 'stsomeoneelse', not from the landing datastore's storage account "
+                                 "'stmlopsdataprod'")
+        assert h.ws.list_jobs() == []
+    finally:
+        function_app.use_runtime(None)
+        h.close()
+
+
 def test_custom_and_dataset_drift_triggers_reach_the_drift_policy(app):
     h, functions = app
     functions["on_custom_event"](grid_event(wire.custom("MLOps.DriftDetected", "endpoints/none",

@@ -173,3 +173,46 @@ def test_a_custom_data_path_carrying_a_sas_token_is_refused_without_repeating_it
         eventgrid.to_message(wire.custom("MLOps.DataRegistered", "data/churn",
                                          {"asset": "churn", "version": "3", "path": sas}))
     assert err.value.field == "path" and "SECRETSIG" not in str(err.value)
+
+
+# --- the landing datastore's storage account (MLOPS_DATASTORE_ACCOUNT) ---------------------------------------
+
+def _azure_blob_created(account: str = "stmlopsdataprod", *, url_account: str | None = None) -> dict:
+    """The captured Azure payload (fixtures/events), its topic and url moved to the given accounts."""
+    import json
+    from pathlib import Path
+
+    event = json.loads((Path(__file__).parents[1] / "fixtures/events/storage_blob_created_putblob.json").read_text())
+    event["topic"] = event["topic"].replace("stmlopsdataprod", account)
+    event["data"]["url"] = event["data"]["url"].replace("stmlopsdataprod", url_account or account)
+    return event
+
+
+def test_a_blob_created_on_the_datastore_account_is_registered():
+    m = eventgrid.to_message(_azure_blob_created(), datastore_account="stmlopsdataprod")
+    assert isinstance(m, DataRegistered) and (m.asset, m.version) == ("churn", "3")
+    # Account names compare without case, as Azure treats them.
+    assert isinstance(eventgrid.to_message(_azure_blob_created(), datastore_account="STMLOPSDATAPROD"), DataRegistered)
+
+
+def test_a_blob_created_on_another_account_is_refused_with_the_reason():
+    m = eventgrid.to_message(_azure_blob_created("stsomeoneelse"), datastore_account="stmlopsdataprod")
+    assert isinstance(m, EventIgnored)
+    assert m.reason == ("BlobCreated from 'stsomeoneelse', not from the landing datastore's storage account "
+                        "'stmlopsdataprod' (MLOPS_DATASTORE_ACCOUNT): not registered")
+
+
+def test_a_topic_and_url_that_disagree_or_name_no_account_are_refused():
+    # The url is what would be registered: an event whose topic is ours but whose url is not is refused too.
+    mixed = eventgrid.to_message(_azure_blob_created(url_account="stsomeoneelse"), datastore_account="stmlopsdataprod")
+    assert isinstance(mixed, EventIgnored) and "'stsomeoneelse'" in mixed.reason
+    anonymous = _azure_blob_created()
+    anonymous["topic"] = ""
+    anonymous["data"]["url"] = "https://example.invalid/landing/churn/3/data.csv"
+    m = eventgrid.to_message(anonymous, datastore_account="stmlopsdataprod")
+    assert isinstance(m, EventIgnored) and "no storage account in its topic or url" in m.reason
+
+
+def test_without_a_configured_account_the_source_is_not_checked():
+    # The embedded backend's events come from its local topic; it sets no MLOPS_DATASTORE_ACCOUNT.
+    assert isinstance(eventgrid.to_message(_azure_blob_created("stsomeoneelse")), DataRegistered)
