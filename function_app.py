@@ -239,8 +239,11 @@ def _approval_view(req: func.HttpRequest, message: str = "", status: int = 200) 
     if state.stable_model:
         name, _, version = state.stable_model.rpartition(":")
         stable_tags = rt.workspace.get_model(name, version).tags
-    who = approvals.principal_from(req.headers, rt.settings)
-    page = approvals.render_page(state, cand_tags, stable_tags, who=who, easy_auth=rt.settings.easy_auth,
+    try:
+        who = approvals.principal_from(req.headers, rt.settings)
+    except approvals.Unauthenticated as error:
+        who, message = None, str(error)
+    page = approvals.render_page(state, cand_tags, stable_tags, who=who, settings=rt.settings, url=req.url,
                                  allowed=who is not None and approvals.may_approve(who, rt.settings.approvers),
                                  now=datetime.now(timezone.utc), message=message)
     return _html(status, page)
@@ -263,10 +266,14 @@ def approval_decision(req: func.HttpRequest) -> func.HttpResponse:
     from shared import approvals
 
     rt = runtime()
-    who = approvals.principal_from(req.headers, rt.settings)
+    try:
+        who = approvals.principal_from(req.headers, rt.settings)
+    except approvals.Unauthenticated as error:
+        return _json(401, {"error": str(error)})
     if who is None:
-        return _json(401, {"error": "approving needs a person signed in through App Service Authentication "
-                                    "(MLOPS_EASY_AUTH=true); a function key is not enough"})
+        return _json(401, {"error": f"approving needs a named person (MLOPS_APPROVAL_AUTH={rt.settings.approval_auth}"
+                                    "): an Entra ID bearer token or App Service Authentication; a function key is "
+                                    "not enough"})
     if not approvals.may_approve(who, rt.settings.approvers):
         return _json(403, {"error": f"{who.name} is not on the approvers list (MLOPS_APPROVERS)"})
     origin = req.headers.get("origin")

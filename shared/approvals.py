@@ -1,10 +1,17 @@
-"""Approval by a named person: who is calling (App Service Authentication), may they approve, and the page.
+"""Approval by a named person: who is calling, may they approve, and the approval page.
 
-App Service Authentication ("Easy Auth") signs the caller in before the request reaches the app and passes who
-they are in ``X-MS-CLIENT-PRINCIPAL`` (base64 JSON with the token's claims) and ``X-MS-CLIENT-PRINCIPAL-NAME``;
-the platform removes those headers from what a client sends. Without Easy Auth in front of the app a client could
-write them itself, so they are trusted only when ``MLOPS_EASY_AUTH`` says the app runs behind it. A function key
-alone never approves: the approval routes are anonymous at the Functions level and need a principal.
+Two ways to know who is calling, chosen by ``MLOPS_APPROVAL_AUTH``; a function key alone never approves (the
+approval routes are anonymous at the Functions level and need one of these):
+
+- ``entra``: the caller sends ``Authorization: Bearer <token>``, an Entra ID access token for the app registration
+  named by ``MLOPS_ENTRA_AUDIENCE``. The app checks its signature against the tenant's published signing keys
+  (PyJWT's JWKS client), its issuer (the tenant, v1 or v2 endpoint), audience and lifetime. This works on every
+  hosting plan, Flex Consumption included, which does not support App Service Authentication.
+- ``easyauth``: App Service Authentication signs the caller in before the request reaches the app and passes who
+  they are in ``X-MS-CLIENT-PRINCIPAL`` (base64 JSON of the token's claims) and ``X-MS-CLIENT-PRINCIPAL-NAME``,
+  removing those headers from what a client sends. Without it in front of the app a client could write them itself,
+  so they are read only in this mode: set it only where App Service Authentication really runs (not on Flex).
+- ``none`` (default): nobody can approve; a model under manual approval waits until its link expires.
 """
 from __future__ import annotations
 
@@ -12,6 +19,8 @@ import base64
 import binascii
 import html
 import json
+import logging
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,7 +28,16 @@ from datetime import datetime
 from shared.config import Settings
 from shared.rollout import EndpointState
 
+logger = logging.getLogger(__name__)
 OID_CLAIM = "http://schemas.microsoft.com/identity/claims/objectidentifier"
+ROLE_CLAIM = "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"
+LOGIN_HOSTS = {"AzureCloud": "login.microsoftonline.com", "AzureUSGovernment": "login.microsoftonline.us",
+               "AzureChinaCloud": "login.chinacloudapi.cn"}
+LEEWAY_SECONDS = 60  # clock skew allowed on exp / nbf
+
+
+class Unauthenticated(Exception):
+    """No usable identity: the reason says why (never echoes the token)."""
 
 
 @dataclass(frozen=True)
@@ -31,10 +49,20 @@ class Principal:
 
 
 def principal_from(headers: Mapping[str, str], settings: Settings) -> Principal | None:
-    """The signed-in caller, or None: no Easy Auth in front of the app (headers not trusted), or not signed in."""
-    if not settings.easy_auth:
-        return None
+    """The caller, or None when the request carries no identity. A bearer token that fails validation raises
+    Unauthenticated with the reason."""
     lowered = {k.lower(): v for k, v in headers.items()}
+    if settings.approval_auth == "entra":
+        auth = lowered.get("authorization") or ""
+        if not auth.lower().startswith("bearer "):
+            return None
+        return _entra(auth[7:].strip(), settings)
+    if settings.approval_auth == "easyauth":
+        return _easy_auth(lowered)
+    return None
+
+
+def _easy_auth(lowered: Mapping[str, str]) -> Principal | None:
     name = (lowered.get("x-ms-client-principal-name") or "").strip()
     raw = lowered.get("x-ms-client-principal") or ""
     claims: list[dict] = []
@@ -44,7 +72,6 @@ def principal_from(headers: Mapping[str, str], settings: Settings) -> Principal 
             claims = [c for c in body.get("claims") or [] if isinstance(c, dict)]
         except (binascii.Error, UnicodeDecodeError, ValueError, AttributeError):
             claims = []
-    role_typ = "roles"
     values = [(str(c.get("typ", "")), str(c.get("val", ""))) for c in claims]
     if not name:
         name = next((v for t, v in values if t in ("name", "preferred_username")), "")
@@ -52,7 +79,59 @@ def principal_from(headers: Mapping[str, str], settings: Settings) -> Principal 
         return None
     return Principal(name=name[:200], object_id=next((v for t, v in values if t in (OID_CLAIM, "oid")), ""),
                      groups=tuple(v for t, v in values if t == "groups"),
-                     roles=tuple(v for t, v in values if t in (role_typ, "http://schemas.microsoft.com/ws/2008/06/identity/claims/role")))
+                     roles=tuple(v for t, v in values if t in ("roles", ROLE_CLAIM)))
+
+
+_jwks_clients: dict[str, object] = {}
+_jwks_lock = threading.Lock()
+
+
+def jwks_url(settings: Settings) -> str:
+    if settings.entra_jwks_url:
+        return settings.entra_jwks_url
+    host = LOGIN_HOSTS.get(settings.azure_cloud, LOGIN_HOSTS["AzureCloud"])
+    return f"https://{host}/{settings.entra_tenant_id}/discovery/v2.0/keys"
+
+
+def _jwks_client(url: str):
+    import jwt
+
+    with _jwks_lock:  # one client per key set: it caches the keys and refetches on an unknown kid
+        if url not in _jwks_clients:
+            _jwks_clients[url] = jwt.PyJWKClient(url, cache_keys=True, lifespan=3600, timeout=10)
+        return _jwks_clients[url]
+
+
+def _entra(token: str, settings: Settings) -> Principal:
+    import jwt
+
+    if not (settings.entra_tenant_id and settings.entra_audience):
+        raise Unauthenticated("MLOPS_ENTRA_TENANT_ID and MLOPS_ENTRA_AUDIENCE must be set to check tokens")
+    host = LOGIN_HOSTS.get(settings.azure_cloud, LOGIN_HOSTS["AzureCloud"])
+    tenant = settings.entra_tenant_id
+    issuers = [f"https://{host}/{tenant}/v2.0", f"https://sts.windows.net/{tenant}/"]
+    if settings.azure_cloud != "AzureCloud":
+        issuers.append(f"https://{host}/{tenant}/")
+    try:
+        key = _jwks_client(jwks_url(settings)).get_signing_key_from_jwt(token)
+        claims = jwt.decode(token, key.key, algorithms=["RS256"], audience=settings.entra_audience, issuer=issuers,
+                            leeway=LEEWAY_SECONDS, options={"require": ["exp", "iat", "iss", "aud"]})
+    except jwt.PyJWKClientConnectionError as error:
+        logger.warning("could not read the tenant's signing keys: %s", error)
+        raise Unauthenticated("the tenant's signing keys could not be read; try again") from None
+    except jwt.PyJWTError as error:
+        raise Unauthenticated(f"token refused: {type(error).__name__}: {error}") from None
+    if claims.get("tid") and claims["tid"] != tenant:
+        raise Unauthenticated("token refused: issued for another tenant")
+    name = str(claims.get("preferred_username") or claims.get("upn") or claims.get("unique_name")
+               or claims.get("name") or claims.get("oid") or "")
+    if not name:
+        raise Unauthenticated("token refused: it names nobody (no preferred_username, upn or oid)")
+    groups = claims.get("groups") or []
+    roles = claims.get("roles") or []
+    return Principal(name=name[:200], object_id=str(claims.get("oid", "")),
+                     groups=tuple(str(g) for g in groups if isinstance(groups, list)),
+                     roles=tuple(str(r) for r in roles if isinstance(roles, list)))
 
 
 def may_approve(who: Principal, approvers: tuple[str, ...]) -> bool:
@@ -106,7 +185,8 @@ def _short(value: str) -> str:
 
 
 def render_page(state: EndpointState, candidate_tags: Mapping[str, str], stable_tags: Mapping[str, str], *,
-                who: Principal | None, allowed: bool, easy_auth: bool, now: datetime, message: str = "") -> str:
+                who: Principal | None, allowed: bool, settings: Settings, url: str, now: datetime,
+                message: str = "") -> str:
     """One self-contained page: the candidate against the stable (metrics, data, lineage) and the decision form."""
     c = state.candidate
     assert c is not None
@@ -118,9 +198,15 @@ def render_page(state: EndpointState, candidate_tags: Mapping[str, str], stable_
                ("Stable now", f"{state.stable or 'none'} ({state.stable_model or '—'})"),
                ("Requested", f"{c.requested_at:%Y-%m-%d %H:%M} UTC"), ("Expires", f"{c.expires_at:%Y-%m-%d %H:%M} UTC")]
     facts = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in lineage)
-    if not easy_auth:
-        form = ("<p id='status'>Approvals need App Service Authentication in front of the app "
-                "(MLOPS_EASY_AUTH=true); this deployment does not have it, so nobody can approve here.</p>")
+    if settings.approval_auth == "none":
+        form = ("<p id='status'>Approvals are off here (MLOPS_APPROVAL_AUTH=none): nobody can approve. Set it to "
+                "entra (an Entra ID token checked by the app) or easyauth (App Service Authentication).</p>")
+    elif settings.approval_auth == "entra" and who is None:
+        command = (f"curl -X POST '{url}' -H \"Authorization: Bearer $(az account get-access-token --resource "
+                   f"{settings.entra_audience} --query accessToken -o tsv)\" -H 'Content-Type: application/json' "
+                   "-d '{\"decision\": \"approve\", \"reason\": \"...\"}'")
+        form = ("<p id='status'>Approve or reject with your Entra ID identity (decision approve or reject, and a "
+                f"reason):</p><pre id='command'>{html.escape(command)}</pre>")
     elif who is None:
         form = "<p id='status'>Sign in to approve or reject.</p>"
     elif not allowed:

@@ -85,7 +85,10 @@ class Settings:
     teams_failures_only: bool = False
     # Approvals (App Service Authentication in front of the app)
     approvers: tuple[str, ...] = ()  # user names, "group:<object id>" or "role:<app role>" allowed to approve
-    easy_auth: bool = False  # App Service Authentication is on: X-MS-CLIENT-PRINCIPAL headers can be trusted
+    approval_auth: str = "none"  # none | entra (bearer token checked in the app) | easyauth (App Service auth)
+    entra_tenant_id: str = ""  # tenant whose tokens approve (entra)
+    entra_audience: str = ""  # the app registration's Application ID URI or client id (entra)
+    entra_jwks_url: str = ""  # signing keys; default: the tenant's discovery keys in the app's cloud
     public_url: str = ""  # the app's public base URL, for links in cards (approval page)
     policy: Policy = field(default_factory=Policy)
 
@@ -158,7 +161,10 @@ class Settings:
             teams_routes=r.str("MLOPS_TEAMS_ROUTES", ""),
             teams_failures_only=r.bool("MLOPS_TEAMS_FAILURES_ONLY", False),
             approvers=tuple(a.strip() for a in r.str("MLOPS_APPROVERS", "").split(",") if a.strip()),
-            easy_auth=r.bool("MLOPS_EASY_AUTH", False),
+            approval_auth=_choice(r, "MLOPS_APPROVAL_AUTH", "none", ("none", "entra", "easyauth")),
+            entra_tenant_id=r.str("MLOPS_ENTRA_TENANT_ID", ""),
+            entra_audience=r.str("MLOPS_ENTRA_AUDIENCE", ""),
+            entra_jwks_url=r.str("MLOPS_ENTRA_JWKS_URL", ""),
             public_url=r.str("MLOPS_PUBLIC_URL", "").rstrip("/"),
             policy=policy,
         )
@@ -189,7 +195,8 @@ SETTING_NAMES: tuple[str, ...] = (
     "MLOPS_ROLLOUT_STEPS", "MLOPS_BAKE_MINUTES", "MLOPS_ANALYSIS_MIN_REQUESTS", "MLOPS_ANALYSIS_ERROR_TOLERANCE",
     "MLOPS_ANALYSIS_LATENCY_TOLERANCE", "MLOPS_ANALYSIS_MAX_WAIT_MINUTES", "MLOPS_ANALYSIS_FAILURE_LIMIT",
     "MLOPS_RETENTION_MINUTES", "MLOPS_RETAIN_KNOWN_GOOD", "MLOPS_APPROVAL", "MLOPS_APPROVAL_TTL_HOURS",
-    "MLOPS_RETRAIN_BUDGET", "MLOPS_APPROVERS", "MLOPS_EASY_AUTH", "MLOPS_PUBLIC_URL",
+    "MLOPS_RETRAIN_BUDGET", "MLOPS_APPROVERS", "MLOPS_APPROVAL_AUTH", "MLOPS_ENTRA_TENANT_ID",
+    "MLOPS_ENTRA_AUDIENCE", "MLOPS_ENTRA_JWKS_URL", "MLOPS_PUBLIC_URL",
 )
 
 
@@ -204,6 +211,13 @@ def _steps(raw: str) -> tuple[int, ...]:
         raise InvalidPayload(f"MLOPS_ROLLOUT_STEPS must rise from above 0 to exactly 100, not {raw!r}",
                              field="MLOPS_ROLLOUT_STEPS")
     return steps
+
+
+def _choice(r: _Reader, name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = r.str(name, default).lower()
+    if value not in allowed:
+        raise InvalidPayload(f"{name} must be one of {', '.join(allowed)}, not {value!r}", field=name)
+    return value
 
 
 def _bounded(r: _Reader, name: str, default: float, lo: float, hi: float) -> float:

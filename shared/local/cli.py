@@ -46,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--key", help="the function key to require (default: a new random one, printed)")
     serve.add_argument("--easy-auth", action="store_true",
                        help="simulate App Service Authentication: X-Local-User (and X-Local-Groups, X-Local-Roles) "
-                            "become the X-MS-CLIENT-PRINCIPAL headers; sets MLOPS_EASY_AUTH=true")
+                            "become the X-MS-CLIENT-PRINCIPAL headers; sets MLOPS_APPROVAL_AUTH=easyauth")
     serve.add_argument("--tick-every", type=float, default=60.0,
                        help="seconds between rollout controller ticks (default 60, like the timer; 0 = off)")
     serve.add_argument("--drift-every", type=float, default=60.0,
@@ -172,7 +172,7 @@ def local_stack(settings=None, *, host: str = "127.0.0.1", port: int = 0, key: s
     if easy_auth:
         import dataclasses
 
-        settings = dataclasses.replace(settings, easy_auth=True)
+        settings = dataclasses.replace(settings, approval_auth="easyauth")
     server = LocalHost(function_app.app, host=host, port=port, master_key=key or secrets.token_urlsafe(24),
                        easy_auth=easy_auth)
     # The grid needs the host's URL and the runtime needs the grid (emit); the host reads the runtime on each

@@ -48,7 +48,8 @@ class Demo:
         self.verbose_alerts = verbose_alerts
         # Teams and policy settings come from the environment as usual; the backend is always the embedded one.
         env = {**DEMO_POLICY, **{k: v for k, v in os.environ.items() if k.startswith("MLOPS_")}}
-        self.settings = dataclasses.replace(Settings.from_env(env), backend="local", home=home, easy_auth=True)
+        self.settings = dataclasses.replace(Settings.from_env(env), backend="local", home=home,
+                                            approval_auth="easyauth")
         self.stack = local_stack(self.settings, backoff=0.05, duplicate_every=3, clock=self.clock,
                                  alert_stream=self.alerts, easy_auth=True)
         self.rt = self.stack.runtime

@@ -29,7 +29,7 @@ def test_values_are_parsed():
     ("MLOPS_BACKEND", "gcp"), ("MLOPS_FREEZE", "maybe"), ("MLOPS_ROLLOUT_STEPS", "0,100"),
     ("MLOPS_ROLLOUT_STEPS", "ten"), ("MLOPS_ROLLOUT_STEPS", "50,10,100"), ("MLOPS_ROLLOUT_STEPS", "10,50"),
     ("MLOPS_ANALYSIS_ERROR_TOLERANCE", "nan"), ("MLOPS_ANALYSIS_LATENCY_TOLERANCE", "-1"),
-    ("MLOPS_APPROVAL", "sometimes"), ("MLOPS_APPROVAL", "churn-endpoint=maybe"), ("MLOPS_EASY_AUTH", "perhaps"), ("MLOPS_MIN_PRIMARY", "high"), ("MLOPS_MAX_RUN_SECONDS", "5"),
+    ("MLOPS_APPROVAL", "sometimes"), ("MLOPS_APPROVAL", "churn-endpoint=maybe"), ("MLOPS_APPROVAL_AUTH", "perhaps"), ("MLOPS_MIN_PRIMARY", "high"), ("MLOPS_MAX_RUN_SECONDS", "5"),
     ("MLOPS_AZURE_CLOUD", "AzureGermanCloud"),
 ])
 def test_bad_values_name_the_setting(name, value):
@@ -62,5 +62,5 @@ def test_approval_takes_a_default_and_per_endpoint_overrides():
     assert p.approval_for("churn-endpoint") == "manual" and p.approval_for("other") == "auto"
     assert Settings.from_env({"MLOPS_APPROVAL": "manual"}).policy.approval_for("any") == "manual"
     s = Settings.from_env({"MLOPS_APPROVERS": "ana@contoso.com, group:1234, role:MLOps.Approver",
-                           "MLOPS_EASY_AUTH": "true"})
-    assert s.approvers == ("ana@contoso.com", "group:1234", "role:MLOps.Approver") and s.easy_auth
+                           "MLOPS_APPROVAL_AUTH": "Entra", "MLOPS_ENTRA_TENANT_ID": "t", "MLOPS_ENTRA_AUDIENCE": "api://a"})
+    assert s.approvers == ("ana@contoso.com", "group:1234", "role:MLOps.Approver") and s.approval_auth == "entra"
