@@ -617,10 +617,13 @@ def _on_tick(state: EndpointState, ev: Tick, view: Endpoint | None, policy: Poli
                         facts={"model": f"{cand.model}:{cand.version}"})
     if state.phase is Phase.PROGRESSING and state.canary:
         step = _progress(state, ev, view, policy, now)
-        if step.action != "noop" or step.state is not None:
-            return step
-        retire = _retire(state, view, policy, now)
-        return retire if retire.action != "noop" or retire.state is not None else step
+        retire = _retire(step.state or state, view, policy, now)
+        if step.action == "noop" and step.state is None:
+            return retire if retire.action != "noop" or retire.state is not None else step
+        if retire.effects:  # the same tick also retires what became surplus (superseded canaries)
+            return replace(step, state=retire.state, effects=(*step.effects, *retire.effects),
+                           reason=f"{step.reason}; {retire.reason}", facts={**step.facts, **retire.facts})
+        return replace(step, state=retire.state) if retire.state is not None else step
     return _retire(state, view, policy, now)
 
 

@@ -122,3 +122,24 @@ class Recorder:
             if self.fail:
                 raise self.fail.pop(0)
             self.sent.append(alert)
+
+
+def finished_job(ws, name: str, *, asset: str = "churn", version: str = "1", auc: float = 0.8,
+                 logloss: float = 0.4) -> str:
+    """A Completed training job with a model output and metrics in the embedded workspace, without training: for
+    tests of what happens after a run (gate, rollout) that need many models fast. The model folder holds only an
+    MLmodel file, so it registers and deploys but cannot score."""
+    import json
+    from datetime import datetime, timezone
+
+    from shared.domain import OWNER_TAG, OWNER_VALUE, TAG_ASSET, TAG_ATTEMPT, TAG_DATA_VERSION
+
+    out = ws.root / "jobs" / name / "outputs"
+    (out / "model").mkdir(parents=True, exist_ok=True)
+    (out / "model" / "MLmodel").write_text("flavors: {}\n")
+    (out / "metrics.json").write_text(json.dumps({"auc": auc, "logloss": logloss}))
+    tags = {OWNER_TAG: OWNER_VALUE, TAG_ASSET: asset, TAG_DATA_VERSION: version, TAG_ATTEMPT: "1"}
+    ws._write("INSERT OR IGNORE INTO jobs (name, status, tags, experiment, data_path, max_run_seconds, created_at) "
+              "VALUES (?, 'Completed', ?, 'test', '', 60, ?)",
+              (name, json.dumps(tags), datetime.now(timezone.utc).isoformat()))
+    return name
