@@ -398,9 +398,24 @@ def _start(state: EndpointState, model: str, version: str, deployment: str, view
         return Decision("deploy", f"{reason}; {deployment} takes 100 % (nothing else serves)", new, tuple(effects),
                         alert="deployment_changed", facts={"traffic_after": split, "deployment": deployment})
     weight = policy.rollout_steps[0]
+    if weight >= 100:
+        # A one-step rollout (MLOPS_ROLLOUT_STEPS=100): the new model is promoted at once; the stable it replaces
+        # is the previous stable, kept for a return.
+        split = {deployment: 100}
+        effects += [SetTraffic(split, dict(state.traffic)), TagDeployment(deployment, {"mlops_known_good": "true"}),
+                    TagModel(ref, {"mlops_known_good": "true"})]
+        new = replace(state, phase=Phase.PROMOTED, stable=deployment, stable_model=ref, canary="", canary_model="",
+                      step=-1, weight=0, step_started_at=None, inconclusive_since=None, held=False, failures=0,
+                      candidate=None, previous_stable=stable, previous_model=state.stable_model, promoted_at=now,
+                      retained=tuple(dict.fromkeys((stable, *state.retained))), traffic=split,
+                      last_automatic=_auto(state, change, actor), last_manual=_manual(state, change, actor),
+                      surplus=_mark_surplus(state, superseded, now))
+        return Decision("deploy", f"{reason}; {deployment} takes 100 % at once (one-step rollout), {stable} is kept "
+                                  "as the previous stable", new, tuple(effects), alert="deployment_changed",
+                        facts={"traffic_after": split, "deployment": deployment, "previous_stable": stable})
     split = _split(stable, deployment, weight)
     effects.append(SetTraffic(split, dict(state.traffic)))
-    new = replace(state, phase=Phase.PROGRESSING if weight < 100 else Phase.PROMOTED, canary=deployment,
+    new = replace(state, phase=Phase.PROGRESSING, canary=deployment,
                   canary_model=ref, step=0, weight=weight, step_started_at=now, inconclusive_since=None, held=False,
                   failures=0, candidate=None, traffic=split, last_automatic=_auto(state, change, actor),
                   last_manual=_manual(state, change, actor), surplus=_mark_surplus(state, superseded, now))
