@@ -31,6 +31,7 @@ from shared.training.baseline_profile import (
 
 logger = logging.getLogger(__name__)
 
+CHUNK = 1 << 16  # values per step of the sketch pass: temporaries of a few MB, cache-sized
 PSI_FLOOR = 1e-4  # share floor for empty bins: PSI is undefined for a zero share
 PREDICTION = "prediction"
 DRIFT, NO_DRIFT, INCONCLUSIVE = "drift", "no_drift", "inconclusive"
@@ -86,54 +87,98 @@ def wasserstein_distance(a: np.ndarray, b: np.ndarray) -> float:
     deltas = np.diff(pooled)
     cb = np.cumsum(is_b[:-1])
     ca = np.arange(1, n) - cb  # where deltas > 0 these are #a <= x and #b <= x, as scipy's searchsorted gives
-    return float(np.vecdot(np.abs(ca / na - cb / nb), deltas))
+    return float(np.sum(np.abs(ca / na - cb / nb) * deltas))
 
 
 def sketch_cdf(knots: np.ndarray, x: np.ndarray, side: str) -> np.ndarray:
     """The CDF interpolated linearly between quantile knots (knot k at probability k/Q): right-continuous values
-    (``side="right"``) or left limits (``side="left"``); repeated knots are jumps."""
+    (``side="right"``) or left limits (``side="left"``) at the points ``x``; repeated knots are jumps."""
+    return _interpolate(knots, x, np.searchsorted(knots, x, side=side))
+
+
+def _sketch_cdf_sorted(knots: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``sketch_cdf`` at sorted points, both sides at once: (right-continuous values, left limits). The knot counts
+    come from placing the few knots among the many points (a bincount and a cumsum) instead of a binary search per
+    point, and the two sides differ only at repeated knots (jumps), which are patched."""
+    starts = np.searchsorted(x, knots, side="left")  # x[i] >= knot j from index starts[j] on
+    right = _interpolate(knots, x, np.cumsum(np.bincount(starts, minlength=x.size + 1)[: x.size]))
+    left = right
+    jumps = np.unique(knots[1:][knots[1:] == knots[:-1]])
+    if jumps.size:
+        left = right.copy()
+        below = np.searchsorted(knots, jumps, side="left")  # the left limit at a jump v is #(knots < v) / Q
+        for lo, hi, k in zip(np.searchsorted(x, jumps, "left"), np.searchsorted(x, jumps, "right"), below,
+                             strict=True):
+            left[lo:hi] = k / (knots.size - 1)
+    return right, left
+
+
+def _interpolate(knots: np.ndarray, x: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """(j + (x - knot j) / (knot j+1 - knot j)) / Q on the segment j = k - 1 holding x (k = knots <= x), clipped to
+    [0, 1]: below the first knot that is 0, past the last 1; a zero-width segment contributes 0."""
     q = knots.size - 1
-    k = np.searchsorted(knots, x, side=side)
-    lo, hi = np.clip(k - 1, 0, q), np.clip(k, 0, q)
-    x0, span = knots[lo], knots[hi] - knots[lo]
-    frac = np.divide(x - x0, span, out=np.zeros(x.shape), where=span > 0)
-    out = (lo + frac) / q
-    out[k == 0] = 0.0
+    span = np.diff(knots)
+    inverse = np.divide(1.0, span, out=np.zeros(q), where=span > 0)
+    seg = k - 1
+    np.clip(seg, 0, q - 1, out=seg)
+    out = x - knots[seg]
+    out *= inverse[seg]
+    out += seg
+    out /= q
+    np.clip(out, 0.0, 1.0, out=out)
     out[k > q] = 1.0
     return out
 
 
 def ks_statistic_sketch(knots: np.ndarray, b: np.ndarray) -> float:
-    """KS statistic of a sorted sample against the sketched CDF (continuous between knots, so again only b's
-    distinct values need visiting)."""
-    nb = b.size
-    first, last = _tie_bounds(b)
-    idx = np.arange(nb)
-    up = sketch_cdf(knots, b[first], "left") - idx[first] / nb
-    down = sketch_cdf(knots, b[last], "right") - (idx[last] + 1) / nb
-    return float(max(0.0, up.max(), -down.min()))
+    """KS statistic of a sorted sample against the sketched CDF."""
+    return sketch_distances(knots, b)[0]
 
 
 def wasserstein_distance_sketch(knots: np.ndarray, b: np.ndarray) -> float:
-    """∫|Fa - Fb| dx with Fa the sketched CDF, integrated exactly: between consecutive breakpoints (knots and values
-    of b) Fb is constant and Fa linear, so each piece is a trapezoid, or two triangles where they cross."""
-    nb, nq = b.size, knots.size
-    pos = np.searchsorted(b, knots, side="left") + np.arange(nq)
-    n = nb + nq
-    is_q = np.zeros(n, dtype=bool)
-    is_q[pos] = True
-    x = np.empty(n)
-    x[is_q] = knots
-    x[~is_q] = b
-    fb = np.cumsum(~is_q[:-1]) / nb
-    d0 = sketch_cdf(knots, x[:-1], "right") - fb
-    d1 = sketch_cdf(knots, x[1:], "left") - fb
-    width = np.diff(x)
-    a0, a1 = np.abs(d0), np.abs(d1)
-    same = d0 * d1 >= 0
-    denom = np.where(same, 1.0, a0 + a1)
-    piece = np.where(same, (a0 + a1) / 2, (d0 * d0 + d1 * d1) / (2 * denom))
-    return float(np.vecdot(piece, width))
+    """∫|Fa - Fb| dx with Fa the sketched CDF."""
+    return sketch_distances(knots, b)[1]
+
+
+def sketch_distances(knots: np.ndarray, b: np.ndarray, chunk: int = CHUNK) -> tuple[float, float]:
+    """(KS, Wasserstein-1) of a sorted, non-empty sample against the sketched CDF Fa, both exact for that CDF.
+
+    The knots and the values of b cut the line into segments on which Fb is constant and Fa linear, so
+    sup|Fa - Fb| is reached at a segment's end and ∫|Fa - Fb| over it is a trapezoid, or two triangles where they
+    cross. b is walked in chunks (each with the knots that fall in it and the next chunk's first value as its right
+    end), so the temporaries stay small whatever the window size."""
+    nb, nk = b.size, knots.size
+    ks, w = 0.0, 0.0
+    for s in range(0, nb, chunk):
+        e = min(s + chunk, nb)
+        part = b[s:e + 1]  # up to and including the next chunk's first value
+        lo = 0 if s == 0 else int(np.searchsorted(knots, b[s], side="left"))
+        hi = nk if e == nb else int(np.searchsorted(knots, b[e], side="left"))
+        kn = knots[lo:hi]
+        m = part.size + kn.size
+        is_knot = np.zeros(m, dtype=bool)
+        is_knot[np.searchsorted(part, kn, side="left") + np.arange(kn.size)] = True  # a knot before equal values
+        x = np.empty(m)
+        x[is_knot] = kn
+        x[~is_knot] = part
+        fb = np.cumsum(~is_knot[:-1])
+        fb += s
+        fb = fb / nb  # Fb on [x_k, x_k+1)
+        right, left = _sketch_cdf_sorted(knots, x)
+        width = np.diff(x)
+        d0 = right[:-1] - fb
+        d1 = left[1:] - fb
+        a0, a1 = np.abs(d0), np.abs(d1)
+        flat = width == 0  # inside a run of equal values: not a piece of the line
+        piece = (a0 + a1) / 2
+        cross = np.flatnonzero((d0 * d1 < 0) & ~flat)
+        piece[cross] = (d0[cross] ** 2 + d1[cross] ** 2) / (2 * (a0[cross] + a1[cross]))
+        piece *= width  # (not np.dot: BLAS threads waking up per chunk cost more than the product)
+        w += float(piece.sum())
+        np.maximum(a0, a1, out=a0)
+        a0[flat] = 0.0
+        ks = max(ks, float(a0.max(initial=0.0)))
+    return ks, w
 
 
 def psi(expected: np.ndarray, actual: np.ndarray) -> float:
@@ -372,10 +417,8 @@ def _numeric(name: str, spec: dict, exact: np.ndarray | None, values, t: Thresho
         if exact is not None and exact.size:
             stats["ks"] = ks_statistic(exact, b)
             stats["wasserstein_raw"] = wasserstein_distance(exact, b)
-        elif knots:
-            k = np.asarray(knots, dtype=np.float64)
-            stats["ks"] = ks_statistic_sketch(k, b)
-            stats["wasserstein_raw"] = wasserstein_distance_sketch(k, b)
+        elif knots and len(knots) >= 2:
+            stats["ks"], stats["wasserstein_raw"] = sketch_distances(np.asarray(knots, dtype=np.float64), b)
         else:  # a schema-1 baseline has no sketch
             stats["ks"] = stats["wasserstein_raw"] = None
         raw = stats["wasserstein_raw"]
@@ -388,19 +431,21 @@ def _categorical(name: str, spec: dict, values, t: Thresholds) -> FeatureResult:
     named = list(spec["counts"])
     k = len(named)
     lookup = {c: i for i, c in enumerate(named)}
-    if isinstance(values, Coded):
-        remap = np.array([lookup.get(c, k) for c in values.categories] + [-1], dtype=np.int64)
-        codes = remap[np.where(values.codes >= 0, values.codes, len(values.categories))]
+    if isinstance(values, Coded):  # count per code, then fold the codes onto the baseline's bins
+        remap = np.array([lookup.get(c, k) for c in values.categories], dtype=np.int64)
+        valid = values.codes >= 0
+        codes = values.codes if valid.all() else values.codes[valid]
+        by_code = np.bincount(codes, minlength=len(values.categories))
+        counts = np.bincount(remap, weights=by_code, minlength=k + 1) if remap.size else np.zeros(k + 1)
         total = len(values)
     else:
         values = list(values)
         codes = np.fromiter((-1 if is_missing(v) else lookup.get(str(v), k) for v in values), dtype=np.int64,
                             count=len(values))
+        counts = np.bincount(codes[codes >= 0], minlength=k + 1).astype(np.float64)
         total = len(values)
-    present = codes[codes >= 0]
-    counts = np.bincount(present, minlength=k + 1).astype(np.float64)
     base_counts = np.array([spec["counts"][c] for c in named] + [spec.get("other") or 0], dtype=np.float64)
-    nb, n_base = int(present.size), int(spec.get("count") or 0)
+    nb, n_base = int(counts.sum()), int(spec.get("count") or 0)
     stats: dict[str, float | None] = {"missing": 1.0 - nb / total if total else 0.0,
                                       "baseline_missing": _share(spec.get("missing"), n_base)}
     if nb and n_base:

@@ -139,6 +139,21 @@ def test_sketch_wasserstein_is_the_exact_integral_against_the_interpolated_cdf()
     assert engine.ks_statistic_sketch(knots, b) == pytest.approx(np.abs(fa - fb).max(), abs=1e-4)
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(tied, min_size=2, max_size=40), st.lists(tied, min_size=1, max_size=80), st.integers(1, 9))
+def test_the_chunked_sketch_pass_does_not_depend_on_the_chunk_size(knots, b, chunk):
+    knots, b = np.sort(np.array(knots)), np.sort(np.array(b))
+    whole = engine.sketch_distances(knots, b, chunk=10_000)
+    assert np.allclose(engine.sketch_distances(knots, b, chunk=chunk), whole, rtol=1e-12, atol=1e-12)
+    # and KS is the supremum of |Fa - Fb| at the points where either can jump
+    points = np.unique(np.concatenate([knots, b]))
+    fb_right = np.searchsorted(b, points, side="right") / b.size
+    fb_left = np.searchsorted(b, points, side="left") / b.size
+    sup = max(np.abs(engine.sketch_cdf(knots, points, "right") - fb_right).max(),
+              np.abs(engine.sketch_cdf(knots, points, "left") - fb_left).max())
+    assert whole[0] == pytest.approx(sup, abs=1e-12)
+
+
 def _frame(rng, n, shift=0.0, colours=("red", "green", "blue")):
     return ({"age": rng.normal(40 + shift, 10, n), "income": rng.lognormal(10, 0.5, n)},
             {"colour": list(rng.choice(colours, n))})
