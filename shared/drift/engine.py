@@ -320,9 +320,26 @@ class FeatureResult:
         """The statistic that fired furthest over its threshold ("" when none fired)."""
         return max(self.fired, key=self.fired.get) if self.fired else ""
 
-    def to_dict(self) -> dict:
+    def signal(self, t: Thresholds) -> tuple[str, float, float] | None:
+        """(metric, value, threshold) of the statistic that fired furthest: chi-squared as its p-value, missing and
+        unseen as the rise over the baseline's share."""
+        stat = self.statistic
+        if not stat:
+            return None
+        if stat == "chi2":
+            return "chi2_p", self.stats["chi2_p"], t.chi2_p
+        if stat == "missing":
+            return "missing", self.stats["missing"] - (self.stats["baseline_missing"] or 0.0), t.missing
+        if stat == "unseen":
+            return "unseen", self.stats["unseen"] - self.stats["baseline_other"], t.unseen
+        return stat, self.stats[stat], getattr(t, stat)
+
+    def to_dict(self, t: Thresholds | None = None) -> dict:
+        signal = self.signal(t) if t is not None else None
         return {"feature": self.name, "kind": self.kind, "status": self.status, "rows": self.rows,
                 "baseline_rows": self.baseline_rows, "method": self.method, "statistic": self.statistic,
+                **({"signal": {"metric": signal[0], "value": _round(signal[1]), "threshold": signal[2]}}
+                   if signal else {}),
                 "stats": {k: _round(v) for k, v in self.stats.items()},
                 "fired": {k: _round(v) for k, v in self.fired.items()}, **({"reason": self.reason} if self.reason else {})}
 
@@ -344,8 +361,9 @@ class DriftResult:
         return sorted(hits, key=lambda f: (-f.severity, f.name))[:n]
 
     def to_dict(self, top: int = 5) -> dict:
-        return {"status": self.status, "rows": self.rows, "top": [f.to_dict() for f in self.top(top)],
-                "features": {k: f.to_dict() for k, f in self.features.items()}}
+        return {"status": self.status, "rows": self.rows,
+                "top": [f.to_dict(self.thresholds) for f in self.top(top)],
+                "features": {k: f.to_dict(self.thresholds) for k, f in self.features.items()}}
 
 
 def _round(v):

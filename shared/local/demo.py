@@ -23,6 +23,7 @@ from shared.config import Settings
 from shared.domain import OWNER_TAG, OWNER_VALUE, TAG_ACTOR, TAG_EVENT
 from shared.local import churn, wire
 from shared.local.clock import SimClock
+from shared.local.monitor import describe
 
 ASSET = "churn"
 ENDPOINT = "churn-endpoint"
@@ -167,8 +168,8 @@ class Demo:
         served = self.send_traffic(churn.feature_rows(400, seed=104, drift=0.85))
         self.say(f"scored 400 drifted customers in 40 requests over HTTP: {served}")
         report = self.rt.monitor.check_drift(ENDPOINT, threshold=s.drift_psi_threshold)
-        self.say(f"monitor: max PSI {report.value:.2f} (threshold {s.drift_psi_threshold}); worst "
-                 + ", ".join(f"{k} {v:.2f}" for k, v in report.worst))
+        self.say(f"monitor: {report.status} over {report.requests} rows; "
+                 + (f"drifted: {describe(report.result)}" if report.drifted else f"max PSI {report.value:.2f}"))
         self.settle()
         self.check("drift detected by the monitor", report.drifted and report.event is not None)
         self.check("rolled back to v1 at 100%", self.traffic() == {"v1-1": 100}, f"traffic {self.traffic()}")
