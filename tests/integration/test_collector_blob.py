@@ -13,8 +13,13 @@ from shared.drift import collector
 from shared.drift.collector import CollectorReader, container_client, hour_prefixes, lines
 from shared.drift.engine import compare
 from shared.training.baseline_profile import build_profile
-from tests.integration.azurite import AZURITE_BLOB, STORAGE_SCOPE, StaticTokenCredential, start_azurite, \
-    unsigned_storage_token
+from tests.integration.azurite import (
+    AZURITE_BLOB,
+    STORAGE_SCOPE,
+    StaticTokenCredential,
+    start_azurite,
+    unsigned_storage_token,
+)
 
 T0 = datetime(2026, 12, 2, 13, 0, tzinfo=timezone.utc)
 EP, DEP = "churn-endpoint", "v2-1"
