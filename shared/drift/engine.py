@@ -367,7 +367,8 @@ class DriftResult:
 
 
 def _round(v):
-    return None if v is None else (round(v, 6) if math.isfinite(v) else v)
+    """Six significant digits (a p-value of 1e-30 stays 1e-30); None and infinities as they are."""
+    return None if v is None else (float(f"{v:.6g}") if math.isfinite(v) else v)
 
 
 # ---------------------------------------------------------------------------------------------------------------

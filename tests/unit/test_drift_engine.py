@@ -196,6 +196,17 @@ def test_unseen_categories_missing_values_and_chi2_fire():
     colour = result.features["colour"]
     assert {"unseen", "chi2", "psi", "js"} <= set(colour.fired)
     assert colour.stats["unseen"] == pytest.approx(colours.count("purple") / 2_000)
+    reported = result.to_dict()["features"]["colour"]
+    expected = "chi2_p" if colour.statistic == "chi2" else colour.statistic
+    assert reported["signal"]["metric"] == expected
+    below = expected == "chi2_p"  # a p-value fires under its threshold, the others over
+    assert (reported["signal"]["value"] < reported["signal"]["threshold"]) == below
+
+
+def test_reported_statistics_keep_six_significant_digits():
+    small = engine.FeatureResult("c", "categorical", "drift", 500, 500, {"chi2_p": 1.234567891e-30, "psi": 0.31234567},
+                                 {"chi2": 2.0})
+    assert small.to_dict()["stats"] == {"chi2_p": 1.23457e-30, "psi": 0.312346}
 
 
 def test_profile_and_raw_baselines_give_the_same_binned_statistics_and_coded_equals_strings():
