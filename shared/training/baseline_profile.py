@@ -45,11 +45,11 @@ def is_missing(value) -> bool:
 
 
 def numeric_profile(values, *, quantiles: int = QUANTILES, bins: int = BINS) -> dict:
-    """Sketch of one numeric column (a float array; NaN is missing)."""
+    """Sketch of one numeric column (a float array; NaN and ±infinity are missing, as in the drift engine)."""
     import numpy as np
 
     x = np.asarray(values, dtype=np.float64)
-    finite = x[~np.isnan(x)]
+    finite = x[np.isfinite(x)]
     missing = int(x.size - finite.size)
     if finite.size == 0:
         return {"type": "numeric", "count": 0, "missing": missing, "mean": None, "std": None, "min": None,

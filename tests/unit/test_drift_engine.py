@@ -53,6 +53,23 @@ def test_compare_drops_nan_and_infinity_then_agrees_with_scipy_and_reports_the_m
     assert x.rows == kept.size and x.method == "exact"
 
 
+with_gaps = st.lists(st.one_of(finite, tied, st.sampled_from([math.nan, math.inf, -math.inf])), min_size=0, max_size=50)
+
+
+@settings(max_examples=200, deadline=None)
+@given(with_gaps, with_gaps)
+def test_compare_with_raw_samples_agrees_with_scipy_on_the_finite_values_or_stays_inconclusive(a, b):
+    a, b = np.array(a, dtype=float), np.array(b, dtype=float)
+    x = compare(Baseline.from_samples({"x": a}), {"x": b}, thresholds=Thresholds(min_rows=1), workers=1).features["x"]
+    fa, fb = a[np.isfinite(a)], b[np.isfinite(b)]
+    if fa.size == 0 or fb.size == 0:
+        assert x.status == "inconclusive" and "ks" not in x.stats
+        return
+    assert np.isclose(x.stats["ks"], stats.ks_2samp(fa, fb).statistic, **TOL)
+    assert np.isclose(x.stats["wasserstein_raw"], stats.wasserstein_distance(fa, fb), **TOL)
+    assert x.stats["missing"] == pytest.approx(1 - fb.size / b.size)
+
+
 def test_constant_columns():
     same = compare(Baseline.from_samples({"c": np.full(500, 3.0)}), {"c": np.full(200, 3.0)}, workers=1)
     moved = compare(Baseline.from_samples({"c": np.full(500, 3.0)}), {"c": np.full(200, 4.5)}, workers=1)
