@@ -33,6 +33,8 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/coldstart.py
 	$(PY) bench/throughput.py
+	$(PIP) install --quiet $$($(PY) -c "import tomllib;print(' '.join(repr(d) for d in tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['bench']))" | tr -d "'")
+	$(PY) bench/drift.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

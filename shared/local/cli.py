@@ -5,7 +5,6 @@ import argparse
 import json
 import logging
 import os
-import secrets
 import signal
 import sys
 import time
@@ -164,7 +163,7 @@ def local_stack(settings=None, *, host: str = "127.0.0.1", port: int = 0, key: s
     import function_app
     from shared.bootstrap import build
     from shared.local.eventgrid import LocalEventGrid
-    from shared.local.host import LocalHost
+    from shared.local.host import LocalHost, new_key
 
     settings = settings or _settings()
     home = settings.home
@@ -173,8 +172,7 @@ def local_stack(settings=None, *, host: str = "127.0.0.1", port: int = 0, key: s
         import dataclasses
 
         settings = dataclasses.replace(settings, approval_auth="easyauth")
-    server = LocalHost(function_app.app, host=host, port=port, master_key=key or secrets.token_urlsafe(24),
-                       easy_auth=easy_auth)
+    server = LocalHost(function_app.app, host=host, port=port, master_key=key or new_key(), easy_auth=easy_auth)
     # The grid needs the host's URL and the runtime needs the grid (emit); the host reads the runtime on each
     # request, so everything is wired before start() lets the first request in.
     grid = LocalEventGrid(subscriptions if subscriptions is not None else subs.load(),

@@ -24,6 +24,7 @@ from shared.config import Settings
 from shared.domain import OWNER_TAG, OWNER_VALUE, TAG_ACTOR
 from shared.local import churn, wire
 from shared.local.clock import SimClock
+from shared.local.monitor import describe
 
 ASSET = "churn"
 ENDPOINT = "churn-endpoint"
@@ -215,8 +216,8 @@ class Demo:
         served = self.send_traffic(churn.feature_rows(1200, seed=104, drift=0.85))
         self.say(f"scored 1,200 drifted customers in 120 requests over HTTP: {served}")
         report = self.rt.monitor.check_drift(ENDPOINT, threshold=s.drift_psi_threshold)
-        self.say(f"monitor: max PSI {report.value:.2f} (threshold {s.drift_psi_threshold}); worst "
-                 + ", ".join(f"{k} {v:.2f}" for k, v in report.worst))
+        self.say(f"monitor: {report.status} over {report.requests} rows; "
+                 + (f"drifted: {describe(report.result)}" if report.drifted else f"max PSI {report.value:.2f}"))
         self.settle()
         self.check("drift detected by the monitor", report.drifted and report.event is not None)
         self.check("canary aborted: v2, the stable, back at 100%", self.traffic() == {v2: 100},

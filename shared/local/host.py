@@ -131,6 +131,12 @@ def _text(status: int, message: str = "") -> Reply:
     return Reply(status, (message or HTTPStatus(status).phrase).encode())
 
 
+def new_key() -> str:
+    """A random function key (192 bits) in hex: a key may be passed as ``--key KEY``, and one starting with "-"
+    (as token_urlsafe's can) would be read by argparse as an option."""
+    return secrets.token_hex(24)
+
+
 class LocalHost:
     """Serve a FunctionApp on 127.0.0.1 (``port=0`` picks a free port). Use ``start()``/``stop()`` or ``with``."""
 
@@ -139,7 +145,7 @@ class LocalHost:
         self.app = app
         self.easy_auth = easy_auth  # simulate App Service Authentication in front of the app
         self.functions = {f.name: f for f in index(app)}
-        self.key = master_key or secrets.token_urlsafe(24)
+        self.key = master_key or new_key()
         self.route_prefix = route_prefix.strip("/")
         self._routes = [(f, _route_pattern(f.route)) for f in self.functions.values() if f.trigger_type == "httpTrigger"]
         self._host, self._port = host, port

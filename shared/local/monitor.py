@@ -1,12 +1,12 @@
-"""Local model monitor: endpoint health and input drift (PSI per feature) from the embedded request log."""
+"""Local model monitor: endpoint health and drift of inputs and predictions from the embedded request log, computed
+by the same engine as in Azure (shared/drift/engine.py) against the serving model's baseline profile."""
 from __future__ import annotations
 
 import json
 import logging
-import math
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -14,7 +14,6 @@ from shared.domain import Health
 from shared.local import wire
 
 logger = logging.getLogger(__name__)
-EPS = 1e-4  # floor for empty bins: PSI is undefined for a zero share
 
 
 @dataclass(frozen=True)
@@ -22,12 +21,14 @@ class DriftReport:
     endpoint: str
     requests: int
     psi: dict[str, float] = field(default_factory=dict)  # feature -> PSI against the training baseline
-    threshold: float = 0.2
+    threshold: float = 0.2  # the PSI threshold; the other statistics use the engine's defaults
     baseline_from: str = ""  # deployment whose model's baseline was used
     event: dict | None = None  # the MLOps.DriftDetected event emitted, when drifted
+    result: object | None = None  # the engine's DriftResult (None when the window was too small to compare)
 
     @property
     def value(self) -> float:
+        """The largest PSI over the features."""
         return max(self.psi.values(), default=0.0)
 
     @property
@@ -36,47 +37,21 @@ class DriftReport:
 
     @property
     def drifted(self) -> bool:
-        return self.value > self.threshold
+        """Any statistic of any feature (or of the predictions) over its threshold, on enough rows."""
+        return bool(self.result is not None and self.result.drifted)
+
+    @property
+    def status(self) -> str:
+        return self.result.status if self.result is not None else "inconclusive"
 
 
-def psi(expected: list[float], actual: list[float]) -> float:
-    """Population stability index of two share vectors over the same bins."""
-    total = 0.0
-    for e, a in zip(expected, actual, strict=True):
-        e, a = max(e, EPS), max(a, EPS)
-        total += (a - e) * math.log(a / e)
-    return total
-
-
-def feature_psi(spec: dict, values: list) -> float:
-    """PSI of one feature's logged values against its baseline spec (numeric edges or category shares)."""
-    n = len(values)
-    if spec["type"] == "numeric":
-        import bisect
-
-        edges = spec["edges"]
-        counts = [0] * (len(edges) + 1)
-        seen = 0
-        for v in values:
-            try:
-                x = float(v)
-            except (TypeError, ValueError):
-                continue
-            if math.isnan(x):
-                continue
-            counts[bisect.bisect_right(edges, x)] += 1
-            seen += 1
-        return psi(spec["shares"], [c / seen for c in counts]) if seen else 0.0
-    cats = list(spec["shares"])
-    counts = {c: 0 for c in cats}
-    other = 0
-    for v in values:
-        if str(v) in counts:
-            counts[str(v)] += 1
-        else:
-            other += 1
-    # A category never seen in training is its own bin with an expected share of ~0.
-    return psi([spec["shares"][c] for c in cats] + [0.0], [counts[c] / n for c in cats] + [other / n])
+def describe(result, limit: int = 3) -> str:
+    """'tenure ks 0.312 > 0.1, contract chi2_p 0.000 < 0.001': the top drifted features and the statistic that fired."""
+    parts = []
+    for feature in result.top(limit):
+        metric, value, threshold = feature.signal(result.thresholds)
+        parts.append(f"{feature.name} {metric} {value:.3f} {'<' if metric == 'chi2_p' else '>'} {threshold:g}")
+    return ", ".join(parts)
 
 
 class LocalMonitor:
@@ -117,33 +92,50 @@ class LocalMonitor:
                       latency_p95_ms=pct(0.95))
 
     def check_drift(self, endpoint: str, *, window_minutes: int = 60, threshold: float = 0.2,
-                    min_requests: int = 50) -> DriftReport:
-        """PSI of every feature in the logged inputs against the champion model's training baseline; emits one
-        MLOps.DriftDetected event when the largest PSI crosses ``threshold``."""
+                    min_requests: int = 50, thresholds=None) -> DriftReport:
+        """The logged inputs and predictions of the last ``window_minutes`` against the champion model's baseline
+        profile, through the drift engine (PSI at ``threshold``, the other statistics at ``thresholds`` or the
+        engine's defaults; fewer than ``min_requests`` rows is inconclusive). Emits one MLOps.DriftDetected event
+        carrying per-feature results and the top features when the window drifted."""
+        from shared.drift.engine import PREDICTION, Baseline, Thresholds, compare
+        from shared.training.score import to_float
+
         ep = self.workspace.get_endpoint(endpoint)
         if ep is None or not ep.traffic:
             return DriftReport(endpoint=endpoint, requests=0, threshold=threshold)
         champion = max((d for d in ep.deployments), key=lambda d: ep.traffic.get(d.name, 0))
         model = self.workspace.get_model(champion.model_name, champion.model_version)
-        baseline = json.loads((Path(model.path) / "baseline.json").read_text())["features"]
-        inputs = [row for r in self._rows(endpoint, None, window_minutes) if 200 <= int(r["status"]) < 300
-                  for row in json.loads(r["inputs"])]
+        baseline = Baseline.from_profile(json.loads((Path(model.path) / "baseline.json").read_text()))
+        served = [r for r in self._rows(endpoint, None, window_minutes) if 200 <= int(r["status"]) < 300]
+        inputs = [row for r in served for row in json.loads(r["inputs"])]
+        outputs = [p for r in served for p in json.loads(r["outputs"] or "[]")]
         if len(inputs) < min_requests:
             return DriftReport(endpoint=endpoint, requests=len(inputs), threshold=threshold,
                                baseline_from=champion.name)
-        scores = {name: round(feature_psi(spec, [row.get(name) for row in inputs]), 4)
-                  for name, spec in baseline.items()}
+        window = {}
+        for name, spec in baseline.profile["features"].items():
+            values = [row.get(name) for row in inputs]
+            window[name] = [to_float(v) for v in values] if spec["type"] == "numeric" else values
+        predictions = [to_float(p) for p in outputs] if len(outputs) == len(inputs) else None
+        limits = replace(thresholds or Thresholds(), psi=threshold, min_rows=min_requests)
+        result = compare(baseline, window, predictions=predictions, thresholds=limits, workers=1)
+        scores = {name: round(f.stats["psi"], 4) for name, f in result.features.items()
+                  if name != PREDICTION and f.stats.get("psi") is not None}
         report = DriftReport(endpoint=endpoint, requests=len(inputs), psi=scores, threshold=threshold,
-                             baseline_from=champion.name)
-        logger.info("drift check on %s: max PSI %.3f over %d rows (threshold %.2f)", endpoint, report.value,
-                    len(inputs), threshold)
+                             baseline_from=champion.name, result=result)
+        logger.info("drift check on %s: %s over %d rows%s", endpoint, result.status, len(inputs),
+                    f" ({describe(result)})" if result.drifted else "")
         if report.drifted and self.emit is not None:
+            top = result.top()
+            metric, value, limit = top[0].signal(limits)
             event = wire.custom("MLOps.DriftDetected", f"endpoints/{endpoint}", {
-                "endpoint": endpoint, "deployment": "", "metric": "psi", "value": report.value,
-                "threshold": threshold, "features": dict(report.worst), "monitor": "local-psi",
-                "severity": "warning", "requests": len(inputs),
-                "description": "input drift: " + ", ".join(f"{k} PSI {v:.2f}" for k, v in report.worst)})
+                "endpoint": endpoint, "deployment": "", "metric": metric, "value": value, "threshold": limit,
+                "features": {f.name: round(f.stats.get("psi") or 0.0, 4) for f in top}, "monitor": "local-drift",
+                "severity": "warning", "requests": len(inputs), "window_minutes": window_minutes,
+                "baseline_from": champion.name, "status": result.status,
+                "top": [f.to_dict(limits) for f in top],
+                "results": {k: f.to_dict(limits) for k, f in result.features.items()},
+                "description": "drift: " + describe(result)})
             self.emit(event)
-            report = DriftReport(endpoint=endpoint, requests=len(inputs), psi=scores, threshold=threshold,
-                                 baseline_from=champion.name, event=event)
+            report = replace(report, event=event)
         return report

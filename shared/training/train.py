@@ -18,13 +18,14 @@ from pathlib import Path
 logger = logging.getLogger("train")
 
 try:  # run as `python train.py` (Azure ML) or as `python -m shared.training.train` (embedded backend)
+    from baseline_profile import build_profile
     from score import encode, to_float
 except ImportError:  # pragma: no cover - depends on how it is launched
+    from shared.training.baseline_profile import build_profile
     from shared.training.score import encode, to_float
 
 TARGET = "churn"
 DROP = ("customer_id",)
-BINS = 10
 
 
 class DataError(Exception):
@@ -134,22 +135,14 @@ def evaluate(y, p) -> dict[str, float]:
     }
 
 
-def baseline(rows: list[dict], encoding: dict) -> dict:
-    """Distribution of each training feature, for PSI drift checks: decile edges for numbers, shares for categories."""
+def baseline(rows: list[dict], encoding: dict, predictions=None) -> dict:
+    """The drift baseline profile (schema in baseline_profile.py): a sketch of every training feature and, when
+    given, of the model's predicted scores on the same rows."""
     import numpy as np
 
-    features = {}
-    for col in encoding["numeric"]:
-        values = np.array([to_float(r.get(col)) for r in rows], dtype=np.float64)
-        values = values[~np.isnan(values)]
-        edges = np.unique(np.quantile(values, np.linspace(0, 1, BINS + 1)[1:-1]))
-        counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(edges) + 1)
-        features[col] = {"type": "numeric", "edges": edges.tolist(), "shares": (counts / counts.sum()).tolist()}
-    for col, cats in encoding["categorical"].items():
-        total = len(rows)
-        features[col] = {"type": "categorical",
-                         "shares": {c: sum(1 for r in rows if str(r.get(col, "")) == c) / total for c in cats}}
-    return {"rows": len(rows), "features": features}
+    numeric = {col: np.array([to_float(r.get(col)) for r in rows], dtype=np.float64) for col in encoding["numeric"]}
+    categorical = {col: [r.get(col) for r in rows] for col in encoding["categorical"]}
+    return build_profile(numeric, categorical, rows=len(rows), prediction=predictions)
 
 
 MLMODEL = """artifact_path: model
@@ -218,7 +211,8 @@ def train(data: Path, output: Path, *, seed: int = 42, test_size: float = 0.25, 
     output.mkdir(parents=True, exist_ok=True)
     save_model(booster, encoding, output / "model")
     (output / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    (output / "baseline.json").write_text(json.dumps(baseline([rows[i] for i in tr], encoding)))
+    train_scores = booster.predict(dtrain, iteration_range=(0, booster.best_iteration + 1))
+    (output / "baseline.json").write_text(json.dumps(baseline([rows[i] for i in tr], encoding, train_scores)))
     shutil.copy(output / "baseline.json", output / "model" / "baseline.json")
     _log_mlflow(metrics, params)
     return metrics

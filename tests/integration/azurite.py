@@ -1,9 +1,9 @@
-"""Azurite's Table service as a pytest fixture: a real Table Storage emulator on a free loopback port, in memory.
+"""Azurite's Table (and Blob) service as a pytest fixture: a real Storage emulator on a free loopback port, in memory.
 
 ``azurite`` (session scope) starts ``node_modules/.bin/azurite-table`` once and stops it at the end; each test
 asks it for a fresh table. ``start_azurite(https=..., oauth=True)`` starts another instance that accepts bearer
 tokens over HTTPS, for the managed-identity path. Skips only when the Azurite binary is absent (`make setup`
-installs it from package.json).
+installs it from package.json). ``start_azurite(..., service="blob")`` starts azurite-blob the same way.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 AZURITE_TABLE = ROOT / "node_modules" / ".bin" / "azurite-table"
+AZURITE_BLOB = ROOT / "node_modules" / ".bin" / "azurite-blob"
 ACCOUNT = "devstoreaccount1"
 # Azurite's well-known development account and key, published in Microsoft's Azurite documentation ("Use a
 # well-known storage account and key"). It opens only a local emulator: it is public, not a secret.
@@ -54,6 +55,14 @@ class Azurite:
         credential = credential or AzureNamedKeyCredential(ACCOUNT, DEV_ACCOUNT_KEY)
         return TableServiceClient(self.endpoint, credential=credential, **{**self.client_options, **options})
 
+    def blob_service(self, credential: Any = None, **options: Any):
+        """A BlobServiceClient (on an azurite-blob instance); by default with the well-known development key."""
+        from azure.core.credentials import AzureNamedKeyCredential
+        from azure.storage.blob import BlobServiceClient
+
+        credential = credential or AzureNamedKeyCredential(ACCOUNT, DEV_ACCOUNT_KEY)
+        return BlobServiceClient(self.endpoint, credential=credential, **{**self.client_options, **options})
+
     def fresh_table(self, credential: Any = None, **options: Any):
         """A TableClient on a new, empty table with a unique name."""
         service = self.service(credential, **options)
@@ -71,10 +80,13 @@ class Azurite:
                 self.process.wait(timeout=5)
 
 
-def start_azurite(workdir: Path, *, https: bool = False, oauth: bool = False, timeout: float = 30.0) -> Azurite:
-    """Start azurite-table in memory on a free loopback port and wait until it accepts connections."""
+def start_azurite(workdir: Path, *, https: bool = False, oauth: bool = False, timeout: float = 30.0,
+                  service: str = "table") -> Azurite:
+    """Start azurite-table (or azurite-blob) in memory on a free loopback port and wait until it accepts
+    connections."""
     port = _free_port()
-    args = [str(AZURITE_TABLE), "--tableHost", "127.0.0.1", "--tablePort", str(port), "--inMemoryPersistence",
+    binary = {"table": AZURITE_TABLE, "blob": AZURITE_BLOB}[service]
+    args = [str(binary), f"--{service}Host", "127.0.0.1", f"--{service}Port", str(port), "--inMemoryPersistence",
             "--skipApiVersionCheck", "--loose", "--silent", "--disableTelemetry"]
     cert = None
     options: dict[str, Any] = {}
@@ -93,12 +105,13 @@ def start_azurite(workdir: Path, *, https: bool = False, oauth: bool = False, ti
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"azurite-table exited with {process.returncode}: {log.read_text()[-2000:]}")
+            raise RuntimeError(f"azurite-{service} exited with {process.returncode}: {log.read_text()[-2000:]}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return instance
         time.sleep(0.05)
     instance.stop()
-    raise RuntimeError(f"azurite-table did not answer on port {port} within {timeout:.0f}s: {log.read_text()[-2000:]}")
+    raise RuntimeError(f"azurite-{service} did not answer on port {port} within {timeout:.0f}s: "
+                       f"{log.read_text()[-2000:]}")
 
 
 def self_signed_certificate(folder: Path) -> tuple[Path, Path]:

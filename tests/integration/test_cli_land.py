@@ -75,7 +75,9 @@ def test_the_served_monitor_turns_drifted_traffic_into_a_drift_decision(served):
     stack.grid.drain(timeout=30)
     drift = [r for r in stack.runtime.audit.recent(limit=50) if r.message == "DriftDetected"]
     assert drift and drift[0].event_id == report.event["id"]
-    assert drift[0].facts["endpoint"] == "churn-endpoint" and drift[0].facts["signal"]["value"] == report.value
+    assert drift[0].facts["endpoint"] == "churn-endpoint"
+    assert drift[0].facts["signal"]["value"] == report.event["data"]["value"]
+    assert drift[0].facts["signal"]["metric"] == report.result.top()[0].signal(report.result.thresholds)[0]
 
 
 def test_serve_stops_cleanly_on_sigterm_and_forgets_its_url_and_key(tmp_path):

@@ -43,6 +43,34 @@ def test_the_output_holds_model_metrics_baseline_and_an_mlflow_description(train
     assert "customer_id" not in base["features"]
 
 
+def test_the_baseline_is_a_versioned_profile_with_sketches_frequencies_and_predictions(trained):
+    d, clean, _ = trained
+    base = json.loads((d / "clean-out" / "model" / "baseline.json").read_text())  # stored with the model
+    assert base["schema_version"] == 2 and base["rows"] == clean["n_train"]
+    charges = base["features"]["monthly_charges"]
+    assert len(charges["quantiles"]) == 501 and charges["quantiles"] == sorted(charges["quantiles"])
+    assert sum(charges["counts"]) == charges["count"] == base["rows"] - charges["missing"]
+    assert len(charges["counts"]) == len(charges["edges"]) + 1
+    contract = base["features"]["contract"]
+    assert sum(contract["counts"].values()) + contract["other"] == contract["count"]
+    prediction = base["prediction"]
+    assert prediction["count"] == base["rows"] and 0.0 <= prediction["min"] <= prediction["max"] <= 1.0
+
+
+def test_train_py_runs_from_its_own_folder_alone(tmp_path):
+    """Azure ML uploads only shared/training as the job's code: train.py may not import the app's package."""
+    import shutil
+
+    code = tmp_path / "code"
+    shutil.copytree(ROOT / "shared" / "training", code, ignore=shutil.ignore_patterns("__pycache__"))
+    write_csv(tmp_path / "data.csv", rows=300, seed=3)
+    run = subprocess.run([sys.executable, "-E", "-s", "train.py", "--data", str(tmp_path / "data.csv"), "--output",
+                          str(tmp_path / "out"), "--max-rounds", "5"], cwd=code, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads((tmp_path / "out" / "baseline.json").read_text())["schema_version"] == 2
+
+
 def test_the_saved_model_scores_raw_rows_and_unknown_categories(trained):
     d, _, _ = trained
     predictor = score.load(d / "clean-out" / "model")
