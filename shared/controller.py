@@ -99,7 +99,7 @@ def apply(ctx: Context, endpoint: str, event: object | Callable[[EndpointState, 
                "event_id": ctx.event_id, "message": ctx.message, "alert": decision.alert,
                "severity": decision.severity, "facts": {**_jsonable(decision.facts), **_jsonable(ctx.extra_facts)},
                "effects": [_effect_json(e) for e in decision.effects], "before": dict(state.traffic),
-               "previous": _summary(state)}
+               "previous": _summary(state), "prior": state.to_json()}
     committed = ctx.states.save(replace(decision.state, pending=pending, version=state.version))
     logger.info("endpoint %s: %s committed (%s effects)", endpoint, decision.action, len(decision.effects))
     _finish(ctx, committed, view)
@@ -114,8 +114,12 @@ def _finish(ctx: Context, state: EndpointState, view: Endpoint | None) -> Endpoi
             _execute(ctx, state, _effect_from(raw), p)
     except TrafficChanged as error:
         # Someone changed the split outside the automation after we decided: our decision rests on a split that
-        # no longer exists. Drop it (nothing else of it is done), adopt what is live, and tell people.
-        cleared = ctx.states.save(replace(state, pending=None, traffic={k: v for k, v in error.actual.items() if v}))
+        # no longer exists. Drop it: back to the record as it was before the decision, with the live split adopted,
+        # and tell people. (Effects before the traffic change, e.g. a created deployment at 0 %, stay: harmless,
+        # and retired later if nothing uses them.)
+        prior = EndpointState.from_json(p["prior"], state.version) if p.get("prior") else state
+        cleared = ctx.states.save(replace(prior, pending=None, version=state.version,
+                                          traffic={k: v for k, v in error.actual.items() if v}))
         abandoned = Decision("abandon", f"{p.get('action')} not carried out: {error}", alert="deployment_changed",
                              severity="warning", facts={"abandoned": p.get("action")})
         _project(ctx, state, abandoned, cleared, before=p.get("before", {}), actor=p.get("actor", "automation"),

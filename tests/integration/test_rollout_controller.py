@@ -248,3 +248,22 @@ def test_two_workers_two_alerts_one_rollback_on_table_storage(tmp_path, azurite)
         assert shared_store.load(EP).stable == "churn-model-v1"
     finally:
         w.close()
+
+
+def test_a_split_changed_outside_the_automation_is_adopted_not_overwritten(tmp_path):
+    w = World(tmp_path)
+    try:
+        w.handle(w.new_model())
+        w.handle(w.new_model())
+        assert w.traffic() == {"churn-model-v1": 90, "churn-model-v2": 10}
+        w.ws.set_traffic(EP, {"churn-model-v1": 50, "churn-model-v2": 50})  # someone in the studio
+        result = w.handle(DriftDetected(event_id="d1", endpoint=EP, source="test", metric="psi", value=0.5))
+        assert w.traffic() == {"churn-model-v1": 50, "churn-model-v2": 50}, "their split is not overwritten"
+        state = w.state()
+        assert state.pending is None and state.traffic == {"churn-model-v1": 50, "churn-model-v2": 50}
+        assert state.phase.value == "progressing" and "churn-model-v2" not in state.rolled_back
+        [abandoned] = w.rt.audit.recent(decisions=["abandon"])
+        assert "changed outside the automation" in abandoned.reason and result[0].outcome == "done"
+        assert w.notifier.alerts[-1].title == "Traffic changed outside the automation on churn-endpoint"
+    finally:
+        w.close()
