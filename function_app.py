@@ -188,7 +188,7 @@ def status(req: func.HttpRequest) -> func.HttpResponse:
     from shared.views import status as snapshot
 
     rt = runtime()
-    return _json(200, snapshot(rt.workspace, rt.audit, rt.ledger))
+    return _json(200, snapshot(rt.workspace, rt.audit, rt.ledger, states=rt.states))
 
 
 @app.function_name("monitor_alert")

@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 from shared.domain import OWNER_TAG, OWNER_VALUE, JobStatus
-from shared.ports import AuditLog, Ledger, Workspace
+from shared.ports import AuditLog, Ledger, StateStore, Workspace
+from shared.rollout import EndpointState
 
 
-def status(workspace: Workspace, audit: AuditLog, ledger: Ledger, *, decisions: int = 20) -> dict:
-    """A JSON-ready snapshot; every value is re-read from the workspace and the audit trail."""
+def status(workspace: Workspace, audit: AuditLog, ledger: Ledger, *, decisions: int = 20,
+           states: StateStore | None = None) -> dict:
+    """A JSON-ready snapshot; every value is re-read from the workspace, the state records and the audit trail."""
     endpoints = []
     for ep in workspace.list_endpoints():
+        state = states.load(ep.name) if states is not None else None
         endpoints.append({
+            "rollout": _rollout(state) if state is not None else None,
             "name": ep.name,
             "traffic": {k: v for k, v in sorted(ep.traffic.items()) if v},
             "traffic_changed_at": ep.traffic_changed_at.isoformat() if ep.traffic_changed_at else None,
@@ -17,6 +21,13 @@ def status(workspace: Workspace, audit: AuditLog, ledger: Ledger, *, decisions: 
                              "traffic": ep.traffic.get(d.name, 0), "known_good": d.known_good,
                              "rolled_back": d.rolled_back} for d in ep.deployments],
         })
+    if states is not None:  # an endpoint whose first model waits for approval has a record but no deployment yet
+        known = {e["name"] for e in endpoints}
+        for name in states.endpoints():
+            state = states.load(name)
+            if name not in known and state is not None:
+                endpoints.append({"rollout": _rollout(state), "name": name, "traffic": {}, "traffic_changed_at": None,
+                                  "deployments": []})
     running = workspace.list_jobs(status=[JobStatus.QUEUED, JobStatus.RUNNING], tags={OWNER_TAG: OWNER_VALUE})
     return {
         "endpoints": endpoints,
@@ -28,3 +39,16 @@ def status(workspace: Workspace, audit: AuditLog, ledger: Ledger, *, decisions: 
                               "resources": list(r.resources)} for r in audit.recent(limit=decisions)],
         "ledger": ledger.stats(),
     }
+
+
+def _rollout(s: EndpointState) -> dict:
+    """The controller's view of an endpoint: roles, phase, step, what waits for approval (never its secret link)."""
+    return {"phase": s.phase.value, "stable": s.stable, "canary": s.canary or None, "canary_weight": s.weight,
+            "step": s.step, "held": s.held, "previous_stable": s.previous_stable or None,
+            "retained": list(s.retained), "rolled_back": list(s.rolled_back),
+            "awaiting_approval": {"model": f"{s.candidate.model}:{s.candidate.version}",
+                                  "expires_at": s.candidate.expires_at.isoformat()} if s.candidate else None,
+            "last_automatic": {"action": s.last_automatic.action, "at": s.last_automatic.at.isoformat()}
+            if s.last_automatic else None,
+            "last_manual": {"action": s.last_manual.action, "actor": s.last_manual.actor,
+                            "at": s.last_manual.at.isoformat()} if s.last_manual else None}

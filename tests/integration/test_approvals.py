@@ -106,6 +106,10 @@ def test_an_entra_token_of_a_listed_person_approves_once_and_nothing_else_does(t
     try:
         ws = stack.runtime.workspace
         assert ws.get_endpoint(ENDPOINT) is None, "nothing is deployed before the approval"
+        status = httpx.get(f"{stack.host.url}/api/status", headers={"x-functions-key": stack.host.key}).json()
+        [waiting] = [e["rollout"] for e in status["endpoints"] if e["name"] == ENDPOINT]
+        assert waiting["phase"] == "awaiting_approval" and waiting["awaiting_approval"]["model"] == "churn-model:1"
+        assert approval not in json.dumps(status), "the status view never shows the approval link's secret"
         page = httpx.get(url, timeout=30)
         assert page.status_code == 200 and "Approve churn-model:1 for churn-endpoint" in page.text
         assert "az account get-access-token --resource api://mlops-approvals" in page.text
@@ -135,6 +139,9 @@ def test_an_entra_token_of_a_listed_person_approves_once_and_nothing_else_does(t
         assert ws.get_model("churn-model", "1").tags["approved_by"] == "user:ana@contoso.example"
         assert ws.get_endpoint(ENDPOINT).deployment("churn-model-v1").tags["mlops_approved_by"] == \
             "user:ana@contoso.example"
+        status = httpx.get(f"{stack.host.url}/api/status", headers={"x-functions-key": stack.host.key}).json()
+        [after] = [e["rollout"] for e in status["endpoints"] if e["name"] == ENDPOINT]
+        assert after["phase"] == "promoted" and after["stable"] == "churn-model-v1"
         [record] = stack.runtime.audit.recent(decisions=["approve_deploy"])
         assert record.actor == "user:ana@contoso.example" and "metrics reviewed" in record.reason
 
