@@ -239,9 +239,12 @@ def _project(ctx: Context, before_state: EndpointState, decision: Decision, afte
         links = (("Review and approve", approval_url(ctx.settings, str(decision.facts["approval_id"]))), *links)
         rows.append(("Expires", str(decision.facts.get("expires_at", ""))))
     kind = decision.alert
+    title = TITLES.get(decision.action, "{endpoint}").format(endpoint=name)
+    if decision.action in ("deploy", "approve_deploy") and len(split_after) == 1 and not after.canary:
+        title = f"{'Approved and deployed' if decision.action == 'approve_deploy' else 'Deployed'} to {name} at 100 %"
     signal_kind = kind == "drift_detected" and ctx.incident
     ctx.notifier.notify(Alert(
-        kind=kind, severity=decision.severity, title=TITLES.get(decision.action, "{endpoint}").format(endpoint=name),
+        kind=kind, severity=decision.severity, title=title,
         summary=f"{decision.reason}.", facts=tuple(rows), links=links,
         incident_key=ctx.incident if signal_kind else f"{kind}:{name}:{event_id}:{decision.action}",
         resolved=decision.action == "record", actor=actor, event_id=event_id))

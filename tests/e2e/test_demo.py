@@ -28,7 +28,10 @@ def test_the_demo_passes_every_stage_and_posts_each_alert_to_the_webhook(tmp_pat
         assert all(c.get("type") == "AdaptiveCard" and c.get("version") == "1.5" for c in cards)
         text = "\n".join(_texts(c) for c in cards)
         for expected in ("Training started: churn v1", "Model rejected by the gate: churn v3",
-                         "Rolled back churn-endpoint to v1-1", "Training started: churn v3"):
+                         "Canary started on churn-endpoint", "Canary advanced on churn-endpoint",
+                         "Promoted on churn-endpoint", "Rolled back churn-endpoint", "Rollout aborted on churn-endpoint",
+                         "Retired deployments on churn-endpoint", "Approval needed on churn-eu-endpoint",
+                         "Approved and deployed to churn-eu-endpoint at 100 %", "Review and approve"):
             assert expected in text, f"no card says {expected!r}"
         # every alert the scenario raised was delivered to the webhook, once, and none is left waiting
         stats = SqliteOutbox(tmp_path / "demo" / "outbox.db").stats()
