@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 
 from shared.config import Policy
-from shared.domain import Endpoint, Health
+from shared.domain import OWNER_TAG, OWNER_VALUE, Endpoint, Health
 
 STATE_SCHEMA = 1
 FAILED_STATES = ("failed", "canceled", "deleting")  # provisioning states a deployment can never serve from
@@ -64,6 +64,8 @@ class Candidate:
     expires_at: datetime
     gate_reason: str = ""
     event_id: str = ""
+    resume_phase: str = ""  # the phase under "awaiting_approval" (promoted, aborted, idle): what drift acts on
+    form_secret: str = ""  # keys the approval form's per-person anti-forgery token (never shown as such)
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,7 @@ class NewModel:
     gate_reason: str
     approval_id: str  # used only under manual approval
     actor: str = "automation"
+    form_secret: str = ""  # used only under manual approval
 
 
 @dataclass(frozen=True)
@@ -356,6 +359,30 @@ def _cooldown(state: EndpointState, policy: Policy, now: datetime) -> str:
 def decide(state: EndpointState, event: object, view: Endpoint | None, policy: Policy, now: datetime) -> Decision:
     """The one decision function: the endpoint's state record, an event, what the workspace shows, the policy and
     the time in; a Decision out. Pure: no I/O, no clock, no randomness."""
+    return _settle(_decide(state, event, view, policy, now))
+
+
+def _phase(state: EndpointState) -> Phase:
+    """The phase drift and rollbacks act on: under "awaiting_approval", the one the endpoint was in before."""
+    if state.phase is Phase.AWAITING_APPROVAL and state.candidate is not None and state.candidate.resume_phase:
+        return Phase(state.candidate.resume_phase)
+    return state.phase
+
+
+def _settle(d: Decision) -> Decision:
+    """Keep "awaiting_approval" true to its word: it is the phase exactly while a candidate waits and nothing is in
+    flight, and the phase underneath is kept with the candidate."""
+    s = d.state
+    if s is None:
+        return d
+    if s.candidate is not None and s.phase.completed:
+        s = replace(s, phase=Phase.AWAITING_APPROVAL, candidate=replace(s.candidate, resume_phase=s.phase.value))
+    elif s.candidate is None and s.phase is Phase.AWAITING_APPROVAL:
+        s = replace(s, phase=Phase.PROMOTED if s.stable else Phase.IDLE)
+    return replace(d, state=s)
+
+
+def _decide(state: EndpointState, event: object, view: Endpoint | None, policy: Policy, now: datetime) -> Decision:
     if isinstance(event, NewModel):
         return _on_new_model(state, event, view, policy, now)
     if isinstance(event, ApprovalDecision):
@@ -445,10 +472,10 @@ def _on_new_model(state: EndpointState, ev: NewModel, view: Endpoint | None, pol
     if policy.approval_for(state.endpoint) == "manual":
         cand = Candidate(model=ev.model, version=ev.version, deployment=ev.deployment, data_version=ev.data_version,
                          approval_id=ev.approval_id, requested_at=now,
-                         expires_at=now + timedelta(hours=policy.approval_ttl_hours), gate_reason=ev.gate_reason)
+                         expires_at=now + timedelta(hours=policy.approval_ttl_hours), gate_reason=ev.gate_reason,
+                         form_secret=ev.form_secret)
         replaced = state.candidate
-        new = replace(state, phase=Phase.AWAITING_APPROVAL if state.phase.completed or
-                      state.phase is Phase.AWAITING_APPROVAL else state.phase, candidate=cand)
+        new = replace(state, phase=_phase(state), candidate=cand)  # _settle sets awaiting_approval
         why = f"{ev.model}:{ev.version} passed the gate and waits for approval until {cand.expires_at:%Y-%m-%d %H:%M} UTC"
         if replaced is not None:
             why += f" (replaces the unapproved {replaced.model}:{replaced.version})"
@@ -466,17 +493,15 @@ def _on_approval(state: EndpointState, ev: ApprovalDecision, view: Endpoint | No
         return Decision("refuse", "this approval is unknown or was already used (approvals are single-use)")
     if now >= cand.expires_at:
         return Decision("refuse", f"this approval expired at {cand.expires_at:%Y-%m-%d %H:%M} UTC")
-    after = Phase.PROMOTED if state.stable else Phase.IDLE
     if not ev.approve:
-        new = replace(state, candidate=None, phase=after if state.phase is Phase.AWAITING_APPROVAL else state.phase,
-                      last_manual=Change("reject", ev.actor, now))
+        new = replace(state, candidate=None, phase=_phase(state), last_manual=Change("reject", ev.actor, now))
         ref = f"{cand.model}:{cand.version}"
         return Decision("reject_model", f"{ev.actor} rejected {ref}: {ev.reason}", new,
                         (TagModel(ref, {"rejected_by": ev.actor, "rejected_at": now.isoformat()}),),
                         alert="manual_action", facts={"model": ref, "approver": ev.actor})
     if policy.freeze:
         return Decision("refuse", "freeze switch (MLOPS_FREEZE) is on: nothing is deployed, approve again later")
-    d = _start(replace(state, candidate=None), cand.model, cand.version, cand.deployment, view, policy, now,
+    d = _start(replace(state, candidate=None, phase=_phase(state)), cand.model, cand.version, cand.deployment, view, policy, now,
                actor=ev.actor, approved_by=ev.actor,
                reason=f"approved by {ev.actor} ({ev.reason})")
     return replace(d, action="approve_deploy", facts={**d.facts, "approver": ev.actor,
@@ -485,12 +510,18 @@ def _on_approval(state: EndpointState, ev: ApprovalDecision, view: Endpoint | No
 
 def _abort(state: EndpointState, view: Endpoint | None, now: datetime, *, actor: str, why: str,
            action: str = "abort") -> Decision:
-    """The canary loses all traffic and is never a target again; the stable gets 100 %."""
+    """The canary loses all traffic and is never a target again; the stable gets 100 %. The promotion before this
+    rollout is no longer a drift's suspect: a later drift does not return past the stable (no cascade). When the
+    stable cannot serve, nothing moves: a person must decide."""
     canary = state.canary
+    if not _usable(view, state.stable):
+        return Decision("hold", f"{why}; but stable {state.stable} cannot serve "
+                                f"({_state_of(view, state.stable) or 'missing'}): nothing moved, a person must decide",
+                        alert="rollback", severity="critical")
     split = {state.stable: 100}
     change = Change(action, actor, now)
     new = replace(state, phase=Phase.ABORTED, canary="", canary_model="", step=-1, weight=0, step_started_at=None,
-                  inconclusive_since=None, held=False, failures=0, traffic=split,
+                  inconclusive_since=None, held=False, failures=0, traffic=split, promoted_at=None,
                   rolled_back=tuple(dict.fromkeys((*state.rolled_back, canary))),
                   surplus=_mark_surplus(state, [canary], now), last_automatic=_auto(state, change, actor),
                   last_manual=_manual(state, change, actor))
@@ -507,21 +538,23 @@ def _abort(state: EndpointState, view: Endpoint | None, now: datetime, *, actor:
 def _return_to_previous(state: EndpointState, now: datetime, *, actor: str, why: str) -> Decision:
     """Undo the last promotion: the previous stable serves 100 % and becomes the stable again; the promoted model
     is marked rolled back. The previous stable's own predecessor is never a target: one promotion back, at most."""
-    target, bad = state.previous_stable, state.stable
+    target = state.previous_stable
+    bad = [n for n in (state.stable, state.canary) if n]  # a canary in flight goes too: it was judged against bad
     split = {target: 100}
     change = Change("rollback", actor, now)
     new = replace(state, phase=Phase.ABORTED, stable=target, stable_model=state.previous_model, previous_stable="",
-                  previous_model="", promoted_at=None, traffic=split,
+                  previous_model="", promoted_at=None, traffic=split, canary="", canary_model="", step=-1, weight=0,
+                  step_started_at=None, inconclusive_since=None, held=False, failures=0,
                   retained=tuple(n for n in state.retained if n != target),
-                  rolled_back=tuple(dict.fromkeys((*state.rolled_back, bad))),
-                  surplus=_mark_surplus(state, [bad], now), last_automatic=_auto(state, change, actor),
+                  rolled_back=tuple(dict.fromkeys((*state.rolled_back, *bad))),
+                  surplus=_mark_surplus(state, bad, now), last_automatic=_auto(state, change, actor),
                   last_manual=_manual(state, change, actor))
-    effects: list[Effect] = [SetTraffic(split, dict(state.traffic)), TagDeployment(bad, {"mlops_rolled_back": "true"})]
-    if state.stable_model:
-        effects.append(TagModel(state.stable_model, {"mlops_rolled_back": "true"}))
+    effects: list[Effect] = [SetTraffic(split, dict(state.traffic))]
+    effects += [TagDeployment(n, {"mlops_rolled_back": "true"}) for n in bad]
+    effects += [TagModel(m, {"mlops_rolled_back": "true"}) for m in (state.stable_model, state.canary_model) if m]
     return Decision("rollback", why, new, tuple(effects), alert="rollback",
                     severity="critical" if actor == "automation" else "warning",
-                    facts={"from": dict(state.traffic), "to_deployment": target, "marked_bad": [bad],
+                    facts={"from": dict(state.traffic), "to_deployment": target, "marked_bad": bad,
                            "traffic_after": split})
 
 
@@ -540,7 +573,7 @@ def _on_drift(state: EndpointState, ev: DriftSignal, view: Endpoint | None, poli
     wait = _cooldown(state, policy, now)
     if wait:
         return Decision("hold", wait, alert="drift_detected")
-    if state.phase is Phase.PROGRESSING and state.canary:
+    if _phase(state) is Phase.PROGRESSING and state.canary:
         if not _usable(view, state.stable):
             return Decision("hold", f"canary {state.canary} is suspect but stable {state.stable} cannot serve "
                                     f"({_state_of(view, state.stable) or 'missing'}): a person must decide",
@@ -550,7 +583,7 @@ def _on_drift(state: EndpointState, ev: DriftSignal, view: Endpoint | None, poli
                           f"the suspect, stable {state.stable} takes 100 %")
     recent = state.promoted_at is not None and now - state.promoted_at <= timedelta(
         minutes=policy.rollback_window_minutes)
-    if state.phase is Phase.PROMOTED and recent and _can_return(state, view):
+    if _phase(state) is Phase.PROMOTED and recent and _can_return(state, view):
         age = int((now - state.promoted_at).total_seconds() // 60)
         return _return_to_previous(state, now, actor="automation",
                                    why=f"drift {age} min after {state.stable} was promoted (window "
@@ -623,13 +656,13 @@ def _on_manual_rollback(state: EndpointState, ev: ManualRollback, view: Endpoint
 def _on_tick(state: EndpointState, ev: Tick, view: Endpoint | None, policy: Policy, now: datetime) -> Decision:
     cand = state.candidate
     if cand is not None and now >= cand.expires_at:
-        after = state.phase if state.phase is not Phase.AWAITING_APPROVAL else (
-            Phase.PROMOTED if state.stable else Phase.IDLE)
         return Decision("expire_approval", f"approval of {cand.model}:{cand.version} expired unused at "
-                                           f"{cand.expires_at:%Y-%m-%d %H:%M} UTC", replace(state, candidate=None,
-                                                                                            phase=after),
+                                           f"{cand.expires_at:%Y-%m-%d %H:%M} UTC",
+                        replace(state, candidate=None, phase=_phase(state)),
                         alert="approval_expired", severity="warning",
                         facts={"model": f"{cand.model}:{cand.version}"})
+    if policy.freeze:  # no step, promotion, abort or retirement: the rollout stays where it is
+        return Decision("noop", "freeze switch (MLOPS_FREEZE) is on: the rollout stays where it is")
     if state.phase is Phase.PROGRESSING and state.canary:
         step = _progress(state, ev, view, policy, now)
         retire = _retire(step.state or state, view, policy, now)
@@ -649,7 +682,10 @@ def _progress(state: EndpointState, ev: Tick, view: Endpoint | None, policy: Pol
                             alert="deployment_changed", severity="critical")
         return _abort(state, view, now, actor="automation",
                       why=f"canary {state.canary} cannot serve (state {_state_of(view, state.canary) or 'missing'})")
-    started = state.step_started_at or now
+    if state.step_started_at is None:  # a record made from an endpoint found mid-rollout: its step starts now
+        return Decision("noop", f"canary {state.canary} at {state.weight} %: its step starts baking now",
+                        replace(state, step_started_at=now))
+    started = state.step_started_at
     if now - started < timedelta(minutes=policy.bake_minutes):
         return Decision("noop", f"canary {state.canary} bakes at {state.weight} % until "
                                 f"{started + timedelta(minutes=policy.bake_minutes):%H:%M:%S}")
@@ -714,7 +750,8 @@ def _retire(state: EndpointState, view: Endpoint | None, policy: Policy, now: da
             minutes=policy.rollback_window_minutes):
         keep.add(state.previous_stable)
     serving = {n for n, v in view.traffic.items() if v} | {n for n, v in view.mirror_traffic.items() if v}
-    existing = {d.name for d in view.deployments}
+    # Only deployments the automation created: a person's own deployment (a blue/green test at 0 %) is theirs.
+    existing = {d.name for d in view.deployments if d.tags.get(OWNER_TAG) == OWNER_VALUE}
     since = dict(state.surplus)
     extra = sorted(n for n in existing - keep - serving if n not in since)
     due = sorted(n for n, t in since.items() if n in existing and n not in keep and n not in serving

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from shared.config import Policy
-from shared.domain import Deployment, Endpoint, Health, deployment_name_for
+from shared.domain import OWNER_TAG, OWNER_VALUE, Deployment, Endpoint, Health, deployment_name_for
 from shared.errors import InvalidPayload
 from shared.rollout import (
     ApprovalDecision,
@@ -27,6 +27,7 @@ from shared.rollout import (
     Tick,
     Verdict,
     analyze,
+    bootstrap,
     decide,
 )
 
@@ -38,7 +39,8 @@ EP = "churn-endpoint"
 def view(traffic: dict[str, int], *names: str, failed: tuple[str, ...] = ()) -> Endpoint:
     names = names or tuple(traffic)
     deps = tuple(Deployment(name=n, model_name="churn-model", model_version=n.rsplit("v", 1)[-1],
-                            state="Failed" if n in failed else "Succeeded") for n in names)
+                            tags={OWNER_TAG: OWNER_VALUE}, state="Failed" if n in failed else "Succeeded")
+                 for n in names)
     return Endpoint(name=EP, deployments=deps, traffic=dict(traffic))
 
 
@@ -317,3 +319,91 @@ def test_drift_response(state, signal, policy, minutes, action, to):
         assert d.state.traffic == {to: 100} and any(isinstance(e, SetTraffic) for e in d.effects)
     else:
         assert not any(isinstance(e, SetTraffic) for e in d.effects)
+
+
+# --- found by review -------------------------------------------------------------------------------------
+
+OWNED = {OWNER_TAG: OWNER_VALUE}
+MANUAL = replace(P, approval="manual")
+
+
+def test_an_endpoint_found_mid_rollout_starts_baking_and_moves_on():
+    # An endpoint left at 90/10 by the pre-controller code (the "stays there forever") is bootstrapped.
+    v = view({"churn-model-v1": 90, "churn-model-v2": 10})
+    v = replace(v, deployments=(replace(v.deployments[0], tags={"mlops_known_good": "true"}), v.deployments[1]))
+    s = bootstrap(EP, v)
+    assert s.phase is Phase.PROGRESSING and s.step_started_at is None
+    now = T0
+    for _ in range(24):  # a day of hourly ticks with excellent evidence
+        now += timedelta(hours=1)
+        d, s = run(s, Tick(Evidence(healthy(), healthy())), v, now)
+        v = apply_traffic(v, d)
+    assert s.phase is Phase.PROMOTED and s.stable == "churn-model-v2", f"stuck at {s.weight} %: {d.reason}"
+
+
+def test_failed_analysis_never_aborts_onto_a_failed_stable():
+    s, v = canary_at_10()
+    v = view(dict(v.traffic), "churn-model-v1", "churn-model-v2", failed=("churn-model-v1",))
+    now = T0 + timedelta(hours=3)
+    bad = Evidence(healthy(errors=0.3), healthy())
+    for _ in range(P.analysis_failure_limit):
+        now += timedelta(minutes=P.bake_minutes)
+        d, s = run(s, Tick(bad), v, now)
+    assert not (d.action == "abort" and s.traffic == {"churn-model-v1": 100}), \
+        "100 % of traffic sent to a deployment in state Failed"
+
+
+def test_a_candidate_waiting_for_approval_does_not_hide_the_return_after_a_promotion():
+    s, v, now = promote_v2()
+    d, s = run(s, new(3), v, now + timedelta(minutes=1), MANUAL)
+    assert s.phase is Phase.AWAITING_APPROVAL
+    d, s = run(s, DriftSignal(summary="psi 0.5", newest_data=("churn", "9")), v, now + timedelta(minutes=5), MANUAL)
+    assert d.action == "rollback", f"drift 5 min after promotion did not return to v1: {d.action}: {d.reason}"
+
+
+def test_after_an_abort_and_a_rejected_candidate_the_same_drift_does_not_cascade():
+    s, v, now = promote_v2()                       # v2 stable, v1 previous, promoted at `now`
+    d, s = run(s, new(3), replace(v, deployments=(*v.deployments, Deployment(
+        name="churn-model-v3", model_name="churn-model", model_version="3"))), now + timedelta(minutes=1))
+    v = apply_traffic(replace(v, deployments=(*v.deployments, Deployment(
+        name="churn-model-v3", model_name="churn-model", model_version="3"))), d)
+    drift = DriftSignal(summary="psi 0.5", newest_data=("churn", "9"), data_status="tried")
+    d, s = run(s, drift, v, now + timedelta(minutes=2))
+    assert d.action == "rollback" and s.phase is Phase.ABORTED   # v3 aborted: the canary was the suspect
+    v = apply_traffic(v, d)
+    d, s = run(s, new(4), v, now + timedelta(minutes=3), MANUAL)   # a manual candidate arrives...
+    d, s = run(s, ApprovalDecision(s.candidate.approval_id, False, "user:ana", "no"), v, now + timedelta(minutes=4),
+               MANUAL)                                             # ...and is rejected
+    d, s = run(s, drift, v, now + timedelta(minutes=2 + P.cooldown_minutes + 1), MANUAL)  # same drift persists
+    assert d.action != "rollback", f"second automatic rollback for one drift: {d.reason}"
+
+
+def test_a_manual_return_to_the_previous_stable_mid_rollout_takes_the_canary_out_too():
+    s, v, now = promote_v2()
+    v3 = replace(v, deployments=(*v.deployments, Deployment(name="churn-model-v3", model_name="churn-model",
+                                                            model_version="3")))
+    d, s = run(s, new(3), v3, now + timedelta(minutes=1))
+    v3 = apply_traffic(v3, d)
+    assert s.phase is Phase.PROGRESSING and s.canary == "churn-model-v3"
+    d, s = run(s, ManualRollback(actor="http:bob", reason="bad", to="churn-model-v1"), v3, now + timedelta(minutes=2))
+    assert d.action == "rollback" and s.traffic == {"churn-model-v1": 100}
+    assert s.canary == "" and "churn-model-v3" in s.rolled_back, \
+        f"canary={s.canary!r} weight={s.weight} rolled_back={s.rolled_back}: v3 served and is neither cleared nor marked"
+
+
+def test_retirement_never_deletes_a_deployment_the_automation_did_not_create():
+    s, v, now = promote_v2()
+    blue = Deployment(name="blue-by-hand", model_name="other", model_version="1", tags={})  # a person's 0 % test
+    v = replace(v, deployments=(*v.deployments, blue), traffic={**v.traffic, "blue-by-hand": 0})
+    pol = replace(P, retention_minutes=0)
+    d, s = run(s, Tick(), v, now + timedelta(days=2), pol)
+    d, s = run(s, Tick(), v, now + timedelta(days=2, minutes=1), pol)
+    assert "blue-by-hand" not in d.facts.get("retired", []), "deleted a deployment not created by the automation"
+
+
+def test_freeze_stops_the_tick_from_advancing_promoting_or_retiring():
+    s, v = canary_at_10()
+    frozen = replace(P, freeze=True)
+    d, s2 = run(s, Tick(Evidence(healthy(), healthy())), v, T0 + timedelta(hours=3, minutes=P.bake_minutes), frozen)
+    assert d.action not in ("advance", "promote") and not d.effects, \
+        f"MLOPS_FREEZE on, yet the tick did {d.action}: {d.reason}"
