@@ -11,19 +11,31 @@ traffic change has exactly one audit record, naming its actor.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 
 from shared import rollout
 from shared.config import Settings
 from shared.domain import OWNER_TAG, OWNER_VALUE, Alert, AuditRecord, Endpoint
-from shared.errors import Conflict, MLOpsError, NotFound, StaleState, TrafficChanged
+from shared.errors import (
+    Busy,
+    Conflict,
+    MLOpsError,
+    NotFound,
+    PermanentError,
+    StaleState,
+    TrafficChanged,
+    TransientError,
+)
 from shared.ports import AuditLog, Monitor, Notifier, StateStore, Workspace
 from shared.rollout import Decision, EndpointState
 
 logger = logging.getLogger(__name__)
 MAX_RELOADS = 3  # another worker's pending transition finished, then ours decided again
+LEASE = timedelta(minutes=5)  # how long a worker carrying out a transition keeps others off it
+PENDING_GIVE_UP = timedelta(hours=24)  # a transition still not carried out after this is dropped and alerted
 _EFFECTS = {cls.__name__: cls for cls in (rollout.CreateDeployment, rollout.SetTraffic, rollout.TagDeployment,
                                           rollout.TagModel, rollout.DeleteDeployment, rollout.Retrain)}
 
@@ -42,7 +54,7 @@ class Context:
 
     def __init__(self, *, workspace: Workspace, states: StateStore, audit: AuditLog, notifier: Notifier,
                  settings: Settings, clock: Callable[[], datetime], event_id: str, message: str,
-                 actor: str = "automation", retrain: Callable[[str, str, str], object] | None = None,
+                 actor: str = "automation", retrain: Callable[[str, str, str, str], object] | None = None,
                  links: Callable[..., tuple] | None = None, extra_facts: dict | None = None,
                  incident: str = "") -> None:
         self.workspace = workspace
@@ -58,11 +70,13 @@ class Context:
         self.links = links or (lambda **_: ())
         self.extra_facts = extra_facts or {}
         self.incident = incident  # incident key of the signal that caused this run (drift: open, then resolve)
+        self.worker = uuid.uuid4().hex  # who holds a pending transition's lease
 
 
 def load(ctx: Context, endpoint: str) -> tuple[EndpointState, Endpoint | None]:
     """The endpoint's record (a first one derived from the workspace when none is stored) and the workspace's view,
-    after finishing any transition a previous worker committed but did not complete."""
+    after finishing any transition a previous worker committed but did not complete. A transition another worker
+    is carrying out right now (its lease is live) raises Busy: transient, so the event comes back later."""
     for _ in range(MAX_RELOADS + 1):
         state = ctx.states.load(endpoint)
         view = ctx.workspace.get_endpoint(endpoint)
@@ -70,10 +84,17 @@ def load(ctx: Context, endpoint: str) -> tuple[EndpointState, Endpoint | None]:
             state = rollout.bootstrap(endpoint, view)
         if state.pending is None:
             return state, view
+        p = state.pending
+        now = ctx.clock()
+        if p.get("owner") != ctx.worker and _time(p.get("lease_until")) > now:
+            raise Busy(f"{p.get('action')} on {endpoint} is being carried out by another worker")
         try:
-            _finish(ctx, state, view)
+            # Take the transition over with the ETag: from here on, this worker alone carries it out.
+            mine = ctx.states.save(replace(state, pending={**p, "owner": ctx.worker,
+                                                           "lease_until": (now + LEASE).isoformat()}))
+            _finish(ctx, mine, view)
         except StaleState:
-            continue  # another worker finished it first: read again
+            continue  # another worker got there first: read again
     raise StaleState(f"state of {endpoint} kept changing while it was read")
 
 
@@ -88,18 +109,19 @@ def apply(ctx: Context, endpoint: str, event: object | Callable[[EndpointState, 
         raise Conflict(decision.reason)
     if decision.state is None:
         if decision.action not in ("noop",):
-            _project(ctx, state, decision, state, before=dict(state.traffic))
+            _project(ctx, decision, state, before=dict(state.traffic))
         return decision
     if not decision.effects:
         saved = ctx.states.save(replace(decision.state, version=state.version))
         if decision.action != "noop":
-            _project(ctx, state, decision, saved, before=dict(state.traffic))
+            _project(ctx, decision, saved, before=dict(state.traffic))
         return decision
-    pending = {"action": decision.action, "reason": decision.reason, "actor": ctx.actor,
+    pending = {"id": uuid.uuid4().hex, "action": decision.action, "reason": decision.reason, "actor": ctx.actor,
                "event_id": ctx.event_id, "message": ctx.message, "alert": decision.alert,
                "severity": decision.severity, "facts": {**_jsonable(decision.facts), **_jsonable(ctx.extra_facts)},
                "effects": [_effect_json(e) for e in decision.effects], "before": dict(state.traffic),
-               "previous": _summary(state), "prior": state.to_json()}
+               "prior": state.to_json(), "at": now.isoformat(), "owner": ctx.worker,
+               "lease_until": (now + LEASE).isoformat()}
     committed = ctx.states.save(replace(decision.state, pending=pending, version=state.version))
     logger.info("endpoint %s: %s committed (%s effects)", endpoint, decision.action, len(decision.effects))
     _finish(ctx, committed, view)
@@ -107,31 +129,64 @@ def apply(ctx: Context, endpoint: str, event: object | Callable[[EndpointState, 
 
 
 def _finish(ctx: Context, state: EndpointState, view: Endpoint | None) -> EndpointState:
-    """Carry out a committed transition's effects, clear it with the ETag, then write its audit record and alert."""
-    p = state.pending or {}
+    """Carry out a committed transition's effects, write its audit record and alert once, then clear it with the
+    ETag. A transition that cannot be carried out (someone changed the split, a permanent error, or it kept failing
+    for PENDING_GIVE_UP) is dropped: the record goes back to what it was before the decision."""
     try:
+        return _carry_out(ctx, state, view)
+    except TransientError:
+        # Let the next delivery or tick go at it at once instead of waiting out this worker's lease.
+        try:
+            ctx.states.save(replace(state, pending={**(state.pending or {}), "lease_until": ""}))
+        except MLOpsError as error:
+            logger.warning("could not release %s on %s: %s", (state.pending or {}).get("action"), state.endpoint,
+                           error)
+        raise
+
+
+def _carry_out(ctx: Context, state: EndpointState, view: Endpoint | None) -> EndpointState:
+    p = state.pending or {}
+    done = Decision(p.get("action", "?"), p.get("reason", ""), alert=p.get("alert", ""),
+                    severity=p.get("severity", "info"), facts=p.get("facts", {}))
+    try:
+        if ctx.clock() - _time(p.get("at")) > PENDING_GIVE_UP:
+            raise PermanentError(f"it was still not carried out after {PENDING_GIVE_UP}")
         for raw in p.get("effects", ()):
             _execute(ctx, state, _effect_from(raw), p)
     except TrafficChanged as error:
         # Someone changed the split outside the automation after we decided: our decision rests on a split that
-        # no longer exists. Drop it: back to the record as it was before the decision, with the live split adopted,
-        # and tell people. (Effects before the traffic change, e.g. a created deployment at 0 %, stay: harmless,
-        # and retired later if nothing uses them.)
-        prior = EndpointState.from_json(p["prior"], state.version) if p.get("prior") else state
-        cleared = ctx.states.save(replace(prior, pending=None, version=state.version,
-                                          traffic={k: v for k, v in error.actual.items() if v}))
-        abandoned = Decision("abandon", f"{p.get('action')} not carried out: {error}", alert="deployment_changed",
-                             severity="warning", facts={"abandoned": p.get("action")})
-        _project(ctx, state, abandoned, cleared, before=p.get("before", {}), actor=p.get("actor", "automation"),
-                 event_id=p.get("event_id", ctx.event_id), message=p.get("message", ctx.message))
-        return cleared
-    cleared = ctx.states.save(replace(state, pending=None))
-    done = Decision(p.get("action", "?"), p.get("reason", ""), alert=p.get("alert", ""),
-                    severity=p.get("severity", "info"), facts=p.get("facts", {}))
-    _project(ctx, EndpointState(endpoint=state.endpoint, **p.get("previous", {})), done, cleared,
-             before=p.get("before", {}), actor=p.get("actor", "automation"), event_id=p.get("event_id", ctx.event_id),
-             message=p.get("message", ctx.message))
-    return cleared
+        # no longer exists. Adopt the live split, and tell people.
+        return _drop(ctx, state, p, f"{p.get('action')} not carried out: {error}", "warning",
+                     traffic={k: v for k, v in error.actual.items() if v})
+    except PermanentError as error:
+        # A quota, a refused deployment, a model gone: retrying cannot help, and a transition left pending would
+        # block every later change on this endpoint (a manual rollback included).
+        return _drop(ctx, state, p, f"{p.get('action')} failed: {type(error).__name__}: {error}", "error")
+    _project(ctx, done, state, before=p.get("before", {}), actor=p.get("actor"), event_id=p.get("event_id"),
+             message=p.get("message"), transition=p.get("id", ""))
+    return ctx.states.save(replace(state, pending=None))
+
+
+def _drop(ctx: Context, state: EndpointState, p: dict, why: str, severity: str, *,
+          traffic: dict[str, int] | None = None) -> EndpointState:
+    """Back to the record as it was before the decision (deployments its effects created stay at 0 % and are
+    retired later), with the live split when it is known; recorded and alerted once."""
+    prior = EndpointState.from_json(p["prior"], state.version) if p.get("prior") else replace(state, pending=None)
+    created = [e["deployment"] for e in p.get("effects", ()) if e.get("kind") == "CreateDeployment"]
+    live = traffic if traffic is not None else dict(prior.traffic)
+    restored = replace(prior, pending=None, version=state.version, traffic=live,
+                       surplus=tuple(sorted({**dict(prior.surplus), **{n: ctx.clock().isoformat() for n in created
+                                                                      if n not in prior.live()}}.items())))
+    dropped = Decision("abandon", why, alert="deployment_changed", severity=severity,
+                       facts={"abandoned": p.get("action")})
+    _project(ctx, dropped, restored, before=p.get("before", {}), actor=p.get("actor"), event_id=p.get("event_id"),
+             message=p.get("message"), transition=p.get("id", ""))
+    logger.warning("endpoint %s: %s", state.endpoint, why)
+    return ctx.states.save(restored)
+
+
+def _time(raw: object) -> datetime:
+    return datetime.fromisoformat(raw) if isinstance(raw, str) and raw else datetime.min.replace(tzinfo=timezone.utc)
 
 
 def _execute(ctx: Context, state: EndpointState, effect: rollout.Effect, pending: dict) -> None:
@@ -163,11 +218,7 @@ def _execute(ctx: Context, state: EndpointState, effect: rollout.Effect, pending
     elif isinstance(effect, rollout.Retrain):
         if ctx.retrain is None:
             raise MLOpsError("no retraining function wired")  # a wiring bug, not a payload problem
-        ctx.retrain(effect.asset, effect.version, pending.get("event_id", ctx.event_id))
-
-
-def _summary(state: EndpointState) -> dict:
-    return {"phase": state.phase.value, "stable": state.stable, "canary": state.canary, "weight": state.weight}
+        ctx.retrain(effect.asset, effect.version, pending.get("event_id", ctx.event_id), state.endpoint)
 
 
 def _jsonable(facts: dict) -> dict:
@@ -200,9 +251,11 @@ def approval_url(settings: Settings, approval_id: str) -> str:
     return f"{base}/api/approvals/{approval_id}"
 
 
-def _project(ctx: Context, before_state: EndpointState, decision: Decision, after: EndpointState, *,
-             before: dict, actor: str | None = None, event_id: str | None = None, message: str | None = None) -> None:
-    """The one place a decision becomes an audit record and an alert."""
+def _project(ctx: Context, decision: Decision, after: EndpointState, *, before: dict, actor: str | None = None,
+             event_id: str | None = None, message: str | None = None, transition: str = "") -> None:
+    """The one place a decision becomes an audit record and an alert. A transition's record carries its id, and is
+    written only if no record of that transition exists yet (a worker that crashed after writing it and before
+    clearing the transition must not make a second one)."""
     actor = actor or ctx.actor
     event_id = event_id or ctx.event_id
     name = after.endpoint
@@ -211,6 +264,11 @@ def _project(ctx: Context, before_state: EndpointState, decision: Decision, afte
              "weight": after.weight, "traffic_before": {k: v for k, v in before.items() if v},
              "traffic_after": split_after, **_jsonable(ctx.extra_facts), **_jsonable(decision.facts)}
     resources = tuple(f"deployment:{name}/{n}" for n in sorted({*before, *split_after}) if n)
+    if transition:
+        facts["transition"] = transition
+        if any(r.facts.get("transition") == transition
+               for r in ctx.audit.recent(subject=name, decisions=[decision.action], limit=20)):
+            return  # recorded and alerted by the worker that crashed before clearing it
     ctx.audit.append(AuditRecord(event_id=event_id, message=message or ctx.message, decision=decision.action,
                                  reason=decision.reason, actor=actor, facts=facts, resources=resources,
                                  at=ctx.clock()))

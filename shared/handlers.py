@@ -228,9 +228,11 @@ def run_finished(msg: RunFinished, *, workspace: Workspace, metrics: RunMetrics,
 
 def _ctx(msg, *, workspace: Workspace, states: StateStore, audit: AuditLog, notifier: Notifier,
          settings: Settings, clock: Clock, actor: str = "automation", **extra) -> controller.Context:
+    # Every context can start retraining: a committed drift decision may be finished by any later event or tick.
     return controller.Context(workspace=workspace, states=states, audit=audit, notifier=notifier, settings=settings,
                               clock=clock, event_id=msg.event_id, message=msg.type, actor=actor,
-                              links=lambda **kinds: _links(settings, **kinds), **extra)
+                              links=lambda **kinds: _links(settings, **kinds),
+                              retrain=_retrainer(workspace, audit, notifier, settings, clock), **extra)
 
 
 def _reference_metrics(workspace: Workspace, metrics: RunMetrics, ref: str) -> tuple[dict[str, float], str]:
@@ -420,8 +422,7 @@ def drift_detected(msg: DriftDetected, *, workspace: Workspace, audit: AuditLog,
         return Handled("ignored", reason, data={"newest": f"{newest.name}:{newest.version}" if newest else None})
     health = _health_evidence(monitor, endpoint) if not msg.resolved else {}
     ctx = _ctx(msg, workspace=workspace, states=states, audit=audit, notifier=notifier, settings=settings,
-               clock=clock, retrain=_retrainer(workspace, audit, notifier, settings, clock, msg.endpoint),
-               extra_facts={"signal": signal, "health": health,
+               clock=clock, extra_facts={"signal": signal, "health": health,
                             "health_window_minutes": HEALTH_WINDOW_MINUTES if health else None},
                incident=f"drift:{msg.endpoint}:{msg.rule or msg.metric}")
 
@@ -443,11 +444,12 @@ def drift_detected(msg: DriftDetected, *, workspace: Workspace, audit: AuditLog,
                          "to": decision.facts.get("to_deployment"), "marked_bad": decision.facts.get("marked_bad")})
 
 
-def _retrainer(workspace: Workspace, audit: AuditLog, notifier: Notifier, settings: Settings, clock: Clock,
-               endpoint: str) -> Callable[[str, str, str], object]:
+def _retrainer(workspace: Workspace, audit: AuditLog, notifier: Notifier, settings: Settings,
+               clock: Clock) -> Callable[[str, str, str, str], object]:
     """Start retraining as an effect of a committed drift decision (not as a follow-up message: a failure after
-    the decision was committed must be finished by the next worker, which only effects are)."""
-    def retrain(asset: str, version: str, event_id: str) -> object:
+    the decision was committed must be finished by the next worker, which only effects are). The job is named by
+    the drift event's id, so finishing it twice starts one job."""
+    def retrain(asset: str, version: str, event_id: str, endpoint: str) -> object:
         return start_training(StartTraining(event_id=event_id, asset=asset, version=version, attempt=0,
                                             reason=f"drift on {endpoint}", drift_on=endpoint),
                               workspace=workspace, audit=audit, notifier=notifier, settings=settings, clock=clock)
@@ -514,6 +516,7 @@ def advance_rollouts(msg: AdvanceRollouts, *, workspace: Workspace, audit: Audit
     finds the step just started (bake time) or nothing due, and changes nothing."""
     names = [msg.endpoint] if msg.endpoint else states.endpoints()
     done: dict[str, str] = {}
+    failed: dict[str, str] = {}
     for name in names:
         ctx = _ctx(msg, workspace=workspace, states=states, audit=audit, notifier=notifier, settings=settings,
                    clock=clock)
@@ -526,10 +529,18 @@ def advance_rollouts(msg: AdvanceRollouts, *, workspace: Workspace, audit: Audit
                 canary=controller.health_or_none(monitor, name, state.canary, minutes),
                 stable=controller.health_or_none(monitor, name, state.stable, minutes)))
 
-        done[name] = controller.apply(ctx, name, tick_for).action
+        try:
+            done[name] = controller.apply(ctx, name, tick_for).action
+        except MLOpsError as error:
+            # One endpoint's trouble (a deployment still being created, a throttled read) must not stop the tick
+            # for the others; the next tick tries this one again.
+            logger.warning("tick on %s: %s: %s", name, type(error).__name__, error)
+            failed[name] = f"{type(error).__name__}: {error}"
     changed = {k: v for k, v in done.items() if v != "noop"}
-    return Handled("done" if changed else "ignored", ", ".join(f"{k}: {v}" for k, v in changed.items()) or
-                   "nothing to do", data={"endpoints": done})
+    reason = ", ".join(f"{k}: {v}" for k, v in changed.items()) or "nothing to do"
+    if failed:
+        reason += f"; not this time: {', '.join(failed)}"
+    return Handled("done" if changed else "ignored", reason, data={"endpoints": done, "failed": failed})
 
 
 # --- audit-only events ---------------------------------------------------------------------------------

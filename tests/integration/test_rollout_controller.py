@@ -16,9 +16,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shared import handlers
 from shared.bootstrap import build
 from shared.config import Settings
-from shared.errors import StaleState, TransientError
+from shared.errors import ServiceRejected, StaleState, Throttled, TransientError
 from shared.messages import AdvanceRollouts, DecideApproval, DriftDetected, RollBack, RunFinished
 from tests.helpers import Recording, finished_job
 
@@ -265,5 +266,111 @@ def test_a_split_changed_outside_the_automation_is_adopted_not_overwritten(tmp_p
         [abandoned] = w.rt.audit.recent(decisions=["abandon"])
         assert "changed outside the automation" in abandoned.reason and result[0].outcome == "done"
         assert w.notifier.alerts[-1].title == "Traffic changed outside the automation on churn-endpoint"
+    finally:
+        w.close()
+
+
+# --- found by review -------------------------------------------------------------------------------------
+
+def test_an_effect_that_fails_for_good_is_dropped_and_never_blocks_a_later_rollback(tmp_path, monkeypatch):
+    w = World(tmp_path)
+    try:
+        w.handle(w.new_model())
+        w.handle(w.new_model())
+        assert w.traffic() == {"churn-model-v1": 90, "churn-model-v2": 10}
+        real = w.ws.create_deployment
+
+        def quota(endpoint, deployment, model, tags):  # a third deployment exceeds the subscription's core quota
+            if deployment == "churn-model-v3":
+                raise ServiceRejected("HTTP 400: not enough quota", status=400)
+            return real(endpoint, deployment, model, tags)
+
+        monkeypatch.setattr(w.ws, "create_deployment", quota)
+        w.handle(w.new_model())  # v3 supersedes v2: committed, then CreateDeployment fails for good
+        state = w.state()
+        assert state.pending is None and state.canary == "churn-model-v2", "dropped: back to the record before"
+        # v2 (10 %) now misbehaves: a person asks for a rollback
+        w.handle(RollBack(event_id=str(uuid.uuid4()), endpoint=EP, reason="v2 is bad", actor="http:bob"))
+        assert w.traffic() == {"churn-model-v1": 100}
+        [dropped] = w.rt.audit.recent(decisions=["abandon"])
+        assert "not enough quota" in dropped.reason and dropped.facts["abandoned"] == "deploy"
+    finally:
+        w.close()
+
+
+def test_a_retrain_left_pending_is_finished_by_the_next_tick(tmp_path, monkeypatch):
+    w = World(tmp_path)
+    try:
+        w.handle(w.new_model())  # v1 stable at 100 %
+        w.clock.advance(minutes=600)  # long after the promotion: drift means retrain
+        (w.ws.root / "new.csv").write_text("a,b\n1,2\n")
+        w.ws.register_data("churn", "99", str(w.ws.root / "new.csv"))
+
+        def throttled(*a, **k):
+            raise Throttled("429 from the workspace")
+
+        monkeypatch.setattr(handlers, "start_training", throttled)
+        w.handle(DriftDetected(event_id="d1", endpoint=EP, source="test", metric="psi", value=0.5))
+        assert w.state().pending and w.state().pending["action"] == "retrain"
+        monkeypatch.undo()
+        # Before the drift event is redelivered, the minute tick loads the record and finishes the pending Retrain
+        # with a Context that has no retrain function: MLOpsError("no retraining function wired"), neither
+        # transient nor permanent, escapes the bus (same for RollBack/DecideApproval/RunFinished on this endpoint).
+        w.handle(AdvanceRollouts(event_id=str(uuid.uuid4())))
+        assert w.state().pending is None
+    finally:
+        w.close()
+
+
+def test_a_failed_audit_write_is_retried_and_the_traffic_change_recorded_once(tmp_path, monkeypatch):
+    w = World(tmp_path)
+    try:
+        w.handle(w.new_model())
+        w.handle(w.new_model())
+        real = w.rt.audit.append
+        calls = {"n": 0}
+
+        def flaky(record):
+            if record.decision == "rollback" and calls["n"] == 0:
+                calls["n"] += 1
+                raise TransientError("table storage 503")
+            return real(record)
+
+        monkeypatch.setattr(w.rt.audit, "append", flaky)
+        w.handle(DriftDetected(event_id="d1", endpoint=EP, source="test", metric="psi", value=0.5))
+        w.handle(DriftDetected(event_id="d1", endpoint=EP, source="test", metric="psi", value=0.5))  # redelivery
+        assert w.traffic() == {"churn-model-v1": 100}
+        rollbacks = w.rt.audit.recent(decisions=["rollback"])
+        assert len(rollbacks) == 1, f"traffic changed 90/10 -> 100 with {len(rollbacks)} audit records"
+    finally:
+        w.close()
+
+
+def test_one_endpoint_in_trouble_does_not_stop_the_tick_for_the_others(tmp_path, monkeypatch):
+    from shared.messages import RunFinished
+    from tests.helpers import finished_job
+
+    w = World(tmp_path)
+    try:
+        for v in ("1", "2"):  # zeta-endpoint: v1 stable, v2 canary at 10 %
+            job = finished_job(w.ws, f"train-zeta-v{v}-a1", asset="zeta", version=v, auc=0.7 + 0.02 * int(v),
+                               logloss=0.5 - 0.01 * int(v))
+            w.handle(RunFinished(event_id=str(uuid.uuid4()), job_name=job, status="Completed"))
+        assert w.rt.states.load("zeta-endpoint").weight == 10
+        w.handle(w.new_model())  # churn-endpoint: v1 stable
+        real = w.ws.create_deployment
+        monkeypatch.setattr(w.ws, "create_deployment", lambda e, d, m, t: (_ for _ in ()).throw(
+            Throttled("429: still creating")) if d == "churn-model-v2" else real(e, d, m, t))
+        w.handle(w.new_model())  # churn-endpoint: its deploy stays pending, every try throttled
+        for _ in range(3):
+            w.clock.advance(minutes=w.settings.policy.bake_minutes)
+            for dep in ("zeta-model-v1", "zeta-model-v2"):
+                for _ in range(8):
+                    w.ws.record_request(endpoint="zeta-endpoint", deployment=dep, inputs=[], outputs=[],
+                                        latency_ms=10.0, status=200)
+            w.handle(AdvanceRollouts(event_id=str(uuid.uuid4())))
+        s = w.rt.states.load("zeta-endpoint")
+        assert s.phase.value == "promoted", f"zeta-endpoint never ticked: {s.phase.value} at {s.weight} %"
+        assert w.rt.states.load(EP).pending["action"] == "deploy", "churn-endpoint's deploy is still to be finished"
     finally:
         w.close()
