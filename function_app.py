@@ -4,6 +4,7 @@ Importing this module does no I/O and imports no heavy SDK: the host indexes it 
 """
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import threading
@@ -223,6 +224,18 @@ def _html(status: int, page: str) -> func.HttpResponse:
                                                                  "form-action 'self'", "X-Frame-Options": "DENY"})
 
 
+def _approval_url(req: func.HttpRequest, approval_id: str) -> str:
+    """This approval's address, built from the configured public URL (or the request's scheme and host) and the id:
+    never the raw request URL, whose query string a link's author controls."""
+    from urllib.parse import quote, urlsplit
+
+    base = runtime().settings.public_url
+    if not base:
+        parts = urlsplit(req.url)
+        base = f"{parts.scheme}://{parts.netloc}"
+    return f"{base}/api/approvals/{quote(approval_id, safe='')}"
+
+
 def _approval_view(req: func.HttpRequest, message: str = "", status: int = 200) -> func.HttpResponse:
     from datetime import datetime, timezone
 
@@ -243,7 +256,8 @@ def _approval_view(req: func.HttpRequest, message: str = "", status: int = 200) 
         who = approvals.principal_from(req.headers, rt.settings)
     except approvals.Unauthenticated as error:
         who, message = None, str(error)
-    page = approvals.render_page(state, cand_tags, stable_tags, who=who, settings=rt.settings, url=req.url,
+    page = approvals.render_page(state, cand_tags, stable_tags, who=who, settings=rt.settings,
+                                 url=_approval_url(req, state.candidate.approval_id),
                                  allowed=who is not None and approvals.may_approve(who, rt.settings.approvers),
                                  now=datetime.now(timezone.utc), message=message)
     return _html(status, page)
@@ -276,17 +290,22 @@ def approval_decision(req: func.HttpRequest) -> func.HttpResponse:
                                     "not enough"})
     if not approvals.may_approve(who, rt.settings.approvers):
         return _json(403, {"error": f"{who.name} is not on the approvers list (MLOPS_APPROVERS)"})
-    origin = req.headers.get("origin")
-    if origin and urlsplit(origin).netloc != urlsplit(req.url).netloc:  # a form posted from another site
-        return _json(403, {"error": "cross-site approval refused"})
     raw = req.get_body() or b""
-    if "json" in (req.headers.get("content-type") or ""):
+    is_form = "json" not in (req.headers.get("content-type") or "")
+    if is_form:
+        # A browser form: the signed-in session rides on a cookie, so a page on another site could post one. It
+        # must come from this app (Origin or Referer naming this host) and carry the page's anti-forgery token.
+        source = req.headers.get("origin") or req.headers.get("referer") or ""
+        if urlsplit(source).netloc != urlsplit(req.url).netloc:
+            return _json(403, {"error": "approval form refused: it was not posted from this app's page"})
+        body = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
+    else:
         try:
             body = json.loads(raw or b"{}")
         except ValueError:
             return _bad_request(InvalidPayload("body must be JSON", field="body"))
-    else:
-        body = {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
+        if not isinstance(body, dict):
+            return _bad_request(InvalidPayload("body must be a JSON object", field="body"))
     decision, reason = str(body.get("decision", "")).lower(), str(body.get("reason", "")).strip()
     if decision not in ("approve", "reject"):
         return _bad_request(InvalidPayload("decision must be approve or reject", field="decision"))
@@ -295,6 +314,8 @@ def approval_decision(req: func.HttpRequest) -> func.HttpResponse:
     state = approvals.find(rt.states, req.route_params.get("approval_id", ""))
     if state is None:
         return _json(409, {"error": "this approval is unknown, was already used or has expired"})
+    if is_form and not hmac.compare_digest(str(body.get("token", "")), approvals.form_token(state, who)):
+        return _json(403, {"error": "approval form refused: its anti-forgery token is missing or not yours"})
     command = DecideApproval(event_id=f"http-{uuid.uuid4()}", endpoint=state.endpoint,
                              approval_id=state.candidate.approval_id, approve=decision == "approve",
                              reason=reason[:500], actor=f"user:{who.name}")

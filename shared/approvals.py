@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import html
 import json
 import logging
+import shlex
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -158,6 +161,16 @@ def encode_principal(name: str, *, groups: tuple[str, ...] = (), roles: tuple[st
     return base64.b64encode(json.dumps(body).encode("utf-8")).decode("ascii")
 
 
+def form_token(state: EndpointState, who: Principal) -> str:
+    """The approval form's anti-forgery token: bound to the candidate (its secret never leaves the state record)
+    and to the person, so a page read by one person cannot be replayed as another's, and a form posted from another
+    site, which cannot read the page, carries none."""
+    c = state.candidate
+    secret = (c.form_secret if c is not None else "") or ""
+    return hmac.new(secret.encode(), f"{c.approval_id if c else ''}|{who.name.lower()}".encode(),
+                    hashlib.sha256).hexdigest()
+
+
 def find(states, approval_id: str) -> EndpointState | None:
     """The endpoint whose waiting candidate has this approval id."""
     for name in states.endpoints():
@@ -202,9 +215,11 @@ def render_page(state: EndpointState, candidate_tags: Mapping[str, str], stable_
         form = ("<p id='status'>Approvals are off here (MLOPS_APPROVAL_AUTH=none): nobody can approve. Set it to "
                 "entra (an Entra ID token checked by the app) or easyauth (App Service Authentication).</p>")
     elif settings.approval_auth == "entra" and who is None:
-        command = (f"curl -X POST '{url}' -H \"Authorization: Bearer $(az account get-access-token --resource "
-                   f"{settings.entra_audience} --query accessToken -o tsv)\" -H 'Content-Type: application/json' "
-                   "-d '{\"decision\": \"approve\", \"reason\": \"...\"}'")
+        # Quoted for the shell: the approver pastes this, so nothing in it may run as code.
+        token_cmd = (f"$(az account get-access-token --resource {shlex.quote(settings.entra_audience)} "
+                     "--query accessToken -o tsv)")
+        command = (f"curl -X POST {shlex.quote(url)} -H \"Authorization: Bearer {token_cmd}\" "
+                   "-H 'Content-Type: application/json' -d '{\"decision\": \"approve\", \"reason\": \"...\"}'")
         form = ("<p id='status'>Approve or reject with your Entra ID identity (decision approve or reject, and a "
                 f"reason):</p><pre id='command'>{html.escape(command)}</pre>")
     elif who is None:
@@ -215,6 +230,7 @@ def render_page(state: EndpointState, candidate_tags: Mapping[str, str], stable_
         form = "<p id='status'>This approval has expired.</p>"
     else:
         form = (f"<form method='post' id='decide'><p>Signed in as <b id='who'>{html.escape(who.name)}</b></p>"
+                f"<input type='hidden' name='token' value='{form_token(state, who)}'>"
                 "<label for='reason'>Reason (required)</label><br>"
                 "<textarea id='reason' name='reason' required maxlength='500' rows='3' cols='60'></textarea><br>"
                 "<button name='decision' value='approve' id='approve'>Approve and deploy</button> "

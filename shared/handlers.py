@@ -323,7 +323,7 @@ def _completed(msg, job: Job, workspace: Workspace, metrics: RunMetrics, audit: 
     deployment = deployment_name_for(model.name, model.version)
     decision = controller.apply(ctx, endpoint_name, rollout.NewModel(
         model=model.name, version=model.version, deployment=deployment, data_version=version,
-        gate_reason=verdict.reason, approval_id=secrets.token_urlsafe(24)))
+        gate_reason=verdict.reason, approval_id=secrets.token_urlsafe(24), form_secret=secrets.token_urlsafe(24)))
     return Handled("done", f"registered {model.name}:{model.version}; {decision.action}: {decision.reason}",
                    resources=(f"model:{model.name}:{model.version}", f"deployment:{endpoint_name}/{deployment}"),
                    data={"model": model.name, "model_version": model.version, "deployment": deployment,

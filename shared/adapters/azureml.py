@@ -535,10 +535,14 @@ class AzureMLWorkspace:
             try:
                 with translated(f"register model {spec.name}:{version}", deadline=deadline):
                     created = self.ml.models.create_or_update(entity)
-            except Conflict:
-                if spec.version:
+            except PermanentError:
+                # Another job took this number between our read and our PUT: the service answers 409, or
+                # azure-ai-ml refuses to change the existing version's path (AssetPathException, no status).
+                # Only then is it worth the next number; anything else is a real refusal.
+                taken = self._find_model(spec.name, version, deadline)
+                if spec.version or taken is None or _tags(taken.tags).get(TAG_JOB) == spec.job_name:
                     raise
-                continue  # another job took this number first: look again
+                continue
             if _tags(created.tags).get(TAG_JOB) != spec.job_name:
                 if spec.version:
                     raise Conflict(f"model {spec.name}:{version} belongs to another job")

@@ -7,7 +7,10 @@ writes the X-MS-CLIENT-PRINCIPAL headers as App Service Authentication does and 
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
+import re
+import subprocess
 import threading
 import time
 from datetime import datetime, timedelta, timezone
@@ -170,18 +173,65 @@ def test_an_app_role_on_the_allow_list_may_reject_with_a_reason(tmp_path, monkey
         stack.close()
 
 
+def _form(page: str) -> str:
+    return re.search(r"name='token' value='([0-9a-f]+)'", page).group(1)
+
+
 def test_simulated_easy_auth_names_the_approver_and_client_written_headers_are_dropped(tmp_path, monkeypatch):
     stack, approval = _stack(tmp_path, monkeypatch, approval_auth="easyauth")
     url = f"{stack.host.url}/api/approvals/{approval}"
     try:
+        ana = {"X-Local-User": "ana@contoso.example"}
+        page = httpx.get(url, headers=ana, timeout=30)
+        token = _form(page.text)
         forged = {"X-MS-CLIENT-PRINCIPAL-NAME": "ana@contoso.example",
-                  "X-MS-CLIENT-PRINCIPAL": encode_principal("ana@contoso.example")}
-        r = httpx.post(url, data={"decision": "approve", "reason": "forged"}, headers=forged, timeout=60)
+                  "X-MS-CLIENT-PRINCIPAL": encode_principal("ana@contoso.example"), "Referer": url}
+        r = httpx.post(url, data={"decision": "approve", "reason": "forged", "token": token}, headers=forged,
+                       timeout=60)
         assert r.status_code == 401, "the platform drops principal headers a client wrote"
-        r = httpx.post(url, data={"decision": "approve", "reason": "looks right"},
-                       headers={"X-Local-User": "ana@contoso.example"}, timeout=60)
+        r = httpx.post(url, data={"decision": "approve", "reason": "looks right", "token": token},
+                       headers={**ana, "Referer": url}, timeout=60)
         assert r.status_code == 202
         assert stack.runtime.workspace.get_model("churn-model", "1").tags["approved_by"] == "user:ana@contoso.example"
+    finally:
+        stack.close()
+
+
+def test_a_form_posted_from_another_site_or_without_the_pages_token_is_refused(tmp_path, monkeypatch):
+    stack, approval = _stack(tmp_path, monkeypatch, approval_auth="easyauth")
+    url = f"{stack.host.url}/api/approvals/{approval}"
+    try:
+        ana = {"X-Local-User": "ana@contoso.example"}
+        token = _form(httpx.get(url, headers=ana, timeout=30).text)
+        bob_token = _form(httpx.get(url, headers={"X-Local-User": "bob@contoso.example",
+                                                   "X-Local-Roles": "MLOps.Approver"}, timeout=30).text)
+        tries = {
+            "no Origin, a foreign Referer": ({**ana, "Referer": "https://evil.example/"}, token),
+            "a foreign Origin": ({**ana, "Origin": "https://evil.example"}, token),
+            "neither Origin nor Referer": (ana, token),
+            "no token": ({**ana, "Referer": url}, ""),
+            "another person's token": ({**ana, "Referer": url}, bob_token),
+        }
+        for why, (headers, t) in tries.items():
+            r = httpx.post(url, data={"decision": "approve", "reason": "csrf", "token": t}, headers=headers,
+                           timeout=60)
+            assert r.status_code == 403, why
+        assert stack.runtime.workspace.get_endpoint(ENDPOINT) is None, "none of those deployed anything"
+    finally:
+        stack.close()
+
+
+def test_the_pages_approval_command_is_safe_to_paste_whatever_the_link_carried(tmp_path, monkeypatch, keys):
+    stack, approval = _stack(tmp_path, monkeypatch, approval_auth="entra", entra_tenant_id=TENANT,
+                             entra_audience=AUDIENCE, entra_jwks_url=keys.url)
+    marker = tmp_path / "pwned"
+    try:
+        page = httpx.get(f"{stack.host.url}/api/approvals/{approval}", timeout=30,
+                         params={"x": f"';touch {marker};'"})
+        command = html.unescape(re.search(r"<pre id='command'>(.*?)</pre>", page.text, re.S).group(1))
+        assert "touch" not in command and f"/api/approvals/{approval}" in command
+        subprocess.run(["bash", "-c", "curl(){ :; }; az(){ :; }; " + command], check=False, capture_output=True)
+        assert not marker.exists()
     finally:
         stack.close()
 

@@ -782,3 +782,43 @@ def test_every_request_carried_the_bearer_token_and_stayed_on_the_fake(ws, fake)
     for r in fake.requests:
         if r.host != "127.0.0.1":  # blob requests authenticate with the SAS in their query instead
             assert r.headers.get("Authorization") == "Bearer fake-token-for-tests", r
+
+
+def test_a_version_taken_meanwhile_is_recognised_from_the_sdks_path_refusal_too():
+    """azure-ai-ml refuses a PUT that would change an existing version's path (AssetPathException, no status):
+    when the re-read shows another job holds that version, the next number is taken."""
+    from types import SimpleNamespace
+
+    from azure.ai.ml.exceptions import AssetPathException, ErrorTarget
+
+    class Models:
+        def __init__(self) -> None:
+            self.store: dict = {}
+
+        def list(self, name):
+            return [m for m in self.store.values() if m.name == name]
+
+        def get(self, name, version):
+            from azure.core.exceptions import ResourceNotFoundError
+
+            if version not in self.store:
+                raise ResourceNotFoundError("not found")
+            return self.store[version]
+
+        def create_or_update(self, entity):
+            if not self.store:  # the racing worker registered version 1 between our read and our PUT
+                self.store["1"] = SimpleNamespace(name=entity.name, version="1", tags={"mlops_job": "train-other"},
+                                                  path="azureml://jobs/train-other/outputs/model",
+                                                  creation_context=None)
+                raise AssetPathException(message="Asset paths cannot be updated.", target=ErrorTarget.MODEL,
+                                         no_personal_data_message="Asset paths cannot be updated.")
+            made = SimpleNamespace(name=entity.name, version=entity.version, tags=entity.tags, path=entity.path,
+                                   creation_context=None)
+            self.store[entity.version] = made
+            return made
+
+    ml = SimpleNamespace(models=Models(), jobs=SimpleNamespace(
+        get=lambda name: SimpleNamespace(name=name, status="Completed", tags={})))
+    model = AzureMLWorkspace(ml, Settings()).register_model(ModelSpec(name="churn-model", version="",
+                                                                      job_name="train-mine", tags={}))
+    assert model.version == "2" and model.tags["mlops_job"] == "train-mine"
