@@ -196,6 +196,29 @@ def status(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="alerts", methods=["POST"])
 def monitor_alert(req: func.HttpRequest) -> func.HttpResponse:
     """Azure Monitor alerts (common alert schema) from an action group webhook → DriftDetected."""
+    return _alert(req)
+
+
+@app.function_name("monitor_alert_secure")
+@app.route(route="alerts/secure", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+def monitor_alert_secure(req: func.HttpRequest) -> func.HttpResponse:
+    """The same, from an action group's secure webhook: no key in the action group's readable configuration; an
+    Entra ID token with the alerts app role instead (MLOPS_ALERT_AUTH=entra)."""
+    from shared import approvals
+
+    rt = runtime()
+    if rt.settings.alert_auth != "entra":
+        return _json(404, {"error": "secure alert delivery is off (MLOPS_ALERT_AUTH=key): use /api/alerts"})
+    try:
+        approvals.alert_sender(req.headers, rt.settings)
+    except approvals.Unauthenticated as error:
+        return _json(401, {"error": str(error)})
+    except approvals.Forbidden as error:
+        return _json(403, {"error": str(error)})
+    return _alert(req)
+
+
+def _alert(req: func.HttpRequest) -> func.HttpResponse:
     rt = runtime()
     try:
         message = eventgrid.from_common_alert(_body(req))

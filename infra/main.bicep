@@ -77,6 +77,12 @@ param maximumInstanceCount int = 40
 @description('Give the app a custom role with exactly the Azure ML actions it uses (infra/app-role.json). Needs Microsoft.Authorization/roleDefinitions/write (Owner or User Access Administrator); false: the built-in AzureML Data Scientist instead.')
 param useCustomRole bool = true
 
+@description('Application ID URI of an Entra app registration for alerts (created by hand: azd cannot create app registrations). With alertAppRole set, the action group posts to /api/alerts/secure with a token instead of a function key in its URL.')
+param alertAppIdentifierUri string = ''
+
+@description('The app role of that registration assigned to the "AzNS AAD Webhook" service principal; the app accepts alerts only with it.')
+param alertAppRole string = ''
+
 var tags = {
   'azd-env-name': environmentName
   app: 'mlops-automation'
@@ -95,6 +101,7 @@ var useServerless = computeName == 'serverless'
 // The landing container also appears in subscriptions.json's subject filter; tests check they agree.
 var landingContainer = 'landing'
 var hasTeamsRoutes = !empty(teamsRoutesBase64)
+var secureAlerts = !empty(alertAppIdentifierUri) && !empty(alertAppRole)
 // The app's custom Azure ML role: exactly the actions shared/adapters/azureml.py uses (tests/infra/test_custom_role.py).
 var appRole = loadJsonContent('app-role.json')
 // AzureML Data Scientist: f6c7c914-8db3-469d-8ca1-694a8f32e121. The fallback when useCustomRole is false.
@@ -304,6 +311,12 @@ module app 'app/functionapp.bicep' = {
       MLOPS_TEAMS_WEBHOOK_URL: '@Microsoft.KeyVault(SecretUri=${vault.outputs.teamsSecretUri})'
     }, hasTeamsRoutes ? {
       MLOPS_TEAMS_ROUTES: '@Microsoft.KeyVault(SecretUri=${vault.outputs.teamsRoutesSecretUri})'
+    } : {}, secureAlerts ? {
+      // The action group's secure webhook: an Entra ID token with this role, checked by the app (no key in the URL).
+      MLOPS_ALERT_AUTH: 'entra'
+      MLOPS_ALERT_AUDIENCE: alertAppIdentifierUri
+      MLOPS_ALERT_ROLE: alertAppRole
+      MLOPS_ENTRA_TENANT_ID: tenant().tenantId
     } : {})
   }
   // Key Vault references resolve when the app starts; one that cannot (no Key Vault Secrets User yet) is kept as

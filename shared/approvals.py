@@ -106,26 +106,9 @@ def _jwks_client(url: str):
 
 
 def _entra(token: str, settings: Settings) -> Principal:
-    import jwt
-
     if not (settings.entra_tenant_id and settings.entra_audience):
         raise Unauthenticated("MLOPS_ENTRA_TENANT_ID and MLOPS_ENTRA_AUDIENCE must be set to check tokens")
-    host = LOGIN_HOSTS.get(settings.azure_cloud, LOGIN_HOSTS["AzureCloud"])
-    tenant = settings.entra_tenant_id
-    issuers = [f"https://{host}/{tenant}/v2.0", f"https://sts.windows.net/{tenant}/"]
-    if settings.azure_cloud != "AzureCloud":
-        issuers.append(f"https://{host}/{tenant}/")
-    try:
-        key = _jwks_client(jwks_url(settings)).get_signing_key_from_jwt(token)
-        claims = jwt.decode(token, key.key, algorithms=["RS256"], audience=settings.entra_audience, issuer=issuers,
-                            leeway=LEEWAY_SECONDS, options={"require": ["exp", "iat", "iss", "aud"]})
-    except jwt.PyJWKClientConnectionError as error:
-        logger.warning("could not read the tenant's signing keys: %s", error)
-        raise Unauthenticated("the tenant's signing keys could not be read; try again") from None
-    except jwt.PyJWTError as error:
-        raise Unauthenticated(f"token refused: {type(error).__name__}: {error}") from None
-    if claims.get("tid") and claims["tid"] != tenant:
-        raise Unauthenticated("token refused: issued for another tenant")
+    claims = verify_entra(token, settings, settings.entra_audience)
     name = str(claims.get("preferred_username") or claims.get("upn") or claims.get("unique_name")
                or claims.get("name") or claims.get("oid") or "")
     if not name:
@@ -135,6 +118,50 @@ def _entra(token: str, settings: Settings) -> Principal:
     return Principal(name=name[:200], object_id=str(claims.get("oid", "")),
                      groups=tuple(str(g) for g in groups if isinstance(groups, list)),
                      roles=tuple(str(r) for r in roles if isinstance(roles, list)))
+
+
+def alert_sender(headers: Mapping[str, str], settings: Settings) -> str:
+    """Who sent an alert to the secure route: an Azure Monitor action group's secure webhook brings an Entra ID
+    token for the alerts app registration (MLOPS_ALERT_AUDIENCE) carrying the app role assigned to the action
+    group's service principal (MLOPS_ALERT_ROLE). Raises Unauthenticated (no valid token) or Forbidden (no role)."""
+    if not (settings.entra_tenant_id and settings.alert_audience and settings.alert_role):
+        raise Unauthenticated("MLOPS_ENTRA_TENANT_ID, MLOPS_ALERT_AUDIENCE and MLOPS_ALERT_ROLE must be set")
+    auth = {k.lower(): v for k, v in headers.items()}.get("authorization") or ""
+    if not auth.lower().startswith("bearer "):
+        raise Unauthenticated("the secure alert route needs an Entra ID bearer token (an action group secure webhook)")
+    claims = verify_entra(auth[7:].strip(), settings, settings.alert_audience)
+    roles = claims.get("roles") if isinstance(claims.get("roles"), list) else []
+    if settings.alert_role not in roles:
+        raise Forbidden(f"the token does not carry the app role {settings.alert_role!r}")
+    return f"action-group:{claims.get('oid') or claims.get('appid') or claims.get('azp') or 'unknown'}"
+
+
+class Forbidden(Exception):
+    """A valid identity without the right to do this."""
+
+
+def verify_entra(token: str, settings: Settings, audience: str) -> dict:
+    """The claims of an Entra ID access token for ``audience``, after checking its signature against the tenant's
+    signing keys, its issuer (the tenant, v1 or v2 endpoint), audience and lifetime. Raises Unauthenticated."""
+    import jwt
+
+    host = LOGIN_HOSTS.get(settings.azure_cloud, LOGIN_HOSTS["AzureCloud"])
+    tenant = settings.entra_tenant_id
+    issuers = [f"https://{host}/{tenant}/v2.0", f"https://sts.windows.net/{tenant}/"]
+    if settings.azure_cloud != "AzureCloud":
+        issuers.append(f"https://{host}/{tenant}/")
+    try:
+        key = _jwks_client(jwks_url(settings)).get_signing_key_from_jwt(token)
+        claims = jwt.decode(token, key.key, algorithms=["RS256"], audience=audience, issuer=issuers,
+                            leeway=LEEWAY_SECONDS, options={"require": ["exp", "iat", "iss", "aud"]})
+    except jwt.PyJWKClientConnectionError as error:
+        logger.warning("could not read the tenant's signing keys: %s", error)
+        raise Unauthenticated("the tenant's signing keys could not be read; try again") from None
+    except jwt.PyJWTError as error:
+        raise Unauthenticated(f"token refused: {type(error).__name__}: {error}") from None
+    if claims.get("tid") and claims["tid"] != tenant:
+        raise Unauthenticated("token refused: issued for another tenant")
+    return claims
 
 
 def may_approve(who: Principal, approvers: tuple[str, ...]) -> bool:

@@ -89,6 +89,9 @@ class Settings:
     entra_tenant_id: str = ""  # tenant whose tokens approve (entra)
     entra_audience: str = ""  # the app registration's Application ID URI or client id (entra)
     entra_jwks_url: str = ""  # signing keys; default: the tenant's discovery keys in the app's cloud
+    alert_auth: str = "key"  # key (POST /api/alerts with a function key) | entra (the action group's secure webhook)
+    alert_audience: str = ""  # the alerts app registration's Application ID URI (entra)
+    alert_role: str = ""  # the app role assigned to the action group's service principal (entra)
     public_url: str = ""  # the app's public base URL, for links in cards (approval page)
     policy: Policy = field(default_factory=Policy)
 
@@ -165,6 +168,9 @@ class Settings:
             entra_tenant_id=r.str("MLOPS_ENTRA_TENANT_ID", ""),
             entra_audience=r.str("MLOPS_ENTRA_AUDIENCE", ""),
             entra_jwks_url=r.str("MLOPS_ENTRA_JWKS_URL", ""),
+            alert_auth=_choice(r, "MLOPS_ALERT_AUTH", "key", ("key", "entra")),
+            alert_audience=r.str("MLOPS_ALERT_AUDIENCE", ""),
+            alert_role=r.str("MLOPS_ALERT_ROLE", ""),
             public_url=r.str("MLOPS_PUBLIC_URL", "").rstrip("/"),
             policy=policy,
         )
@@ -196,7 +202,8 @@ SETTING_NAMES: tuple[str, ...] = (
     "MLOPS_ANALYSIS_LATENCY_TOLERANCE", "MLOPS_ANALYSIS_MAX_WAIT_MINUTES", "MLOPS_ANALYSIS_FAILURE_LIMIT",
     "MLOPS_RETENTION_MINUTES", "MLOPS_RETAIN_KNOWN_GOOD", "MLOPS_APPROVAL", "MLOPS_APPROVAL_TTL_HOURS",
     "MLOPS_RETRAIN_BUDGET", "MLOPS_APPROVERS", "MLOPS_APPROVAL_AUTH", "MLOPS_ENTRA_TENANT_ID",
-    "MLOPS_ENTRA_AUDIENCE", "MLOPS_ENTRA_JWKS_URL", "MLOPS_PUBLIC_URL",
+    "MLOPS_ENTRA_AUDIENCE", "MLOPS_ENTRA_JWKS_URL", "MLOPS_PUBLIC_URL", "MLOPS_ALERT_AUTH", "MLOPS_ALERT_AUDIENCE",
+    "MLOPS_ALERT_ROLE",
 )
 
 

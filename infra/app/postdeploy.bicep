@@ -17,8 +17,19 @@ param mlSystemTopicCreated bool = true
 param storageSystemTopicCreated bool = true
 
 @secure()
-@description('https://<app>/api/alerts?code=<monitor_alert function key>, built by the hook. Never an output.')
-param alertWebhookUrl string
+@description('https://<app>/api/alerts?code=<monitor_alert function key>, built by the hook when the secure webhook is not configured. Never an output.')
+param alertWebhookUrl string = ''
+
+@description('Object id of the alerts app registration (secure webhook). Empty: the keyed webhook above.')
+param alertAppObjectId string = ''
+
+@description('Its Application ID URI: the audience of the token the action group sends.')
+param alertAppIdentifierUri string = ''
+
+@description('https://<app>/api/alerts/secure: no key in it.')
+param alertSecureWebhookUrl string = ''
+
+var secureWebhook = !empty(alertAppObjectId) && !empty(alertAppIdentifierUri) && !empty(alertSecureWebhookUrl)
 
 param actionGroupName string = 'ag-mlops-alerts'
 
@@ -79,8 +90,18 @@ resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = {
   properties: {
     groupShortName: 'mlopsalerts'
     enabled: true
+    // The secure webhook keeps the key out of the action group (readable by anyone with Reader): Azure Monitor gets
+    // an Entra ID token for the alerts app registration instead, and the app checks it and its app role.
     webhookReceivers: [
-      {
+      secureWebhook ? {
+        name: 'monitor-alert-function'
+        serviceUri: alertSecureWebhookUrl
+        useCommonAlertSchema: true
+        useAadAuth: true
+        objectId: alertAppObjectId
+        identifierUri: alertAppIdentifierUri
+        tenantId: tenant().tenantId
+      } : {
         name: 'monitor-alert-function'
         serviceUri: alertWebhookUrl
         useCommonAlertSchema: true

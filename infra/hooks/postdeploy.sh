@@ -53,9 +53,14 @@ done
 umask 077
 params=$(mktemp)
 trap 'rm -f "$params"' EXIT INT TERM
-key=$(az functionapp function keys list -g "$AZURE_RESOURCE_GROUP" -n "$AZURE_FUNCTION_APP_NAME" \
-  --function-name monitor_alert --query default -o tsv)
-[ -n "$key" ] || { echo "no default key for monitor_alert" >&2; exit 1; }
+# With an alerts app registration (secure webhook) no function key goes anywhere; otherwise the keyed webhook.
+if [ -n "${MLOPS_ALERT_APP_OBJECT_ID:-}" ] && [ -n "${MLOPS_ALERT_APP_IDENTIFIER_URI:-}" ]; then
+  key=""
+else
+  key=$(az functionapp function keys list -g "$AZURE_RESOURCE_GROUP" -n "$AZURE_FUNCTION_APP_NAME" \
+    --function-name monitor_alert --query default -o tsv)
+  [ -n "$key" ] || { echo "no default key for monitor_alert" >&2; exit 1; }
+fi
 python3 - "$params" "$key" <<'PY'
 import json, os, sys
 path, key = sys.argv[1], sys.argv[2]
@@ -72,8 +77,13 @@ values = {
     # azd stores bool outputs as "true"/"false"; a missing value (an older provision) means the topic was created.
     "mlSystemTopicCreated": e.get("AZURE_ML_SYSTEM_TOPIC_CREATED", "true").lower() != "false",
     "storageSystemTopicCreated": e.get("AZURE_STORAGE_SYSTEM_TOPIC_CREATED", "true").lower() != "false",
-    "alertWebhookUrl": f"https://{e['AZURE_FUNCTION_APP_HOSTNAME']}/api/alerts?code={key}",
 }
+if key:
+    values["alertWebhookUrl"] = f"https://{e['AZURE_FUNCTION_APP_HOSTNAME']}/api/alerts?code={key}"
+else:
+    values.update(alertAppObjectId=e["MLOPS_ALERT_APP_OBJECT_ID"],
+                  alertAppIdentifierUri=e["MLOPS_ALERT_APP_IDENTIFIER_URI"],
+                  alertSecureWebhookUrl=f"https://{e['AZURE_FUNCTION_APP_HOSTNAME']}/api/alerts/secure")
 doc = {
     "$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentParameters.json#",
     "contentVersion": "1.0.0.0",

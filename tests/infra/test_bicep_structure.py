@@ -202,7 +202,7 @@ def test_teams_check_reports_a_routes_setting_that_bypasses_key_vault(docs):
     problems = c.check_teams_secrets(dict(docs, **{"main.bicep": c.parse_text(plain)}))
     assert any(p.startswith("MLOPS_TEAMS_ROUTES must be") for p in problems)
     # Without any MLOPS_TEAMS_ROUTES setting (the template before this check), the chain is reported missing.
-    gone = re.sub(r", hasTeamsRoutes \? \{\s*MLOPS_TEAMS_ROUTES: '[^']*'\s*\} : \{\}\)", ", {})", text)
+    gone = re.sub(r", hasTeamsRoutes \? \{\s*MLOPS_TEAMS_ROUTES: '[^']*'\s*\} : \{\}", ", {}", text)
     assert gone != text
     problems = c.check_teams_secrets(dict(docs, **{"main.bicep": c.parse_text(gone)}))
     assert problems == ["MLOPS_TEAMS_ROUTES is not set (as a Key Vault reference)"]

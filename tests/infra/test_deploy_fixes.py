@@ -3,6 +3,7 @@ Bicep (pycep) and each check shown failing on the template as it was."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -281,3 +282,18 @@ def test_serverless_compute_creates_no_cluster_and_its_low_priority_is_the_job_t
     assert c.render(cluster["config"]["condition"]) == "createCluster"
     assert c.render(c.app_settings(docs)["MLOPS_LOW_PRIORITY"]) == \
         "conditional(and(useServerless, computeLowPriority), true, false)"
+
+
+def test_with_an_alerts_app_registration_the_action_group_uses_the_secure_webhook_without_a_key():
+    INFRA = c.INFRA
+    text = (INFRA / "app" / "postdeploy.bicep").read_text()
+    secure = re.search(r"secureWebhook \? \{(.*?)\} : \{(.*?)\}", text, re.S)
+    assert secure, "the receiver is chosen by secureWebhook"
+    on, off = secure.group(1), secure.group(2)
+    for line in ("serviceUri: alertSecureWebhookUrl", "useAadAuth: true", "objectId: alertAppObjectId",
+                 "identifierUri: alertAppIdentifierUri", "tenantId: tenant().tenantId"):
+        assert line in on, line
+    assert "alertWebhookUrl" not in on and "useAadAuth: false" in off
+    main = (INFRA / "main.bicep").read_text()
+    app_side = re.search(r"secureAlerts \? \{(.*?)\} : \{\}", main, re.S).group(1)
+    assert "MLOPS_ALERT_AUTH: 'entra'" in app_side and "MLOPS_ALERT_ROLE: alertAppRole" in app_side

@@ -32,11 +32,11 @@ if has("functionapp", "show"):
     print("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/func")
 elif has("rest") and any(a.endswith("/host/default/sync?api-version=2024-04-01") for a in args):
     (state / "synced").write_text("yes")
+elif has("functionapp", "function", "keys", "list"):
+    print("fake-function-key")
 elif has("functionapp", "function", "list"):
     names = functions if (state / "synced").exists() else ["WarmUp"]
     print("\n".join(f"func/{n}" for n in names))
-elif has("functionapp", "function", "keys", "list"):
-    print("fake-function-key")
 elif has("deployment", "group", "create"):
     params = args[args.index("--parameters") + 1].lstrip("@")
     (state / "postdeploy-parameters.json").write_text(Path(params).read_text())
@@ -196,3 +196,27 @@ def test_azure_yaml_runs_both_hooks():
     assert hooks["preprovision"]["posix"]["run"] == "./infra/hooks/preprovision.sh"
     assert hooks["postdeploy"]["posix"]["run"] == "./infra/hooks/postdeploy.sh"
     assert not hooks["preprovision"]["posix"]["continueOnError"]
+
+
+def test_postdeploy_with_an_alerts_app_registration_sends_no_function_key_anywhere(fake):
+    _, state = fake
+    (state / "functions.json").write_text(json.dumps(FUNCTIONS))
+    env = {**POSTDEPLOY_ENV, "MLOPS_ALERT_APP_OBJECT_ID": "00000000-0000-0000-0000-0000000000aa",
+           "MLOPS_ALERT_APP_IDENTIFIER_URI": "api://mlops-alerts"}
+    proc = run(HOOKS / "postdeploy.sh", fake, env)
+    assert proc.returncode == 0, proc.stderr
+    assert not any(c[:4] == ["functionapp", "function", "keys", "list"] for c in calls(state)), "no key is read"
+    params = json.loads((state / "postdeploy-parameters.json").read_text())["parameters"]
+    assert "alertWebhookUrl" not in params
+    assert params["alertSecureWebhookUrl"]["value"] == "https://func.example/api/alerts/secure"
+    assert params["alertAppObjectId"]["value"] == "00000000-0000-0000-0000-0000000000aa"
+    assert params["alertAppIdentifierUri"]["value"] == "api://mlops-alerts"
+
+
+def test_postdeploy_without_one_keeps_the_keyed_webhook(fake):
+    _, state = fake
+    (state / "functions.json").write_text(json.dumps(FUNCTIONS))
+    assert run(HOOKS / "postdeploy.sh", fake, POSTDEPLOY_ENV).returncode == 0
+    params = json.loads((state / "postdeploy-parameters.json").read_text())["parameters"]
+    assert params["alertWebhookUrl"]["value"] == "https://func.example/api/alerts?code=fake-function-key"
+    assert "alertSecureWebhookUrl" not in params

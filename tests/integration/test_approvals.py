@@ -246,3 +246,42 @@ def test_principal_headers_are_ignored_unless_easy_auth_is_declared():
     assert who.name == "ana@contoso.example" and who.roles == ("MLOps.Approver",)
     assert approvals.may_approve(who, ("role:MLOps.Approver",)) and not approvals.may_approve(who, ())
     assert not approvals.may_approve(who, ("group:abc", "bob@contoso.example"))
+
+
+def test_the_secure_alert_route_takes_only_a_token_with_the_alerts_role(tmp_path, monkeypatch, keys):
+    """Azure Monitor's secure webhook: no function key in the action group, an Entra ID token with the app role
+    assigned to the action group's service principal instead (MLOPS_ALERT_AUTH=entra)."""
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLOPS_WORKSPACE", raising=False)
+    settings = dataclasses.replace(Settings.from_env(), backend="local", alert_auth="entra", entra_tenant_id=TENANT,
+                                   alert_audience="api://mlops-alerts", alert_role="Alerts.Send",
+                                   entra_jwks_url=keys.url)
+    stack = cli.local_stack(settings, port=0)
+    url = f"{stack.host.url}/api/alerts/secure"
+    from shared.local.demo import common_alert
+
+    try:
+        def post(**headers):
+            return httpx.post(url, json=common_alert(ENDPOINT), headers=headers, timeout=60)
+
+        assert post(**{"x-functions-key": stack.host.key}).status_code == 401, "a key is not what this route takes"
+        wrong_aud = keys.token("azns", aud=AUDIENCE, roles=("Alerts.Send",))
+        assert post(Authorization=f"Bearer {wrong_aud}").status_code == 401
+        no_role = keys.token("azns", aud="api://mlops-alerts", roles=("Something.Else",))
+        assert post(Authorization=f"Bearer {no_role}").status_code == 403
+        ok = post(Authorization=f"Bearer {keys.token('azns', aud='api://mlops-alerts', roles=('Alerts.Send',))}")
+        assert ok.status_code == 202, ok.text
+        assert stack.runtime.audit.recent(limit=5)[0].message == "DriftDetected"
+    finally:
+        stack.close()
+
+
+def test_the_secure_alert_route_is_off_unless_configured(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLOPS_WORKSPACE", raising=False)
+    stack = cli.local_stack(dataclasses.replace(Settings.from_env(), backend="local"), port=0)
+    try:
+        r = httpx.post(f"{stack.host.url}/api/alerts/secure", json={}, timeout=30)
+        assert r.status_code == 404 and "MLOPS_ALERT_AUTH" in r.json()["error"]
+    finally:
+        stack.close()

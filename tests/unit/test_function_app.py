@@ -12,7 +12,9 @@ HTTP = {"reruns": ("reruns", ["POST"]), "rollbacks": ("rollbacks", ["POST"]), "s
         "monitor_alert": ("alerts", ["POST"])}
 # Anonymous at the Functions level: App Service Authentication (Easy Auth) signs the approver in, never a key.
 APPROVAL = {"approval_page": ("approvals/{approval_id}", ["GET"]),
-            "approval_decision": ("approvals/{approval_id}", ["POST"])}
+            "approval_decision": ("approvals/{approval_id}", ["POST"]),
+            # the action group's secure webhook: an Entra ID token with the alerts app role, never a key
+            "monitor_alert_secure": ("alerts/secure", ["POST"])}
 
 
 def test_importing_the_app_loads_no_heavy_sdk_and_does_no_io():
