@@ -14,6 +14,7 @@ import azure.functions as func
 from shared import eventgrid
 from shared.errors import InvalidPayload
 from shared.messages import RerunJob, RollBack, StartTraining
+from shared.redact import redact
 
 logger = logging.getLogger(__name__)
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -39,6 +40,22 @@ def use_runtime(rt) -> None:
     _runtime = rt
 
 
+# Event Grid never delivers an event over 1 MB (its per-event limit), and no route here needs more: anything
+# bigger is junk, refused before it is parsed further or stored.
+MAX_EVENT_BYTES = MAX_BODY_BYTES = 1024 * 1024
+
+
+class TooLarge(InvalidPayload):
+    """A body or event over the size limit (answered 413, which neither Event Grid nor an action group retries)."""
+
+
+def _event_size(payload: dict) -> int:
+    try:
+        return len(json.dumps(payload, default=str, ensure_ascii=False).encode("utf-8", "backslashreplace"))
+    except (ValueError, TypeError, RecursionError):
+        raise InvalidPayload("the event cannot be read as JSON", field="event") from None
+
+
 def _deliver(event: func.EventGridEvent) -> None:
     """One Event Grid event through the bus. Permanent problems are recorded and acknowledged; transient ones
     raise, so Event Grid delivers again."""
@@ -46,6 +63,8 @@ def _deliver(event: func.EventGridEvent) -> None:
     payload = {"id": event.id, "eventType": event.event_type, "subject": event.subject, "topic": event.topic,
                "data": event.get_json()}
     try:
+        if _event_size(payload) > MAX_EVENT_BYTES:
+            raise TooLarge(f"the event is larger than {MAX_EVENT_BYTES} bytes", field="event")
         message = eventgrid.to_message(payload, landing_container=rt.settings.landing_container)
     except InvalidPayload as error:
         rt.bus.reject(event.id or "unknown", event.event_type or "unknown", error)
@@ -93,13 +112,15 @@ def _json(status: int, body: dict) -> func.HttpResponse:
 
 
 def _bad_request(error: InvalidPayload) -> func.HttpResponse:
-    return _json(400, {"error": str(error), "field": error.field})
+    return _json(413 if isinstance(error, TooLarge) else 400, {"error": redact(str(error)), "field": error.field})
 
 
 def _body(req: func.HttpRequest) -> dict:
+    if len(req.get_body() or b"") > MAX_BODY_BYTES:
+        raise TooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes", field="body")
     try:
         body = req.get_json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
         raise InvalidPayload("body must be JSON", field="body") from None
     if not isinstance(body, dict):
         raise InvalidPayload("body must be a JSON object", field="body")
@@ -131,7 +152,7 @@ def _run_command(command) -> func.HttpResponse:
     results = runtime().bus.handle(command)
     failed = next((r for r in results if r.outcome in ("rejected", "failed")), None)
     if failed is not None:
-        return _json(_STATUS.get(str(failed.data.get("error")), 422), {"error": failed.reason,
+        return _json(_STATUS.get(str(failed.data.get("error")), 422), {"error": redact(failed.reason),
                                                                         "outcome": failed.outcome})
     answer = {}
     for r in results:

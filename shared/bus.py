@@ -9,6 +9,7 @@ from shared.domain import Alert, AuditRecord
 from shared.errors import PermanentError, TransientError
 from shared.messages import Message
 from shared.ports import AuditLog, Ledger, Notifier
+from shared.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,23 @@ class Handled:
 
 
 Handler = Callable[[Message], Handled]
+LABEL_CHARS = 200
+
+
+def _label(value: object) -> str:
+    """A printable, UTF-8-safe, bounded rendering of an identifier taken from an unreadable payload."""
+    if isinstance(value, str):
+        text = value
+    elif value is None or isinstance(value, (bool, int, float)):
+        try:
+            text = repr(value)
+        except ValueError:  # an int beyond the interpreter's digit limit
+            text = f"<{type(value).__name__}>"
+    else:  # a list or object: its repr could be huge or nested past the recursion limit
+        text = f"<{type(value).__name__}>"
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = "".join(c if c.isprintable() else "?" for c in text[:LABEL_CHARS])
+    return text or "unknown"
 
 
 class Bus:
@@ -54,7 +72,11 @@ class Bus:
             self._flush()
 
     def reject(self, event_id: str, event_type: str, error: PermanentError) -> Handled:
-        """Record an event that could not even be parsed: acknowledged, recorded, alerted, never retried."""
+        """Record an event that could not even be parsed: acknowledged, recorded, alerted, never retried.
+
+        ``event_id`` and ``event_type`` come straight from the junk (any JSON value): they are made into short,
+        storable text first so recording the rejection cannot itself fail."""
+        event_id, event_type = _label(event_id), _label(event_type)
         key = f"{event_id}/{event_type}"
         try:
             state = self.ledger.claim(key, event_type=event_type, lease_seconds=self.lease_seconds)
@@ -63,7 +85,7 @@ class Bus:
             self._record_failure(key, event_id, event_type, error)
         finally:
             self._flush()
-        return Handled(error.outcome, str(error), message=event_type, event_id=event_id)
+        return Handled(error.outcome, redact(str(error)), message=event_type, event_id=event_id)
 
     def _run(self, message: Message) -> list[Handled]:
         key = f"{message.event_id}/{message.type}"
@@ -86,7 +108,7 @@ class Bus:
             raise
         except PermanentError as error:
             self._record_failure(key, message.event_id, message.type, error)
-            return [Handled(error.outcome, str(error), message=message.type, event_id=message.event_id,
+            return [Handled(error.outcome, redact(str(error)), message=message.type, event_id=message.event_id,
                             data={"error": type(error).__name__})]
         self.ledger.complete(key, result.outcome, result.reason)
         logger.info("%s %s: %s %s", message.type, message.event_id, result.outcome, result.reason)
@@ -95,16 +117,17 @@ class Bus:
         return [done, *children]
 
     def _record_failure(self, key: str, event_id: str, event_type: str, error: PermanentError) -> None:
-        logger.error("%s %s %s: %s", event_type, event_id, error.outcome, error)
-        self.ledger.complete(key, error.outcome, str(error))
+        reason = redact(str(error))
+        logger.error("%s %s %s: %s", event_type, event_id, error.outcome, reason)
+        self.ledger.complete(key, error.outcome, reason)
         self.audit.append(AuditRecord(event_id=event_id, message=event_type, decision=error.outcome,
-                                      reason=str(error), actor="automation",
+                                      reason=reason, actor="automation",
                                       facts={"error": type(error).__name__,
                                              "field": getattr(error, "field", None) or ""}))
         self.notifier.notify(Alert(
             kind="event_rejected", severity="error",
             title=f"{event_type} {error.outcome}: {type(error).__name__}",
-            summary=f"The automation could not act on event {event_id}: {error}. It was acknowledged and will "
+            summary=f"The automation could not act on event {event_id}: {reason}. It was acknowledged and will "
                     "not be retried; fix the cause and replay or rerun by hand.",
             facts=(("Event", event_id), ("Type", event_type), ("Outcome", error.outcome)),
             incident_key=f"rejected:{event_id}", event_id=event_id))

@@ -47,6 +47,12 @@ CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
 """
 
 
+def storable(value: object) -> str:
+    """Text SQLite can store: a lone surrogate (valid in a Python str, not in UTF-8) is kept as its escape, so
+    the same odd id always maps to the same key instead of failing to bind."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -81,6 +87,7 @@ class SqliteLedger:
         self._clock = clock
 
     def claim(self, key: str, *, event_type: str, lease_seconds: float = 300.0) -> str:
+        key, event_type = storable(key), storable(event_type)
         conn = self._db.connect()
         now = self._clock()
         stamp = _utcnow().isoformat()
@@ -104,8 +111,11 @@ class SqliteLedger:
                              " WHERE key = ?", (now + lease_seconds, stamp, key))
                 result = "new"
             conn.execute("COMMIT")
-        except sqlite3.Error:
-            conn.execute("ROLLBACK")
+        except BaseException:
+            # Any failure, not only SQLite's (a value SQLite cannot bind, an interrupt): a transaction left open
+            # here would hold the write lock for the life of this thread's connection and stall every writer.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         return result
 
@@ -114,10 +124,10 @@ class SqliteLedger:
             raise ValueError("complete() takes a final outcome")
         self._db.connect().execute(
             "UPDATE processed SET outcome = ?, reason = ?, lease_until = 0, updated_at = ? WHERE key = ?",
-            (outcome, reason[:2000], _utcnow().isoformat(), key))
+            (outcome, storable(reason)[:2000], _utcnow().isoformat(), storable(key)))
 
     def release(self, key: str) -> None:
-        self._db.connect().execute("DELETE FROM processed WHERE key = ? AND outcome = ?", (key, PROCESSING))
+        self._db.connect().execute("DELETE FROM processed WHERE key = ? AND outcome = ?", (storable(key), PROCESSING))
 
     def stats(self) -> dict[str, int]:
         conn = self._db.connect()
@@ -127,7 +137,8 @@ class SqliteLedger:
 
     def outcome(self, key: str) -> tuple[str, str] | None:
         """(outcome, reason) recorded for a key, or None; for status views and tests."""
-        row = self._db.connect().execute("SELECT outcome, reason FROM processed WHERE key = ?", (key,)).fetchone()
+        row = self._db.connect().execute("SELECT outcome, reason FROM processed WHERE key = ?",
+                                         (storable(key),)).fetchone()
         return (row[0], row[1]) if row else None
 
 
@@ -143,8 +154,9 @@ class SqliteAuditLog:
         self._db.connect().execute(
             "INSERT INTO audit (at, event_id, message, decision, reason, actor, facts, resources, subjects)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (at.isoformat(), record.event_id, record.message, record.decision, record.reason, record.actor,
-             json.dumps(record.facts, default=str, sort_keys=True), json.dumps(list(record.resources)), subjects))
+            (at.isoformat(), storable(record.event_id), storable(record.message), storable(record.decision),
+             storable(record.reason), storable(record.actor), json.dumps(record.facts, default=str, sort_keys=True),
+             json.dumps(list(record.resources)), storable(subjects)))
         logger.info("decision %s on %s: %s (%s)", record.decision, record.message, record.reason, record.event_id)
 
     def recent(self, *, limit: int = 50, subject: str | None = None, since: datetime | None = None,
