@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from shared.domain import Alert, AuditRecord
@@ -47,22 +48,83 @@ def _label(value: object) -> str:
     return text or "unknown"
 
 
+class UnexpectedError(TransientError):
+    """An exception outside the app's error tree (a bug, a malformed tag the code did not foresee), raised again
+    under this name while it still has retries left, so triggers treat it as transient (one log line; Event Grid
+    redelivers; HTTP answers 503 with Retry-After). The original is its ``__cause__``."""
+
+
+class Unrecoverable(PermanentError):
+    """An unexpected exception that kept failing for ``max_unexpected_attempts`` attempts: recorded as failed."""
+
+
+_HELD: ContextVar[list[tuple[str, str | None]] | None] = ContextVar("mlops_held_claims", default=None)
+
+
+class HeldClaims:
+    """The ledger as handlers see it: a claim a handler takes while the bus runs a message (a sub-claim, such as
+    run_finished's per-job claim) is held on behalf of that message until the handler settles it. When the
+    handler fails instead, the bus settles what is still held the way it settles the message's own claim:
+    released for a retry, or completed with the failure. Everything else passes through to the ledger."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    def claim(self, key: str, *, event_type: str, lease_seconds: float = 300.0) -> str:
+        state = self._ledger.claim(key, event_type=event_type, lease_seconds=lease_seconds)
+        held = _HELD.get()
+        if state == "new" and held is not None:
+            held.append((key, getattr(state, "token", None)))
+        return state
+
+    def complete(self, key: str, outcome: str, reason: str = "", *, token: str | None = None) -> bool:
+        _forget(key)
+        return self._ledger.complete(key, outcome, reason, token=token)
+
+    def release(self, key: str, *, token: str | None = None) -> bool:
+        _forget(key)
+        return self._ledger.release(key, token=token)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._ledger, name)
+
+
+def _forget(key: str) -> None:
+    held = _HELD.get()
+    if held is not None:
+        held[:] = [(k, t) for k, t in held if k != key]
+
+
 class Bus:
     """Dispatches messages to handlers with the ledger's exactly-once check.
 
     A follow-up message is handled inside its parent's claim: if it fails transiently, the parent's claim is
     released too, so the redelivered event runs the chain again (every step is idempotent at its source and
     steps already recorded are skipped).
+
+    Every failure ends in a decision (docs/reliability.md, "Error contract"):
+
+    * ``TransientError``: the claim and every sub-claim still held are released; the error propagates, so the
+      trigger asks for a retry (Event Grid redelivers, HTTP answers 503/429 with Retry-After);
+    * ``PermanentError``: the claim and every sub-claim still held are completed with the failure; recorded,
+      audited and alerted once; never retried;
+    * any other exception: treated as transient (raised again as ``UnexpectedError``) until the claim has been
+      attempted ``max_unexpected_attempts`` times, then as permanent (``Unrecoverable``).
+
+    Claims are settled with their fencing token: a worker that lost its claim (its lease ran out and another
+    worker took over) cannot release or overwrite the new holder's claim.
     """
 
     def __init__(self, handlers: dict[type, Handler], *, ledger: Ledger, audit: AuditLog, notifier: Notifier,
-                 after_commit: Callable[[], object] | None = None, lease_seconds: float = 300.0) -> None:
+                 after_commit: Callable[[], object] | None = None, lease_seconds: float = 300.0,
+                 max_unexpected_attempts: int = 5) -> None:
         self.handlers = handlers
         self.ledger = ledger
         self.audit = audit
         self.notifier = notifier
         self.after_commit = after_commit
         self.lease_seconds = lease_seconds
+        self.max_unexpected_attempts = max(1, int(max_unexpected_attempts))
 
     def handle(self, message: Message) -> list[Handled]:
         """Handle a message and its follow-ups. Raises TransientError for the trigger to surface (redelivery)."""
@@ -82,7 +144,7 @@ class Bus:
             state = self.ledger.claim(key, event_type=event_type, lease_seconds=self.lease_seconds)
             if state != "new":
                 return Handled("duplicate", f"already recorded as {state}", message=event_type, event_id=event_id)
-            self._record_failure(key, event_id, event_type, error)
+            self._record_failure(key, event_id, event_type, error, token=getattr(state, "token", None))
         finally:
             self._flush()
         return Handled(error.outcome, redact(str(error)), message=event_type, event_id=event_id)
@@ -97,29 +159,65 @@ class Bus:
             logger.info("duplicate %s %s skipped (recorded as %s)", message.type, message.event_id, state)
             return [Handled("duplicate", f"already handled: {state}", message=message.type,
                             event_id=message.event_id)]
+        token, attempt = getattr(state, "token", None), int(getattr(state, "attempt", 1) or 1)
+        held: list[tuple[str, str | None]] = []
+        scope = _HELD.set(held)
         try:
             result = handler(message)
             children: list[Handled] = []
             for follow_up in result.follow_ups:
                 children.extend(self._run(follow_up))
-        except TransientError:
-            logger.warning("transient failure on %s %s: released for redelivery", message.type, message.event_id)
-            self.ledger.release(key)
+        except TransientError as error:
+            logger.warning("transient failure on %s %s (attempt %d): released for redelivery: %s", message.type,
+                           message.event_id, attempt, redact(str(error)))
+            self._release(key, token, held)
             raise
         except PermanentError as error:
-            self._record_failure(key, message.event_id, message.type, error)
-            return [Handled(error.outcome, redact(str(error)), message=message.type, event_id=message.event_id,
-                            data={"error": type(error).__name__})]
-        self.ledger.complete(key, result.outcome, result.reason)
+            return self._fail(key, token, held, message, error)
+        except Exception as error:
+            if attempt < self.max_unexpected_attempts:
+                logger.error("unexpected %s on %s %s (attempt %d of %d): released for a retry", type(error).__name__,
+                             message.type, message.event_id, attempt, self.max_unexpected_attempts, exc_info=error)
+                self._release(key, token, held)
+                raise UnexpectedError(f"unexpected {type(error).__name__} on {message.type} (attempt {attempt} of "
+                                      f"{self.max_unexpected_attempts}): {error}") from error
+            logger.error("unexpected %s on %s %s, attempt %d of %d: failing it for good", type(error).__name__,
+                         message.type, message.event_id, attempt, self.max_unexpected_attempts, exc_info=error)
+            return self._fail(key, token, held, message, Unrecoverable(
+                f"unexpected {type(error).__name__} in {attempt} attempts, the last: {error}"))
+        finally:
+            _HELD.reset(scope)
+        self.ledger.complete(key, result.outcome, result.reason, token=token)
         logger.info("%s %s: %s %s", message.type, message.event_id, result.outcome, result.reason)
         done = Handled(result.outcome, result.reason, result.resources, result.follow_ups, message.type,
                        message.event_id, result.data)
         return [done, *children]
 
-    def _record_failure(self, key: str, event_id: str, event_type: str, error: PermanentError) -> None:
+    def _release(self, key: str, token: str | None, held: list[tuple[str, str | None]]) -> None:
+        for sub_key, sub_token in reversed(held):
+            self.ledger.release(sub_key, token=sub_token)
+        held.clear()
+        self.ledger.release(key, token=token)
+
+    def _fail(self, key: str, token: str | None, held: list[tuple[str, str | None]], message: Message,
+              error: PermanentError) -> list[Handled]:
+        reason = redact(str(error))
+        for sub_key, sub_token in reversed(held):
+            # A sub-claim (e.g. job:<name>:Completed) shares its message's fate: left "processing", its twin event
+            # would meet Busy, and after the lease the whole step would run (and alert) again.
+            self.ledger.complete(sub_key, error.outcome, f"{message.type} {message.event_id}: {reason}"[:2000],
+                                 token=sub_token)
+        held.clear()
+        self._record_failure(key, message.event_id, message.type, error, token=token)
+        return [Handled(error.outcome, reason, message=message.type, event_id=message.event_id,
+                        data={"error": type(error).__name__})]
+
+    def _record_failure(self, key: str, event_id: str, event_type: str, error: PermanentError, *,
+                        token: str | None = None) -> None:
         reason = redact(str(error))
         logger.error("%s %s %s: %s", event_type, event_id, error.outcome, reason)
-        self.ledger.complete(key, error.outcome, reason)
+        if self.ledger.complete(key, error.outcome, reason, token=token) is False:
+            return  # no longer ours (a worker that took over settles it): no second audit record or alert
         self.audit.append(AuditRecord(event_id=event_id, message=event_type, decision=error.outcome,
                                       reason=reason, actor="automation",
                                       facts={"error": type(error).__name__,
