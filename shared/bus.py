@@ -149,6 +149,20 @@ class Bus:
             self._flush()
         return Handled(error.outcome, redact(str(error)), message=event_type, event_id=event_id)
 
+    def abandon(self, message: Message, why: str) -> list[Handled]:
+        """The poison path of a message retried for too long: fail its claim for good (recorded, audited, one
+        alert). A claim someone holds right now raises Busy; one already settled is left as it is."""
+        key = f"{message.event_id}/{message.type}"
+        try:
+            state = self.ledger.claim(key, event_type=message.type, lease_seconds=self.lease_seconds)
+            if state != "new":
+                return [Handled("duplicate", f"already handled: {state}", message=message.type,
+                                event_id=message.event_id)]
+            return self._fail(key, getattr(state, "token", None), [], message,
+                              Unrecoverable(f"{message.type} abandoned: {why}"))
+        finally:
+            self._flush()
+
     def _run(self, message: Message) -> list[Handled]:
         key = f"{message.event_id}/{message.type}"
         handler = self.handlers.get(type(message))

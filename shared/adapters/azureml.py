@@ -307,6 +307,11 @@ class AzureMLWorkspace:
                 raise
             found = self._find_job(spec.name, deadline)
             if found is None:
+                if isinstance(error, Conflict):
+                    # One rule for every 409 (docs/reliability.md): read after it; what we meant to create being
+                    # there is success, its absence means an operation is still in flight: transient, never a
+                    # final answer (before, that data version never trained).
+                    raise TransientError(f"submit job {spec.name}: 409 but no such job yet: {error}") from error
                 raise
             return self._job(found)
         logger.info("submitted %s on %s:%s to %s", spec.name, spec.asset, spec.data_version,

@@ -350,6 +350,30 @@ class TableLedger:
             _pause(attempt)  # changed since we read it (completed, counted, taken over): look again
         raise Busy(f"release {key}: {MAX_ATTEMPTS} concurrent writers got in first")
 
+    def park(self, key: str, payload: str) -> bool:
+        """As SqliteLedger.park: keep a waiting claim's message for the app's own retry."""
+        if _u16(payload) > CHUNK_UNITS:
+            logger.warning("not parking %s: its message is larger than one table property", key)
+            return False
+        pk, rk = self.keys(key)
+        for attempt in range(MAX_ATTEMPTS):
+            row = self._t.get(pk, rk)
+            if row is None or row.get("outcome") != PROCESSING:
+                return False
+            if self._t.replace({**row, "payload": payload}, row.metadata["etag"]) is None:
+                return True
+            _pause(attempt)
+        raise Busy(f"park {key}: {MAX_ATTEMPTS} concurrent writers got in first")
+
+    def parked(self, *, limit: int = 50) -> list[tuple[str, str, int]]:
+        """As SqliteLedger.parked (a filtered scan of the ledger table: run it from a timer, not per event)."""
+        rows = self._t.query("parked claims", "outcome eq @processing and payload ne '' and lease_until le @now",
+                             parameters={"processing": PROCESSING, "now": float(self._clock())},
+                             select=["key", "payload", "attempts", "updated_at"])
+        found = sorted(((str(r.get("updated_at", "")), str(r["key"]), str(r["payload"]), _int(r.get("attempts")))
+                        for r in rows), key=lambda t: t[0])
+        return [(k, p, a) for _, k, p, a in found[:limit]]
+
     def stats(self) -> dict[str, int]:
         out: dict[str, int] = {}
         duplicates = 0

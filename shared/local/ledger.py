@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS processed (
     attempts INTEGER NOT NULL DEFAULT 1,
     duplicates INTEGER NOT NULL DEFAULT 0,
     holder TEXT NOT NULL DEFAULT '',
+    payload TEXT NOT NULL DEFAULT '',
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
@@ -71,8 +72,9 @@ class _Db:
         with self.connect() as conn:
             conn.executescript(_SCHEMA)
             columns = {row[1] for row in conn.execute("PRAGMA table_info(processed)")}
-            if "holder" not in columns:  # a ledger written before claims carried a fencing token
-                conn.execute("ALTER TABLE processed ADD COLUMN holder TEXT NOT NULL DEFAULT ''")
+            for column in ("holder", "payload"):  # a ledger written before claims had fencing and parking
+                if column not in columns:
+                    conn.execute(f"ALTER TABLE processed ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
 
     def connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -156,6 +158,20 @@ class SqliteLedger:
                            "since)", key)
             return False
         return True
+
+    def park(self, key: str, payload: str) -> bool:
+        """Keep the message of a claim that is waiting for a retry (released, still processing), so the app can
+        run it again on its own (``parked``) when nobody redelivers it. False when the key is settled."""
+        cur = self._db.connect().execute("UPDATE processed SET payload = ? WHERE key = ? AND outcome = ?",
+                                         (storable(payload), storable(key), PROCESSING))
+        return cur.rowcount > 0
+
+    def parked(self, *, limit: int = 50) -> list[tuple[str, str, int]]:
+        """(key, payload, attempts) of parked claims nobody holds right now, oldest first."""
+        rows = self._db.connect().execute(
+            "SELECT key, payload, attempts FROM processed WHERE outcome = ? AND payload != '' AND lease_until <= ?"
+            " ORDER BY updated_at LIMIT ?", (PROCESSING, self._clock(), limit)).fetchall()
+        return [(r[0], r[1], int(r[2])) for r in rows]
 
     def stats(self) -> dict[str, int]:
         conn = self._db.connect()

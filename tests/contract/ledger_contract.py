@@ -143,6 +143,22 @@ class LedgerContract:
         assert ledger.claim(key, event_type="X") == "done"
 
 
+    # --- parking: the app's own retry of a message nobody redelivers ----------------------------------------------
+
+    def test_a_parked_claim_is_listed_only_while_nobody_holds_it_and_until_it_is_settled(self, ledger):
+        key = _key()
+        held = ledger.claim(key, event_type="DriftDetected")
+        assert ledger.park(key, '{"endpoint": "e"}') is True
+        assert key not in [k for k, _, _ in ledger.parked()]  # its holder's lease is live
+        ledger.release(key, token=held.token)
+        assert (key, '{"endpoint": "e"}', 1) in ledger.parked()
+        retry = ledger.claim(key, event_type="DriftDetected")
+        assert key not in [k for k, _, _ in ledger.parked()]
+        ledger.complete(key, "done", token=retry.token)
+        assert key not in [k for k, _, _ in ledger.parked()]
+        assert ledger.park(key, "{}") is False  # a settled key is never parked again
+
+
 class AuditContract:
     def test_records_come_back_newest_first_with_their_facts(self, audit):
         tag = uuid.uuid4().hex[:8]

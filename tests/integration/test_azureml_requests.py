@@ -682,3 +682,13 @@ def test_every_request_carried_the_bearer_token_and_stayed_on_the_fake(ws, fake)
     for r in fake.requests:
         if r.host != "127.0.0.1":  # blob requests authenticate with the SAS in their query instead
             assert r.headers.get("Authorization") == "Bearer fake-token-for-tests", r
+
+
+def test_a_409_on_a_job_submit_with_no_job_to_find_is_transient_like_every_409(ws, fake):
+    # Issue 11, item 7: one rule for 409s. Before, this one was permanent and that data version never trained.
+    ws.register_data("churn", "1", LANDING_BLOB)
+    fake.fail_next(409, method="PUT", path_contains="/jobs/train-churn-v1-a1", code="Conflict",
+                   message="Another operation on this job name is in progress")
+    with pytest.raises(TransientError, match="no such job yet"):
+        ws.submit_training(_spec())
+    assert ws.submit_training(_spec()).name == "train-churn-v1-a1"  # the redelivery submits it
