@@ -69,7 +69,7 @@ def _deliver(event: func.EventGridEvent) -> None:
             raise TooLarge(f"the event is larger than {MAX_EVENT_BYTES} bytes", field="event")
         message = eventgrid.to_message(payload, landing_container=rt.settings.landing_container)
     except InvalidPayload as error:
-        rt.bus.reject(event.id or "unknown", event.event_type or "unknown", error)
+        rt.bus.reject(event.id or "unknown", event.event_type or "unknown", error, source="eventgrid")
         return
     rt.bus.handle(message)
 
@@ -239,7 +239,7 @@ def monitor_alert(req: func.HttpRequest) -> func.HttpResponse:
     try:
         message = eventgrid.from_common_alert(_body(req))
     except InvalidPayload as error:
-        rt.bus.reject(f"alert-{uuid.uuid4()}", "AzureMonitorAlert", error)
+        rt.bus.reject(f"alert-{uuid.uuid4()}", "AzureMonitorAlert", error, source="azure-monitor")
         return _bad_request(error)
     try:
         results = rt.bus.handle(message)

@@ -133,18 +133,20 @@ class Bus:
         finally:
             self._flush()
 
-    def reject(self, event_id: str, event_type: str, error: PermanentError) -> Handled:
+    def reject(self, event_id: str, event_type: str, error: PermanentError, *, source: str = "") -> Handled:
         """Record an event that could not even be parsed: acknowledged, recorded, alerted, never retried.
 
         ``event_id`` and ``event_type`` come straight from the junk (any JSON value): they are made into short,
-        storable text first so recording the rejection cannot itself fail."""
+        storable text first so recording the rejection cannot itself fail. ``source`` (the ingress: "eventgrid",
+        "azure-monitor") groups rejections into one alert incident, counted per dedupe window."""
         event_id, event_type = _label(event_id), _label(event_type)
         key = f"{event_id}/{event_type}"
         try:
             state = self.ledger.claim(key, event_type=event_type, lease_seconds=self.lease_seconds)
             if state != "new":
                 return Handled("duplicate", f"already recorded as {state}", message=event_type, event_id=event_id)
-            self._record_failure(key, event_id, event_type, error, token=getattr(state, "token", None))
+            self._record_failure(key, event_id, event_type, error, token=getattr(state, "token", None),
+                                 source=source)
         finally:
             self._flush()
         return Handled(error.outcome, redact(str(error)), message=event_type, event_id=event_id)
@@ -227,7 +229,7 @@ class Bus:
                         data={"error": type(error).__name__})]
 
     def _record_failure(self, key: str, event_id: str, event_type: str, error: PermanentError, *,
-                        token: str | None = None) -> None:
+                        token: str | None = None, source: str = "") -> None:
         reason = redact(str(error))
         logger.error("%s %s %s: %s", event_type, event_id, error.outcome, reason)
         if self.ledger.complete(key, error.outcome, reason, token=token) is False:
@@ -242,7 +244,12 @@ class Bus:
             summary=f"The automation could not act on event {event_id}: {reason}. It was acknowledged and will "
                     "not be retried; fix the cause and replay or rerun by hand.",
             facts=(("Event", event_id), ("Type", event_type), ("Outcome", error.outcome)),
-            incident_key=f"rejected:{event_id}", event_id=event_id))
+            # Junk (an unreadable event) is one incident per event type: the first card says so, repeats within the
+            # dedupe window are counted and named on the next card (a digest), so a flood of junk cannot bury
+            # real alerts in the outbox. A message that failed is its own incident.
+            incident_key=f"rejected:{_label(source) if source else event_type}" if error.outcome == "rejected"
+            else f"failed:{event_id}",
+            event_id=event_id))
 
     def _flush(self) -> None:
         # Alerts leave only after the action they report is recorded; delivery never fails the action.
