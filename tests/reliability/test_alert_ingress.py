@@ -120,3 +120,43 @@ def test_a_throttle_on_a_manual_route_is_503_with_retry_after_not_500(served, ro
     assert r.status_code == 503, r.text
     assert r.headers["Retry-After"] == "30" and r.json()["retry_after"] == 30
     assert "Traceback" not in r.text
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::marshmallow.warnings.RemovedInMarshmallow4Warning")
+def test_black_box_a_30_s_throttle_on_the_endpoint_still_rolls_back_without_a_manual_re_post(azurite):
+    """The done-when of issue 11 on the azure backend: a canary at 10 %, an alert arrives while every endpoint PUT
+    is throttled (429, Retry-After 30); the first answer is a 503 with a Retry-After, the action group's retry
+    rolls back to exactly the intended split."""
+    import function_app
+    from tests.integration.test_azure_backend import ENDPOINT, AzureArc
+
+    arc = AzureArc(azurite)
+    arc.fake.sleep = lambda seconds: arc.fake.slept.append(seconds)  # the SDK's waits are recorded, not slept
+    try:
+        arc.deliver(arc.land("1"))
+        arc.deliver(arc.finish("train-churn-v1-a1", auc=0.80, logloss=0.45))
+        arc.clock.advance(minutes=30)
+        arc.deliver(arc.land("2"))
+        arc.deliver(arc.finish("train-churn-v2-a1", auc=0.86, logloss=0.40))
+        assert arc.traffic() == {"v1-1": 90, "v2-1": 10}
+        arc.clock.advance(minutes=10)
+        function_app.use_runtime(arc.rt)
+        with LocalHost(function_app.app, port=0) as host:
+            alert = {**ALERT, "data": {**ALERT["data"], "essentials": {
+                **ALERT["data"]["essentials"], "alertTargetIDs": [
+                    f"/subscriptions/s/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/w/"
+                    f"onlineEndpoints/{ENDPOINT}"]}}}
+            throttle = arc.fake.fail_next(429, method="PUT", path_contains=f"/onlineEndpoints/{ENDPOINT}",
+                                          retry_after=30, times=10)
+            first = httpx.post(host.url + "/api/alerts", params={"code": host.key}, json=alert, timeout=30)
+            assert first.status_code == 503 and int(first.headers["Retry-After"]) >= 1  # capped by the deadline
+            assert arc.traffic() == {"v1-1": 90, "v2-1": 10}  # nothing half-done
+            throttle.path_contains = "/throttle-over"  # the throttle is over by the action group's next retry
+            retry = httpx.post(host.url + "/api/alerts", params={"code": host.key}, json=alert, timeout=30)
+        assert retry.status_code == 202, retry.text
+        assert arc.traffic() == {"v1-1": 100, "v2-1": 0}
+        assert len(arc.rt.audit.recent(subject=ENDPOINT, decisions=["rollback"])) == 1
+    finally:
+        function_app.use_runtime(None)
+        arc.close()
