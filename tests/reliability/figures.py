@@ -26,6 +26,8 @@ ROWS = [  # (label, scenario, how to read the value from its figures)
     ("Lost events", "storm", lambda f: f["lost"]),
     ("Transient faults injected (rate)", "storm", lambda f: f"{f['faults_injected']} ({f['fault_rate']:.0%})"),
     ("5xx answers (all deliberate, transient)", "storm", lambda f: f["transient_5xx_answers"]),
+    ("Storm wall time (s)", "storm", lambda f: f["seconds"]),
+    ("Crash points covered / converged", "crash", lambda f: f"{f['crash_points']} / {f['converged']}"),
     ("Fuzz cases", "fuzz", lambda f: f["cases"]),
     ("Fuzz 5xx answers", "fuzz", lambda f: f["server_errors"]),
     ("Slowest fuzz answer (s)", "fuzz", lambda f: f["slowest_seconds"]),

@@ -129,9 +129,10 @@ def blob_events(versions: int) -> list[dict]:
                               event_id=str(uuid.uuid4())) for v in range(1, versions + 1)]
 
 
-def write_figures(name: str, figures: dict) -> Path:
+def write_figures(name: str, figures: dict, *, scale: str | None = None) -> Path:
     FIGURES_DIR.mkdir(exist_ok=True)
     path = FIGURES_DIR / f"{name}.json"
-    path.write_text(json.dumps({"scenario": name, "scale": "full" if FULL else "reduced", **figures}, indent=2,
+    scale = scale or ("full" if FULL else "reduced")
+    path.write_text(json.dumps({"scenario": name, "scale": scale, **figures}, indent=2,
                                default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") else dict(o)))
     return path

@@ -100,4 +100,5 @@ def test_a_duplicated_shuffled_concurrent_storm_with_faults_takes_effect_exactly
         "audit_repeats": len(approved) - len(approved_jobs),
         "faults_injected": fake.injected, "fault_rate": fake.fault_rate, "lost": len(data.lost) + len(runs.lost),
         "transient_5xx_answers": five_xx, "ledger_duplicates_counted": stats.get("duplicates", 0),
-        "seconds": round(data.seconds + runs.seconds, 1)})
+        "seconds": round(data.seconds + runs.seconds, 1)},
+        scale=f"{versions} data versions" if os.environ.get("RELIABILITY_STORM_VERSIONS") else None)
