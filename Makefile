@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo serve test test-fast bench lint clean
+.PHONY: setup demo serve test test-fast reliability bench lint clean
 
 $(STAMP): requirements.txt pyproject.toml package.json
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
+# The reliability suite at full size (make test runs it reduced), then its figures into docs/reliability.md.
+reliability: $(STAMP)
+	RELIABILITY_SCALE=full $(PY) -m pytest -q tests/reliability
+	$(PY) -m tests.reliability.figures
+
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
@@ -40,4 +45,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) node_modules .mlops .demo .pytest_cache
+	rm -rf $(VENV) node_modules .mlops .demo .pytest_cache .reliability

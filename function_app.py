@@ -4,17 +4,20 @@ Importing this module does no I/O and imports no heavy SDK: the host indexes it 
 """
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
+import math
 import threading
 import uuid
 
 import azure.functions as func
 
 from shared import eventgrid
-from shared.errors import InvalidPayload
-from shared.messages import AdvanceRollouts, DecideApproval, RerunJob, RollBack, StartTraining
+from shared.errors import InvalidPayload, TransientError
+from shared.messages import AdvanceRollouts, DecideApproval, DriftDetected, RerunJob, RollBack, StartTraining
+from shared.redact import redact
 
 logger = logging.getLogger(__name__)
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -40,6 +43,22 @@ def use_runtime(rt) -> None:
     _runtime = rt
 
 
+# Event Grid never delivers an event over 1 MB (its per-event limit), and no route here needs more: anything
+# bigger is junk, refused before it is parsed further or stored.
+MAX_EVENT_BYTES = MAX_BODY_BYTES = 1024 * 1024
+
+
+class TooLarge(InvalidPayload):
+    """A body or event over the size limit (answered 413, which neither Event Grid nor an action group retries)."""
+
+
+def _event_size(payload: dict) -> int:
+    try:
+        return len(json.dumps(payload, default=str, ensure_ascii=False).encode("utf-8", "backslashreplace"))
+    except (ValueError, TypeError, RecursionError):
+        raise InvalidPayload("the event cannot be read as JSON", field="event") from None
+
+
 def _deliver(event: func.EventGridEvent) -> None:
     """One Event Grid event through the bus. Permanent problems are recorded and acknowledged; transient ones
     raise, so Event Grid delivers again."""
@@ -47,10 +66,12 @@ def _deliver(event: func.EventGridEvent) -> None:
     payload = {"id": event.id, "eventType": event.event_type, "subject": event.subject, "topic": event.topic,
                "data": event.get_json()}
     try:
+        if _event_size(payload) > MAX_EVENT_BYTES:
+            raise TooLarge(f"the event is larger than {MAX_EVENT_BYTES} bytes", field="event")
         message = eventgrid.to_message(payload, landing_container=rt.settings.landing_container,
                                        datastore_account=rt.settings.datastore_account)
     except InvalidPayload as error:
-        rt.bus.reject(event.id or "unknown", event.event_type or "unknown", error)
+        rt.bus.reject(event.id or "unknown", event.event_type or "unknown", error, source="eventgrid")
         return
     rt.bus.handle(message)
 
@@ -95,13 +116,15 @@ def _json(status: int, body: dict) -> func.HttpResponse:
 
 
 def _bad_request(error: InvalidPayload) -> func.HttpResponse:
-    return _json(400, {"error": str(error), "field": error.field})
+    return _json(413 if isinstance(error, TooLarge) else 400, {"error": redact(str(error)), "field": error.field})
 
 
 def _body(req: func.HttpRequest) -> dict:
+    if len(req.get_body() or b"") > MAX_BODY_BYTES:
+        raise TooLarge(f"the body is larger than {MAX_BODY_BYTES} bytes", field="body")
     try:
         body = req.get_json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than the parser goes
         raise InvalidPayload("body must be JSON", field="body") from None
     if not isinstance(body, dict):
         raise InvalidPayload("body must be a JSON object", field="body")
@@ -127,13 +150,28 @@ def _text(body: dict, name: str, *, required: bool = True) -> str:
 
 # A command the bus recorded as failed: answer with the status its error class stands for.
 _STATUS = {"InvalidPayload": 400, "NotFound": 404, "Conflict": 409}
+DEFAULT_RETRY_AFTER = 30  # seconds, when the failing service named no time
+MAX_RETRY_AFTER = 300
+
+
+def _unavailable(error: TransientError) -> func.HttpResponse:
+    """A transient failure as HTTP: 503 with Retry-After. Azure Monitor action groups retry a webhook on 408,
+    429, 503 and 504 only (a 500 is final), and any HTTP client reads 503 + Retry-After as "try again then"."""
+    wait = getattr(error, "retry_after", None)
+    seconds = DEFAULT_RETRY_AFTER if wait is None else min(MAX_RETRY_AFTER, max(1, math.ceil(wait)))
+    body = json.dumps({"error": redact(str(error))[:500], "retry_after": seconds})
+    return func.HttpResponse(body, status_code=503, mimetype="application/json",
+                             headers={"Retry-After": str(seconds)})
 
 
 def _run_command(command) -> func.HttpResponse:
-    results = runtime().bus.handle(command)
+    try:
+        results = runtime().bus.handle(command)
+    except TransientError as error:
+        return _unavailable(error)
     failed = next((r for r in results if r.outcome in ("rejected", "failed")), None)
     if failed is not None:
-        return _json(_STATUS.get(str(failed.data.get("error")), 422), {"error": failed.reason,
+        return _json(_STATUS.get(str(failed.data.get("error")), 422), {"error": redact(failed.reason),
                                                                         "outcome": failed.outcome})
     answer = {}
     for r in results:
@@ -189,7 +227,10 @@ def status(req: func.HttpRequest) -> func.HttpResponse:
     from shared.views import status as snapshot
 
     rt = runtime()
-    return _json(200, snapshot(rt.workspace, rt.audit, rt.ledger, states=rt.states))
+    try:
+        return _json(200, snapshot(rt.workspace, rt.audit, rt.ledger, states=rt.states))
+    except TransientError as error:
+        return _unavailable(error)
 
 
 @app.function_name("monitor_alert")
@@ -223,9 +264,15 @@ def _alert(req: func.HttpRequest) -> func.HttpResponse:
     try:
         message = eventgrid.from_common_alert(_body(req))
     except InvalidPayload as error:
-        rt.bus.reject(f"alert-{uuid.uuid4()}", "AzureMonitorAlert", error)
+        rt.bus.reject(f"alert-{uuid.uuid4()}", "AzureMonitorAlert", error, source="azure-monitor")
         return _bad_request(error)
-    results = rt.bus.handle(message)
+    try:
+        results = rt.bus.handle(message)
+    except TransientError as error:
+        # Inline design (docs/reliability.md): the action group retries a 503 for about a minute and a half; the
+        # message is also parked on its ledger claim, so the outbox sweep runs it again on its own after that.
+        _park(rt, message)
+        return _unavailable(error)
     return _json(202, {"event_id": message.event_id,
                        "decisions": [{"message": r.message, "outcome": r.outcome, "reason": r.reason}
                                      for r in results]})
@@ -355,10 +402,51 @@ def html_escape(text: str) -> str:
     return html.escape(text)
 
 
+MAX_PARKED_ATTEMPTS = 48  # the sweep runs every 5 minutes: about 4 hours of retries, then the poison path
+
+
+def _park(rt, message: DriftDetected) -> None:
+    park = getattr(rt.ledger, "park", None)
+    if callable(park):
+        try:
+            park(f"{message.event_id}/{message.type}", json.dumps(dataclasses.asdict(message)))
+        except Exception:  # parking is the second line; the caller's own retry (the 503) is the first
+            logger.warning("could not park alert %s for the app's own retry", message.event_id, exc_info=True)
+
+
+def replay_parked(rt, *, limit: int = 50, max_attempts: int = MAX_PARKED_ATTEMPTS) -> dict[str, int]:
+    """Run parked alerts again (their sender stopped retrying); after ``max_attempts`` one is failed for good:
+    recorded, audited and alerted (the poison path). Returns counts by what became of them."""
+    counts = {"done": 0, "waiting": 0, "failed": 0}
+    parked = getattr(rt.ledger, "parked", None)
+    for key, payload, attempts in parked(limit=limit) if callable(parked) else []:
+        try:
+            message = DriftDetected(**json.loads(payload))
+        except (ValueError, TypeError):
+            logger.error("parked message of %s is unreadable; failing it", key)
+            rt.ledger.complete(key, "failed", "parked message unreadable")
+            counts["failed"] += 1
+            continue
+        if attempts >= max_attempts:
+            rt.bus.abandon(message, f"still failing after {attempts} attempts")
+            counts["failed"] += 1
+            continue
+        try:
+            rt.bus.handle(message)
+            counts["done"] += 1
+        except TransientError as error:
+            logger.info("parked alert %s still waiting: %s", message.event_id, redact(str(error)))
+            counts["waiting"] += 1
+    return counts
+
+
 @app.function_name("outbox_sweep")
 @app.timer_trigger(schedule="0 */5 * * * *", arg_name="timer", run_on_startup=False)
 def outbox_sweep(timer: func.TimerRequest) -> None:
-    """Deliver alerts still pending (e.g. Teams was down when they were raised)."""
+    """Run parked alerts again, then deliver notifications still pending (e.g. Teams was down)."""
+    replayed = replay_parked(runtime())
+    if any(replayed.values()):
+        logger.info("parked alerts replayed: %s", replayed)
     flush = getattr(runtime().notifier, "flush", None)
     if callable(flush):
         delivered = flush(max_seconds=60.0)

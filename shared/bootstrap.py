@@ -10,7 +10,7 @@ from functools import partial
 from typing import Any
 
 from shared import handlers
-from shared.bus import Bus
+from shared.bus import Bus, HeldClaims
 from shared.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,9 @@ def build(settings: Settings | None = None, **overrides: Any) -> Runtime:
     deps.setdefault("metrics", deps["workspace"])  # the embedded workspace reads its own run metrics
     deps.setdefault("publisher", None)
     table = {**handlers.EVENT_HANDLERS, **handlers.COMMAND_HANDLERS}
-    bound = {message_type: _inject(fn, deps) for message_type, fn in table.items()}
+    # Handlers see the ledger through HeldClaims: a claim they take is settled by the bus if they fail.
+    handler_deps = {**deps, "ledger": HeldClaims(deps["ledger"])}
+    bound = {message_type: _inject(fn, handler_deps) for message_type, fn in table.items()}
     notifier = deps["notifier"]
     flush = getattr(notifier, "flush", None)
     bus = Bus(bound, ledger=deps["ledger"], audit=deps["audit"], notifier=notifier,

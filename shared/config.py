@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -108,13 +109,13 @@ class Settings:
         policy = Policy(
             primary_metric=r.str("MLOPS_PRIMARY_METRIC", d.primary_metric),
             min_primary=r.float("MLOPS_MIN_PRIMARY", d.min_primary),
-            min_improvement=r.float("MLOPS_MIN_IMPROVEMENT", d.min_improvement),
+            min_improvement=r.float("MLOPS_MIN_IMPROVEMENT", d.min_improvement, lo=0.0),
             guard_metrics=tuple(m.strip() for m in r.str("MLOPS_GUARD_METRICS", ",".join(d.guard_metrics)).split(",") if m.strip()),
-            guard_tolerance=r.float("MLOPS_GUARD_TOLERANCE", d.guard_tolerance),
+            guard_tolerance=r.float("MLOPS_GUARD_TOLERANCE", d.guard_tolerance, lo=0.0),
             rollback_window_minutes=r.int("MLOPS_ROLLBACK_WINDOW_MINUTES", d.rollback_window_minutes, lo=0),
             cooldown_minutes=r.int("MLOPS_COOLDOWN_MINUTES", d.cooldown_minutes, lo=0),
             max_attempts=r.int("MLOPS_MAX_ATTEMPTS", d.max_attempts, lo=1),
-            drift_psi_threshold=r.float("MLOPS_DRIFT_PSI_THRESHOLD", d.drift_psi_threshold),
+            drift_psi_threshold=r.float("MLOPS_DRIFT_PSI_THRESHOLD", d.drift_psi_threshold, lo=0.0),
             freeze=r.bool("MLOPS_FREEZE", d.freeze),
             rollout_steps=_steps(r.str("MLOPS_ROLLOUT_STEPS", ",".join(map(str, d.rollout_steps)))),
             bake_minutes=r.int("MLOPS_BAKE_MINUTES", d.bake_minutes, lo=0, hi=10080),
@@ -292,11 +293,18 @@ class _Reader:
             raise InvalidPayload(f"{name} must be between {lo} and {hi}, not {value}", field=name)
         return value
 
-    def float(self, name: str, default: float) -> float:
+    def float(self, name: str, default: float, *, lo: float | None = None, hi: float | None = None) -> float:
+        """A finite number within [lo, hi]: "nan" or "inf" parse as floats, but a NaN threshold makes every
+        comparison false (a gate that approves anything, guards that never fire), so they are refused."""
         raw = self.str(name, "")
         if raw == "":
             return default
         try:
-            return float(raw)
+            value = float(raw)
         except ValueError:
             raise InvalidPayload(f"{name} must be a number, not {raw!r}", field=name) from None
+        if not math.isfinite(value):
+            raise InvalidPayload(f"{name} must be a finite number, not {raw!r}", field=name)
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise InvalidPayload(f"{name} must be between {lo} and {hi}, not {value}", field=name)
+        return value

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from shared.errors import InvalidPayload
 from shared.messages import (
@@ -80,16 +80,42 @@ class Fields:
         return dict(value) if isinstance(value, Mapping) else {}
 
 
+MAX_ID = 512  # longer ids and types are not Event Grid's; they would only bloat the ledger key
+
+
+def _identifier(e: Fields, *keys: str) -> str:
+    """A string envelope field (id, eventType/type): Event Grid and CloudEvents both send these as JSON strings,
+    so a number, NaN, list or object there is junk, not something to coerce. Must be valid UTF-8 text."""
+    value = next((e.get(k) for k in keys if e.get(k) is not None), None)
+    where = f"event.{keys[0]}"
+    if value is None or value == "":
+        raise InvalidPayload(f"{where} is missing", field=where)
+    if not isinstance(value, str):
+        raise InvalidPayload(f"{where} must be a string", field=where)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidPayload(f"{where} is not valid Unicode text", field=where) from None
+    value = value.strip()
+    if not value or len(value) > MAX_ID or not value.isprintable():
+        raise InvalidPayload(f"{where} must be 1 to {MAX_ID} printable characters", field=where)
+    return value
+
+
 def envelope(event: Mapping[str, object]) -> tuple[str, str, str, Fields]:
     """(id, eventType, subject, data) of an Event Grid or CloudEvents 1.0 event."""
     if not isinstance(event, Mapping):
         raise InvalidPayload("an event must be a JSON object", field="event")
     e = Fields(event, "event")
-    event_id = e.require("id")
-    event_type = e.text("eventType") or e.text("type")
-    if not event_type:
-        raise InvalidPayload("event.eventType is missing", field="event.eventType")
+    event_id = _identifier(e, "id")
+    event_type = _identifier(e, "eventType", "type")
     return event_id, event_type, e.text("subject"), Fields(e.get("data", {}), "data")
+
+
+def _unreadable(what: str, error: BaseException) -> InvalidPayload:
+    # Parsing is pure: whatever it raises on a payload is a fact about the payload (a field of the wrong shape
+    # the code did not foresee), so it is permanent. Only the error's class is kept: its text may quote the input.
+    return InvalidPayload(f"unreadable {what} ({type(error).__name__})", field="body")
 
 
 def to_message(event: Mapping[str, object], *, landing_container: str = "landing",
@@ -98,8 +124,18 @@ def to_message(event: Mapping[str, object], *, landing_container: str = "landing
 
     ``datastore_account`` is the storage account behind the landing datastore (MLOPS_DATASTORE_ACCOUNT): a
     BlobCreated from any other account is refused, since registering it would point the datastore at a blob it does
-    not hold. Empty (the embedded backend) skips the check.
+    not hold. Empty (the embedded backend) skips the check. Raises only InvalidPayload for a payload it cannot read,
+    whatever shape the junk takes.
     """
+    try:
+        return _to_message(event, landing_container, datastore_account)
+    except InvalidPayload:
+        raise
+    except (TypeError, ValueError, AttributeError, LookupError, ArithmeticError, RecursionError) as error:
+        raise _unreadable("event", error) from None
+
+
+def _to_message(event: Mapping[str, object], landing_container: str, datastore_account: str) -> Message:
     event_id, event_type, subject, data = envelope(event)
     kind = event_type.lower()
     if kind == BLOB_CREATED:
@@ -196,20 +232,45 @@ def _blob_created(event_id: str, subject: str, data: Fields, landing_container: 
     if container.lower() != landing_container.lower():
         raise InvalidPayload(f"container {container!r} is not the landing container {landing_container!r}",
                              field="subject")
+    if "?" in blob_path or "#" in blob_path or "\\" in blob_path:
+        raise InvalidPayload("the blob name holds '?', '#' or '\\': not a landing file", field="subject")
     parts = blob_path.split("/")
     if len(parts) < 3 or not all(parts):
         raise InvalidPayload(f"blob path {blob_path!r} does not follow <asset>/<version>/<file>", field="subject")
     asset, version, filename = parts[0], parts[1], "/".join(parts[2:])
     validate_asset(asset, "subject (asset)")
     validate_version(version, "subject (version)")
-    url = data.require("url")
+    url = _blob_url(data.require("url"), container, blob_path)
     if filename == MARKER_FILE:
         # The marker commits the whole folder: register the folder, not the marker.
         url = url.rsplit("/", 1)[0] + "/"
-    elif filename.rsplit("/", 1)[-1].startswith(("_", ".")):
+    elif any(part.startswith(("_", ".")) for part in parts[2:]):
+        # Hidden or scratch files and folders anywhere below the version (Spark's _temporary/, .crc files,
+        # ..): never data, and a "." start also covers path traversal.
         return EventIgnored(event_id=event_id, event_type="Microsoft.Storage.BlobCreated",
-                            reason=f"{blob_path} is a hidden or marker file")
+                            reason=f"{blob_path} is a hidden, scratch or marker file")
     return DataRegistered(event_id=event_id, asset=asset, version=version, path=url, source=url, register=True)
+
+
+# The storage endpoints a BlobCreated url may name: Blob (blob.core.…) or, on ADLS Gen2, DFS (dfs.core.…), in any
+# Azure cloud (windows.net, chinacloudapi.cn, usgovcloudapi.net).
+_STORAGE_HOST = re.compile(r"^([a-z0-9]{3,24})\.(blob|dfs)\.(core\.[a-z0-9.-]+)$")
+
+
+def _blob_url(raw: str, container: str, blob_path: str) -> str:
+    """The blob URL to register, from ``data.url``: it must name the same container and blob as the subject
+    (otherwise it is not the blob the event is about: a path such as /etc/passwd is refused), on a storage
+    account's Blob or DFS endpoint. Any query string (a SAS token) and fragment are dropped, and a DFS url is
+    given as its Blob endpoint form, the one every datastore reader takes."""
+    parts = urlsplit(raw)
+    host = (parts.hostname or "").lower()
+    m = _STORAGE_HOST.match(host)
+    if parts.scheme.lower() != "https" or not m or parts.port is not None or parts.username is not None:
+        raise InvalidPayload("data.url is not an https URL of a storage account's blob or dfs endpoint",
+                             field="data.url")
+    if unquote(parts.path) != f"/{container}/{blob_path}":
+        raise InvalidPayload("data.url does not name the blob in the event subject", field="data.url")
+    return f"https://{m.group(1)}.blob.{m.group(3)}{parts.path}"
 
 
 def _severity(value: str) -> str:
@@ -223,8 +284,26 @@ def from_common_alert(body: object) -> DriftDetected:
     """An Azure Monitor alert in the common alert schema (action group webhook) → DriftDetected.
 
     The event id combines alertId and monitorCondition, so Fired and Resolved are distinct facts while
-    a re-sent notification of either is a duplicate.
+    a re-sent notification of either is a duplicate. Raises only InvalidPayload for a body it cannot read.
     """
+    try:
+        return _from_common_alert(body)
+    except InvalidPayload:
+        raise
+    except (TypeError, ValueError, AttributeError, LookupError, ArithmeticError, RecursionError) as error:
+        raise _unreadable("alert", error) from None
+
+
+def _strings(value: object, where: str) -> list[str]:
+    """A list of strings in an alert (alertTargetIDs, configurationItems); anything else is a bad payload."""
+    if value is None or value == "":
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidPayload(f"{where} must be a list of strings", field=where)
+    return value
+
+
+def _from_common_alert(body: object) -> DriftDetected:
     root = Fields(body, "body")
     if root.text("schemaId") and root.text("schemaId").lower() != "azuremonitorcommonalertschema":
         raise InvalidPayload(f"schemaId {root.text('schemaId')!r} is not azureMonitorCommonAlertSchema",
@@ -232,18 +311,21 @@ def from_common_alert(body: object) -> DriftDetected:
     data = Fields(root.get("data"), "data")
     ess = Fields(data.get("essentials"), "data.essentials")
     alert_id = ess.require("alertId")
+    if len(alert_id) > MAX_ID or not alert_id.isprintable():
+        raise InvalidPayload(f"data.essentials.alertId must be 1 to {MAX_ID} printable characters",
+                             field="data.essentials.alertId")
     condition = ess.text("monitorCondition", "Fired")
     custom = Fields(data.get("customProperties") or {}, "data.customProperties")
     endpoint = custom.text("endpoint")
     if not endpoint:
-        for target in ess.get("alertTargetIDs", []) or []:
+        for target in _strings(ess.get("alertTargetIDs"), "data.essentials.alertTargetIDs"):
             m = re.search(r"/onlineendpoints/([^/]+)", str(target), re.IGNORECASE)
             if m:
                 endpoint = m.group(1)
                 break
     if not endpoint:
-        items = ess.get("configurationItems") or []
-        endpoint = str(items[0]) if items else ""
+        items = _strings(ess.get("configurationItems"), "data.essentials.configurationItems")
+        endpoint = items[0] if items else ""
     if not endpoint:
         raise InvalidPayload("the alert names no online endpoint (alertTargetIDs, configurationItems or "
                              "customProperties.endpoint)", field="data.essentials.alertTargetIDs")

@@ -220,9 +220,11 @@ def run_finished(msg: RunFinished, *, workspace: Workspace, metrics: RunMetrics,
         else:
             result = _failed(msg, job, audit, notifier, settings, clock)
     except TransientError:
-        ledger.release(key)
+        ledger.release(key, token=getattr(state, "token", None))
         raise
-    ledger.complete(key, result.outcome, result.reason)
+    # Any other failure propagates with the claim still held: the bus settles it with the message (completed
+    # with the failure when permanent, released when it will be retried).
+    ledger.complete(key, result.outcome, result.reason, token=getattr(state, "token", None))
     return result
 
 

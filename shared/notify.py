@@ -254,11 +254,23 @@ class Admission:
     reason: str  # new | reminder | escalated | reopened | resolved | duplicate | already resolved
     severity: str  # the severity to route by (a resolved update inherits its incident's)
     suppressed: int = 0  # repeats held back since the previous card of this incident
+    samples: tuple[str, ...] = ()  # event ids of some of those repeats, for the digest
+
+
+SAMPLES = 5  # event ids of held-back repeats a digest card names
+
+
+def _held(state: dict, alert: Alert) -> None:
+    state["suppressed"] += 1
+    state["suppressed_total"] += 1
+    if alert.event_id and len(state.setdefault("samples", [])) < SAMPLES:
+        state["samples"].append(alert.event_id)
 
 
 def incident_step(state: dict | None, alert: Alert, now: float, window: float) -> tuple[dict, Admission]:
     """Pure dedupe rule: one card per incident key within ``window`` seconds; a repeat after the window is a
-    reminder, a higher severity is an escalation, a resolved alert closes an open incident once."""
+    reminder, a higher severity is an escalation, a resolved alert closes an open incident once. A card sent
+    after repeats were held back carries their count and a few of their event ids (a digest)."""
     sev = alert.severity
     if state is None:
         fresh = {"state": "resolved" if alert.resolved else "open", "severity": sev, "kind": alert.kind,
@@ -270,22 +282,20 @@ def incident_step(state: dict | None, alert: Alert, now: float, window: float) -
             severity = max(sev, state["severity"], key=lambda s: _RANK.get(s, 0))
             state.update(state="resolved", last_sent=now, suppressed=0)
             return state, Admission(True, "resolved", severity)
-        state["suppressed"] += 1
-        state["suppressed_total"] += 1
+        _held(state, alert)
         return state, Admission(False, "already resolved", sev)
     if state["state"] != "open":
         state.update(state="open", severity=sev, kind=alert.kind, last_sent=now, suppressed=0)
         return state, Admission(True, "reopened", sev)
     if _RANK.get(sev, 0) > _RANK.get(state["severity"], 0):
-        held = state["suppressed"]
-        state.update(severity=sev, last_sent=now, suppressed=0)
-        return state, Admission(True, "escalated", sev, held)
+        held, samples = state["suppressed"], tuple(state.get("samples", ()))
+        state.update(severity=sev, last_sent=now, suppressed=0, samples=[])
+        return state, Admission(True, "escalated", sev, held, samples)
     if now - state["last_sent"] >= window:
-        held = state["suppressed"]
-        state.update(last_sent=now, suppressed=0)
-        return state, Admission(True, "reminder", sev, held)
-    state["suppressed"] += 1
-    state["suppressed_total"] += 1
+        held, samples = state["suppressed"], tuple(state.get("samples", ()))
+        state.update(last_sent=now, suppressed=0, samples=[])
+        return state, Admission(True, "reminder", sev, held, samples)
+    _held(state, alert)
     return state, Admission(False, "duplicate", sev, state["suppressed"])
 
 
@@ -390,8 +400,10 @@ class Outbox:
         if verdict.severity != alert.severity:
             alert = dataclasses.replace(alert, severity=verdict.severity)
         if verdict.suppressed:
-            alert = dataclasses.replace(alert, facts=(*alert.facts, (
-                "Repeats held back", f"{verdict.suppressed} since the previous card ({verdict.reason})")))
+            held = [("Repeats held back", f"{verdict.suppressed} since the previous card ({verdict.reason})")]
+            if verdict.samples:
+                held.append(("Some of them", ", ".join(verdict.samples)))
+            alert = dataclasses.replace(alert, facts=(*alert.facts, *held))
         return alert
 
     # --- delivery ---

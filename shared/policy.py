@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -12,6 +13,10 @@ from shared.config import Policy
 # Failure texts that mean the node went away, not that the code is wrong: worth another attempt.
 TRANSIENT_FAILURES = ("preempt", "low priority", "low-priority", "lowpriority", "spot", "evict",
                       "node deallocated", "deallocated", "capacity", "transient")
+# Matched as whole words (a prefix like "preempt" may go on: "preempted", "preemption"): a substring test took
+# "KeyError: 'hotspot_count'" for a spot eviction and retried a bug. "_" counts as part of a word.
+_TRANSIENT_WORDS = re.compile(r"(?<![A-Za-z0-9_])(" + "|".join(re.escape(p) for p in TRANSIENT_FAILURES) +
+                              r")(?:ed|ion|ions|s|ing)?(?![A-Za-z0-9_])", re.IGNORECASE)
 
 
 class Action(str, enum.Enum):
@@ -80,8 +85,8 @@ def on_run_failed(status: str, error: str, attempt: int, policy: Policy) -> Deci
     """Retry a failure that looks like lost capacity (e.g. a preempted low-priority node), up to max_attempts."""
     if status.lower() == "canceled":
         return Decision(Action.GIVE_UP, "run was canceled: not retried")
-    text = error.lower()
-    hit = next((p for p in TRANSIENT_FAILURES if p in text), None)
+    found = _TRANSIENT_WORDS.search(error)
+    hit = found.group(1).lower() if found else None
     if hit is None:
         return Decision(Action.GIVE_UP, "failure is not transient: fix and rerun by hand")
     if attempt >= policy.max_attempts:

@@ -91,18 +91,37 @@ class Workspace(DataAssets, Jobs, Models, Endpoints, Protocol):
     """The Azure ML workspace as the handlers see it: the four small ports together."""
 
 
+class Claim(str):
+    """What ``Ledger.claim`` answers: "new" (go ahead) or the outcome already recorded. A "new" claim also
+    carries its fencing ``token`` (unique to this holding; a takeover gets a fresh one) and its ``attempt``
+    (1 for the first holder; every release or takeover adds one)."""
+
+    token: str
+    attempt: int
+
+    def __new__(cls, state: str, *, token: str = "", attempt: int = 0) -> Claim:
+        claim = super().__new__(cls, state)
+        claim.token, claim.attempt = token, attempt
+        return claim
+
+
 class Ledger(Protocol):
-    """Exactly-once bookkeeping: each key takes effect once."""
+    """Exactly-once bookkeeping: each key takes effect once.
+
+    Fencing: ``complete`` and ``release`` given the ``token`` of the claim they settle act only while that
+    claim is still the current one (still processing, not taken over since); a stale holder's call is refused,
+    logged, and answers False. Without a token they act unconditionally (tools, tests)."""
 
     def claim(self, key: str, *, event_type: str, lease_seconds: float = 300.0) -> str:
         """Atomically claim ``key``: returns "new" (go ahead) or the recorded outcome when it was already
-        processed (a duplicate, counted). Raises Busy while another worker's lease is live."""
+        processed (a duplicate, counted); a ``Claim``. Raises Busy while another worker's lease is live."""
 
-    def complete(self, key: str, outcome: str, reason: str = "") -> None:
+    def complete(self, key: str, outcome: str, reason: str = "", *, token: str | None = None) -> bool:
         """Record the final outcome (done, ignored, rejected, failed) of a claimed key."""
 
-    def release(self, key: str) -> None:
-        """Give a claim up after a transient failure, so a redelivery can try again."""
+    def release(self, key: str, *, token: str | None = None) -> bool:
+        """Give a claim up after a failure worth retrying, so a redelivery can try again at once. The key stays
+        known (an expired claim), so the next claim counts as a further attempt."""
 
     def stats(self) -> dict[str, int]:
         """Counts by outcome, plus "duplicates" skipped."""

@@ -178,11 +178,38 @@ def _missing(exc: BaseException) -> bool:
     return False
 
 
+class PollerStopped(Exception):
+    """Ends an abandoned long-running-operation poller's thread (raised inside it, kept by the poller)."""
+
+
+def _stop_polling(poller) -> None:
+    """Make the SDK's polling thread of an operation we stopped waiting for end at its next poll: Azure carries
+    on with the operation either way, and a thread per abandoned operation would poll until it ends."""
+    def stopped() -> None:
+        raise PollerStopped("the caller stopped waiting for this operation")
+
+    method = poller.polling_method()
+    if method is not None:
+        method.update_status = stopped  # the instance's, looked up before the class's on every poll
+
+
+def _quiet_polling() -> None:
+    """azure-ai-ml polls online deployments with AzureMLPolling, whose update_status prints a dot to stdout on
+    every poll, from the poller's thread. Once per process it gets ARM polling's own update_status (the same
+    polling, no print): nothing the adapter calls writes to stdout, which the Functions host takes as logs."""
+    from azure.ai.ml._utils._azureml_polling import AzureMLPolling
+    from azure.mgmt.core.polling.arm_polling import ARMPolling
+
+    if AzureMLPolling.update_status is not ARMPolling.update_status:
+        AzureMLPolling.update_status = ARMPolling.update_status
+
+
 class AzureMLWorkspace:
     """The Workspace and RunMetrics ports on an Azure ML workspace, through azure-ai-ml's MLClient."""
 
     def __init__(self, ml_client, settings: Settings, *, credential=None, transport=None,
                  budget_seconds: float = DEFAULT_BUDGET_SECONDS, lro_timeout: float | None = None) -> None:
+        _quiet_polling()
         self.ml = ml_client
         self.settings = settings
         self.budget_seconds = budget_seconds
@@ -214,6 +241,9 @@ class AzureMLWorkspace:
             poller.wait(timeout=limit)
             if poller.done():
                 return poller.result()
+        # Azure carries on without us; the SDK's polling thread must not (it would poll, and print, for as long as
+        # the operation runs): it stops at its next poll.
+        _stop_polling(poller)
         raise TransientError(f"{what}: still {poller.status()} after {limit:.0f} s; Azure carries on and a "
                              "redelivered event picks the result up")
 
@@ -322,6 +352,11 @@ class AzureMLWorkspace:
                 raise
             found = self._find_job(spec.name, deadline)
             if found is None:
+                if isinstance(error, Conflict):
+                    # One rule for every 409 (docs/reliability.md): read after it; what we meant to create being
+                    # there is success, its absence means an operation is still in flight: transient, never a
+                    # final answer (before, that data version never trained).
+                    raise TransientError(f"submit job {spec.name}: 409 but no such job yet: {error}") from error
                 raise
             return self._job(found)
         logger.info("submitted %s on %s:%s to %s", spec.name, spec.asset, spec.data_version,

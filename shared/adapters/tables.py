@@ -46,8 +46,9 @@ from azure.data.tables import TableClient, TableServiceClient, TableTransactionE
 from shared.adapters.errors import translated
 from shared.domain import Alert, AuditRecord
 from shared.errors import Busy, InvalidPayload
-from shared.local.ledger import PROCESSING, SUBJECT_KEYS
+from shared.local.ledger import NEW, PROCESSING, SUBJECT_KEYS
 from shared.local.outbox import DELIVERED, FAILED, PENDING, alert_from_json, alert_to_json, incident_totals
+from shared.ports import Claim
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -281,32 +282,38 @@ class TableLedger:
     def claim(self, key: str, *, event_type: str, lease_seconds: float = 300.0) -> str:
         pk, rk = self.keys(key)
         for attempt in range(MAX_ATTEMPTS):
-            now, stamp = self._clock(), _now_iso()
+            now, stamp, token = self._clock(), _now_iso(), uuid.uuid4().hex
             row = self._t.get(pk, rk)
             if row is None:
                 fresh = {"PartitionKey": pk, "RowKey": rk, "key": key, "event_type": event_type,
                          "outcome": PROCESSING, "reason": "", "lease_until": float(now + lease_seconds),
-                         "attempts": 1, "duplicates": 0, "created_at": stamp, "updated_at": stamp}
+                         "attempts": 1, "duplicates": 0, "holder": token, "created_at": stamp, "updated_at": stamp}
                 if self._t.create(fresh) is None:
-                    return "new"
+                    return Claim(NEW, token=token, attempt=1)
             elif row.get("outcome") != PROCESSING:
                 counted = {**row, "duplicates": _int(row.get("duplicates")) + 1}
                 if self._t.replace(counted, row.metadata["etag"]) is None:
-                    return str(row["outcome"])
+                    return Claim(str(row["outcome"]))
             elif _float(row.get("lease_until")) > now:
                 raise Busy(f"{key} is being processed by another worker")
             else:
-                # The previous worker died mid-way (its lease ran out): take over, unless someone else just did.
-                taken = {**row, "lease_until": float(now + lease_seconds), "attempts": _int(row.get("attempts")) + 1,
+                # Released for a retry, or the previous worker died mid-way (its lease ran out): take over with a
+                # new token (the previous holder can no longer settle it), unless someone else just did.
+                attempts = _int(row.get("attempts")) + 1
+                taken = {**row, "lease_until": float(now + lease_seconds), "attempts": attempts, "holder": token,
                          "updated_at": stamp}
                 if self._t.replace(taken, row.metadata["etag"]) is None:
-                    logger.info("took over %s after its lease ran out", key)
-                    return "new"
+                    logger.info("took over %s (attempt %d)", key, attempts)
+                    return Claim(NEW, token=token, attempt=attempts)
             logger.debug("claim of %s lost a race (attempt %d); re-reading", key, attempt + 1)
             _pause(attempt)
         raise Busy(f"{key}: {MAX_ATTEMPTS} concurrent writers got in first; try again later")
 
-    def complete(self, key: str, outcome: str, reason: str = "") -> None:
+    @staticmethod
+    def _held_by(row: Mapping[str, Any], token: str | None) -> bool:
+        return token is None or (row.get("outcome") == PROCESSING and str(row.get("holder", "")) == token)
+
+    def complete(self, key: str, outcome: str, reason: str = "", *, token: str | None = None) -> bool:
         if outcome == PROCESSING:
             raise ValueError("complete() takes a final outcome")
         pk, rk = self.keys(key)
@@ -314,24 +321,58 @@ class TableLedger:
             row = self._t.get(pk, rk)
             if row is None:
                 logger.warning("complete(%s, %s): no claim recorded for this key; nothing to complete", key, outcome)
-                return
+                return False
+            if not self._held_by(row, token):
+                logger.warning("refused to complete %s as %s: the claim is no longer this worker's (taken over or "
+                               "settled since)", key, outcome)
+                return False
             done = {**row, "outcome": outcome, "reason": reason[:LEDGER_REASON_CHARS], "lease_until": 0.0,
-                    "updated_at": _now_iso()}
+                    "holder": "", "updated_at": _now_iso()}
             if self._t.replace(done, row.metadata["etag"]) is None:
-                return
+                return True
             _pause(attempt)
         raise Busy(f"complete {key}: {MAX_ATTEMPTS} concurrent writers got in first")
 
-    def release(self, key: str) -> None:
+    def release(self, key: str, *, token: str | None = None) -> bool:
+        """Expire the claim (the entity stays, so the next claim counts one more attempt)."""
         pk, rk = self.keys(key)
         for attempt in range(MAX_ATTEMPTS):
             row = self._t.get(pk, rk)
             if row is None or row.get("outcome") != PROCESSING:
-                return  # never erase a final outcome
-            if self._t.delete(pk, rk, row.metadata["etag"]) is None:
-                return
+                return False  # never erase a final outcome
+            if not self._held_by(row, token):
+                logger.warning("refused to release %s: the claim is no longer this worker's (taken over or "
+                               "settled since)", key)
+                return False
+            expired = {**row, "lease_until": 0.0, "holder": "", "updated_at": _now_iso()}
+            if self._t.replace(expired, row.metadata["etag"]) is None:
+                return True
             _pause(attempt)  # changed since we read it (completed, counted, taken over): look again
         raise Busy(f"release {key}: {MAX_ATTEMPTS} concurrent writers got in first")
+
+    def park(self, key: str, payload: str) -> bool:
+        """As SqliteLedger.park: keep a waiting claim's message for the app's own retry."""
+        if _u16(payload) > CHUNK_UNITS:
+            logger.warning("not parking %s: its message is larger than one table property", key)
+            return False
+        pk, rk = self.keys(key)
+        for attempt in range(MAX_ATTEMPTS):
+            row = self._t.get(pk, rk)
+            if row is None or row.get("outcome") != PROCESSING:
+                return False
+            if self._t.replace({**row, "payload": payload}, row.metadata["etag"]) is None:
+                return True
+            _pause(attempt)
+        raise Busy(f"park {key}: {MAX_ATTEMPTS} concurrent writers got in first")
+
+    def parked(self, *, limit: int = 50) -> list[tuple[str, str, int]]:
+        """As SqliteLedger.parked (a filtered scan of the ledger table: run it from a timer, not per event)."""
+        rows = self._t.query("parked claims", "outcome eq @processing and payload ne '' and lease_until le @now",
+                             parameters={"processing": PROCESSING, "now": float(self._clock())},
+                             select=["key", "payload", "attempts", "updated_at"])
+        found = sorted(((str(r.get("updated_at", "")), str(r["key"]), str(r["payload"]), _int(r.get("attempts")))
+                        for r in rows), key=lambda t: t[0])
+        return [(k, p, a) for _, k, p, a in found[:limit]]
 
     def stats(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import collections
-import datetime
-import email.utils
 import hashlib
 import json
 import logging
-import math
 import random
 import re
 import threading
@@ -18,6 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from shared.adapters.errors import retry_after_seconds
 from shared.errors import ServiceRejected, Throttled, TransientError
 
 logger = logging.getLogger(__name__)
@@ -253,20 +251,9 @@ class TeamsWebhook:
 
 
 def _retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds (a number or an HTTP date), within 0..MAX_RETRY_AFTER; None when unreadable."""
+    """Retry-After as seconds (a number or an HTTP date), within 0..MAX_RETRY_AFTER; None when unreadable. Read
+    by the app's one Retry-After parser (shared.adapters.errors.retry_after_seconds)."""
     if not value:
         return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # an HTTP date is GMT; a naive result would compare against local time
-            when = when.replace(tzinfo=datetime.timezone.utc)
-        seconds = when.timestamp() - time.time()
-    if not math.isfinite(seconds):  # "inf" / "nan" would park the URL forever
-        return None
-    return min(MAX_RETRY_AFTER, max(0.0, seconds))
+    seconds = retry_after_seconds({"Retry-After": value.strip()})
+    return None if seconds is None else min(MAX_RETRY_AFTER, seconds)

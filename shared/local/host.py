@@ -10,7 +10,13 @@ Contract kept from the host and the Event Grid extension (``/runtime/webhooks/ev
   (the ``eventgrid_extension`` system key in Azure) accept the one local key; ANONYMOUS routes need none;
 * the webhook looks the function up first (404 when unknown), then reads ``aeg-event-type`` without regard to
   case: SubscriptionValidation → 200 ``{"validationResponse": code}``, Notification → 202 when every event
-  succeeded and 500 when any raised, Unsubscribe → 202, anything else → 400.
+  succeeded and 500 when any raised, Unsubscribe → 202, anything else → 400;
+* the CloudEvents abuse-protection handshake: OPTIONS on the webhook → 200 with
+  ``WebHook-Allowed-Origin: eventgrid.azure.net`` (the value the Event Grid extension answers with);
+* a body over the host's limit (``FUNCTIONS_REQUEST_BODY_SIZE_LIMIT``, 100 MB by default) → 413 unread.
+
+A function that raises a designed transient error (``TransientError``) is logged as one warning line, not a
+traceback: it is the expected way to ask Event Grid for redelivery, not a fault.
 """
 from __future__ import annotations
 
@@ -33,11 +39,16 @@ from urllib.parse import parse_qsl, urlsplit
 import azure.functions as func
 from azure.functions.timer import TimerRequest
 
+from shared.errors import TransientError
+from shared.redact import redact
+
 logger = logging.getLogger(__name__)
 
 WEBHOOK_PATH = "/runtime/webhooks/eventgrid"
 KEY_HEADER = "x-functions-key"
 EVENT_TYPE_HEADER = "aeg-event-type"
+ALLOWED_ORIGIN = "eventgrid.azure.net"
+MAX_BODY_BYTES = 100 * 1024 * 1024
 _INDEXES: dict[int, tuple[Any, tuple[IndexedFunction, ...]]] = {}
 _INDEX_LOCK = threading.Lock()
 
@@ -128,7 +139,7 @@ def _json_reply(status: int, payload: object) -> Reply:
 
 
 def _text(status: int, message: str = "") -> Reply:
-    return Reply(status, (message or HTTPStatus(status).phrase).encode())
+    return Reply(status, (message or HTTPStatus(status).phrase).encode("utf-8", "backslashreplace"))
 
 
 def new_key() -> str:
@@ -141,8 +152,10 @@ class LocalHost:
     """Serve a FunctionApp on 127.0.0.1 (``port=0`` picks a free port). Use ``start()``/``stop()`` or ``with``."""
 
     def __init__(self, app: func.FunctionApp, *, host: str = "127.0.0.1", port: int = 7071,
-                 master_key: str | None = None, route_prefix: str = "api", easy_auth: bool = False) -> None:
+                 master_key: str | None = None, route_prefix: str = "api",
+                 max_body_bytes: int = MAX_BODY_BYTES, easy_auth: bool = False) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
         self.easy_auth = easy_auth  # simulate App Service Authentication in front of the app
         self.functions = {f.name: f for f in index(app)}
         self.key = master_key or new_key()
@@ -195,7 +208,14 @@ class LocalHost:
     # --- dispatch (no sockets: the handler below only moves bytes) ------------------------------------------
 
     def dispatch(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> Reply:
-        """Answer one request as the Functions host would."""
+        """Answer one request as the Functions host would; a fault of the host itself is a bare 500."""
+        try:
+            return self._dispatch(method, target, headers, body)
+        except Exception:
+            logger.exception("the host failed on %s %s", method, urlsplit(target).path)
+            return _text(500, "Internal Server Error")
+
+    def _dispatch(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> Reply:
         parts = urlsplit(target)
         path = parts.path or "/"
         query = dict(parse_qsl(parts.query, keep_blank_values=True))
@@ -234,13 +254,13 @@ class LocalHost:
                                    body=body)
         try:
             result = _invoke(function, request)
-        except Exception:  # the host turns an unhandled error into a 500; the worker logs it
-            logger.exception("function %s raised", function.name)
+        except Exception as error:  # the host turns an unhandled error into a 500; the worker logs it
+            _log_failure(f"function {function.name}", error)
             return _text(500, "Internal Server Error")
         return _http_reply(result)
 
     def _webhook(self, method: str, query: Mapping[str, str], lowered: Mapping[str, str], body: bytes) -> Reply:
-        if method != "POST":
+        if method not in ("POST", "OPTIONS"):
             return _text(405)
         if not self._authorized(query, lowered):
             return _text(401)
@@ -249,6 +269,8 @@ class LocalHost:
         if function is None or function.trigger_type != "eventGridTrigger":
             logger.info("cannot find Event Grid function %r", name)
             return _text(404, f"cannot find function: '{name}'")
+        if method == "OPTIONS":  # CloudEvents 1.0 abuse protection, as the extension answers it
+            return Reply(200, headers={"WebHook-Allowed-Origin": ALLOWED_ORIGIN})
         kind = (lowered.get(EVENT_TYPE_HEADER) or "").lower()
         if kind not in ("subscriptionvalidation", "notification", "unsubscribe"):
             return _text(400, f"{EVENT_TYPE_HEADER} must be SubscriptionValidation, Notification or Unsubscribe")
@@ -256,7 +278,7 @@ class LocalHost:
             return Reply(202)
         try:
             payload = json.loads(body or b"null")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
             return _text(400, "the body is not JSON")
         events = payload if isinstance(payload, list) else [payload]
         if not events or not all(isinstance(e, dict) for e in events):
@@ -272,8 +294,8 @@ class LocalHost:
             try:
                 _invoke(function, _event_grid_event(event))
             except Exception as error:  # reported to Event Grid as a 500 so it redelivers
-                logger.exception("function %s failed on event %s", name, event.get("id"))
-                failures.append(f"{event.get('id')}: {type(error).__name__}: {error}")
+                _log_failure(f"function {name}", error)
+                failures.append(f"{str(event.get('id'))[:100]}: {type(error).__name__}: {redact(str(error))[:300]}")
         if failures:
             return _text(500, "; ".join(failures))
         return Reply(202)
@@ -297,8 +319,8 @@ class LocalHost:
             return _text(400, 'the body must be {"input": "<event JSON>"}')
         try:
             _invoke(function, value)
-        except Exception:  # reported as the host would: logged, 500
-            logger.exception("function %s raised", name)
+        except Exception as error:  # reported as the host would: logged, 500
+            _log_failure(f"function {name}", error)
             return _text(500, "Internal Server Error")
         return Reply(202)
 
@@ -312,9 +334,18 @@ class LocalHost:
             server_version = "mlops-local-functions-host"
 
             def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length > 0 else b""
-                reply = host.dispatch(self.command, self.path, dict(self.headers.items()), body)
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    length = -1
+                if length < 0 or length > host.max_body_bytes:
+                    # Unread: the connection is closed after the answer rather than drained.
+                    self.close_connection = True
+                    reply = (_text(400, "bad Content-Length") if length < 0 else
+                             _text(413, f"the body is larger than {host.max_body_bytes} bytes"))
+                else:
+                    body = self.rfile.read(length) if length > 0 else b""
+                    reply = host.dispatch(self.command, self.path, dict(self.headers.items()), body)
                 self.send_response(reply.status)
                 extra = dict(reply.headers or {})
                 if not any(k.lower() == "content-type" for k in extra):
@@ -352,6 +383,14 @@ def _easy_auth(headers: Mapping[str, str]) -> dict[str, str]:
         kept["X-MS-CLIENT-PRINCIPAL"] = encode_principal(user, groups=split(lowered.get("x-local-groups")),
                                                          roles=split(lowered.get("x-local-roles")))
     return kept
+
+
+def _log_failure(what: str, error: BaseException) -> None:
+    """A designed transient failure is one warning line; anything else keeps its traceback."""
+    if isinstance(error, TransientError):
+        logger.warning("%s asked for a retry: %s: %s", what, type(error).__name__, redact(str(error)))
+    else:
+        logger.error("%s raised", what, exc_info=error)
 
 
 def _invoke(function: IndexedFunction, value: Any) -> Any:

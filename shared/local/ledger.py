@@ -6,16 +6,19 @@ import logging
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 from shared.domain import AuditRecord
 from shared.errors import Busy
+from shared.ports import Claim
 
 logger = logging.getLogger(__name__)
 
 PROCESSING = "processing"
+NEW = "new"
 # Fact keys whose values name what a decision is about; `recent(subject=...)` searches them.
 SUBJECT_KEYS = ("endpoint", "model", "asset", "deployment", "job", "to_deployment", "from_deployment")
 
@@ -28,6 +31,8 @@ CREATE TABLE IF NOT EXISTS processed (
     lease_until REAL NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 1,
     duplicates INTEGER NOT NULL DEFAULT 0,
+    holder TEXT NOT NULL DEFAULT '',
+    payload TEXT NOT NULL DEFAULT '',
     created_at TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
@@ -47,6 +52,12 @@ CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
 """
 
 
+def storable(value: object) -> str:
+    """Text SQLite can store: a lone surrogate (valid in a Python str, not in UTF-8) is kept as its escape, so
+    the same odd id always maps to the same key instead of failing to bind."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -60,6 +71,10 @@ class _Db:
         self._local = threading.local()
         with self.connect() as conn:
             conn.executescript(_SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(processed)")}
+            for column in ("holder", "payload"):  # a ledger written before claims had fencing and parking
+                if column not in columns:
+                    conn.execute(f"ALTER TABLE processed ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
 
     def connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -81,43 +96,82 @@ class SqliteLedger:
         self._clock = clock
 
     def claim(self, key: str, *, event_type: str, lease_seconds: float = 300.0) -> str:
+        key, event_type = storable(key), storable(event_type)
         conn = self._db.connect()
         now = self._clock()
         stamp = _utcnow().isoformat()
+        token = uuid.uuid4().hex
         conn.execute("BEGIN IMMEDIATE")  # outside the try: if it fails there is nothing to roll back
         try:
-            row = conn.execute("SELECT outcome, lease_until FROM processed WHERE key = ?", (key,)).fetchone()
+            row = conn.execute("SELECT outcome, lease_until, attempts FROM processed WHERE key = ?",
+                               (key,)).fetchone()
             if row is None:
                 conn.execute(
-                    "INSERT INTO processed (key, event_type, outcome, lease_until, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)", (key, event_type, PROCESSING, now + lease_seconds, stamp, stamp))
-                result = "new"
+                    "INSERT INTO processed (key, event_type, outcome, lease_until, holder, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (key, event_type, PROCESSING, now + lease_seconds, token, stamp, stamp))
+                result = Claim(NEW, token=token, attempt=1)
             elif row[0] != PROCESSING:
                 conn.execute("UPDATE processed SET duplicates = duplicates + 1 WHERE key = ?", (key,))
-                result = row[0]
+                result = Claim(row[0])
             elif row[1] > now:
                 conn.execute("ROLLBACK")
                 raise Busy(f"{key} is being processed by another worker")
             else:
-                # The previous worker died mid-way (its lease ran out): take over.
-                conn.execute("UPDATE processed SET lease_until = ?, attempts = attempts + 1, updated_at = ?"
-                             " WHERE key = ?", (now + lease_seconds, stamp, key))
-                result = "new"
+                # Released for a retry, or the previous worker died mid-way (its lease ran out): take over, with
+                # a new token, so the previous holder can no longer settle the claim.
+                conn.execute("UPDATE processed SET lease_until = ?, attempts = attempts + 1, holder = ?,"
+                             " updated_at = ? WHERE key = ?", (now + lease_seconds, token, stamp, key))
+                result = Claim(NEW, token=token, attempt=int(row[2]) + 1)
             conn.execute("COMMIT")
-        except sqlite3.Error:
-            conn.execute("ROLLBACK")
+        except BaseException:
+            # Any failure, not only SQLite's (a value SQLite cannot bind, an interrupt): a transaction left open
+            # here would hold the write lock for the life of this thread's connection and stall every writer.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         return result
 
-    def complete(self, key: str, outcome: str, reason: str = "") -> None:
+    def complete(self, key: str, outcome: str, reason: str = "", *, token: str | None = None) -> bool:
         if outcome == PROCESSING:
             raise ValueError("complete() takes a final outcome")
-        self._db.connect().execute(
-            "UPDATE processed SET outcome = ?, reason = ?, lease_until = 0, updated_at = ? WHERE key = ?",
-            (outcome, reason[:2000], _utcnow().isoformat(), key))
+        sql = "UPDATE processed SET outcome = ?, reason = ?, lease_until = 0, holder = '', updated_at = ? WHERE key = ?"
+        args: tuple = (outcome, storable(reason)[:2000], _utcnow().isoformat(), storable(key))
+        if token is not None:
+            sql += " AND outcome = ? AND holder = ?"
+            args += (PROCESSING, token)
+        if self._db.connect().execute(sql, args).rowcount == 0 and token is not None:
+            logger.warning("refused to complete %s as %s: the claim is no longer this worker's (taken over or "
+                           "settled since)", key, outcome)
+            return False
+        return True
 
-    def release(self, key: str) -> None:
-        self._db.connect().execute("DELETE FROM processed WHERE key = ? AND outcome = ?", (key, PROCESSING))
+    def release(self, key: str, *, token: str | None = None) -> bool:
+        # The row stays, as an expired claim: the next claim takes it over and counts one more attempt.
+        sql = "UPDATE processed SET lease_until = 0, holder = '', updated_at = ? WHERE key = ? AND outcome = ?"
+        args: tuple = (_utcnow().isoformat(), storable(key), PROCESSING)
+        if token is not None:
+            sql += " AND holder = ?"
+            args += (token,)
+        if self._db.connect().execute(sql, args).rowcount == 0 and token is not None:
+            logger.warning("refused to release %s: the claim is no longer this worker's (taken over or settled "
+                           "since)", key)
+            return False
+        return True
+
+    def park(self, key: str, payload: str) -> bool:
+        """Keep the message of a claim that is waiting for a retry (released, still processing), so the app can
+        run it again on its own (``parked``) when nobody redelivers it. False when the key is settled."""
+        cur = self._db.connect().execute("UPDATE processed SET payload = ? WHERE key = ? AND outcome = ?",
+                                         (storable(payload), storable(key), PROCESSING))
+        return cur.rowcount > 0
+
+    def parked(self, *, limit: int = 50) -> list[tuple[str, str, int]]:
+        """(key, payload, attempts) of parked claims nobody holds right now, oldest first."""
+        rows = self._db.connect().execute(
+            "SELECT key, payload, attempts FROM processed WHERE outcome = ? AND payload != '' AND lease_until <= ?"
+            " ORDER BY updated_at LIMIT ?", (PROCESSING, self._clock(), limit)).fetchall()
+        return [(r[0], r[1], int(r[2])) for r in rows]
 
     def stats(self) -> dict[str, int]:
         conn = self._db.connect()
@@ -127,7 +181,8 @@ class SqliteLedger:
 
     def outcome(self, key: str) -> tuple[str, str] | None:
         """(outcome, reason) recorded for a key, or None; for status views and tests."""
-        row = self._db.connect().execute("SELECT outcome, reason FROM processed WHERE key = ?", (key,)).fetchone()
+        row = self._db.connect().execute("SELECT outcome, reason FROM processed WHERE key = ?",
+                                         (storable(key),)).fetchone()
         return (row[0], row[1]) if row else None
 
 
@@ -143,8 +198,9 @@ class SqliteAuditLog:
         self._db.connect().execute(
             "INSERT INTO audit (at, event_id, message, decision, reason, actor, facts, resources, subjects)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (at.isoformat(), record.event_id, record.message, record.decision, record.reason, record.actor,
-             json.dumps(record.facts, default=str, sort_keys=True), json.dumps(list(record.resources)), subjects))
+            (at.isoformat(), storable(record.event_id), storable(record.message), storable(record.decision),
+             storable(record.reason), storable(record.actor), json.dumps(record.facts, default=str, sort_keys=True),
+             json.dumps(list(record.resources)), storable(subjects)))
         logger.info("decision %s on %s: %s (%s)", record.decision, record.message, record.reason, record.event_id)
 
     def recent(self, *, limit: int = 50, subject: str | None = None, since: datetime | None = None,

@@ -7,6 +7,7 @@ import logging
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -73,6 +74,22 @@ def incident_totals(raw_states) -> dict[str, int]:
     return {"suppressed": suppressed, "open_incidents": open_}
 
 
+class _Connection:
+    """A thread's connection, closed when the thread's storage lets go of it (sqlite3 connections cannot be
+    weakly referenced themselves)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except sqlite3.Error:  # closing from another thread can fail; the process is ending anyway
+            pass
+
+    __del__ = close
+
+
 class SqliteOutbox:
     """The OutboxStore port on SQLite, plus what the Outbox uses when a store offers it: per-target delivery
     records, an incident index updated atomically, and leased claims so two flushers never send one alert twice.
@@ -85,7 +102,9 @@ class SqliteOutbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.clock = clock
         self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
+        # Every open connection, for close(); held weakly, so a thread that ends (the local host serves each
+        # client connection on its own thread) takes its connection with it instead of leaking a file handle.
+        self._conns: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._conns_lock = threading.Lock()
         self._conn().executescript(_SCHEMA)
 
@@ -93,17 +112,17 @@ class SqliteOutbox:
         return f"SqliteOutbox({str(self.path)!r})"
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
+        owned = getattr(self._local, "conn", None)
+        if owned is None:
             # One connection per thread; isolation_level=None so BEGIN IMMEDIATE makes read-modify-write atomic.
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
+            owned = self._local.conn = _Connection(conn)
             with self._conns_lock:
-                self._conns.append(conn)
-        return conn
+                self._conns.add(owned)
+        return owned.conn
 
     def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn()
@@ -217,10 +236,7 @@ class SqliteOutbox:
 
     def close(self) -> None:
         with self._conns_lock:
-            for conn in self._conns:
-                try:
-                    conn.close()
-                except sqlite3.Error:  # closing from another thread can fail; the process is ending anyway
-                    pass
+            for owned in list(self._conns):
+                owned.close()
             self._conns.clear()
         self._local = threading.local()

@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the folder holding shared/: cwd of training processes
 BLOB_URL = re.compile(r"^https://[a-z0-9]+\.blob\.core\.windows\.net/([^/]+)/(.*)$", re.IGNORECASE)
+# The error of a job whose process died with the workspace: "preempted" makes it lost capacity to the retry policy.
+INTERRUPTED = "interrupted: the workspace stopped while the job ran (its node was preempted, as far as the run knows)"
 ERROR_LINES = 12  # last lines of a failed job's log kept as its error
 POLL_SECONDS = 0.05  # how often the watcher looks at running processes
 
@@ -171,16 +173,18 @@ class LocalWorkspace:
             logger.exception("emitting %s for %s failed", event.get("eventType"), event.get("subject"))
 
     def _recover(self) -> None:
-        """Jobs another instance left behind: queued ones run again, running ones died with their process."""
+        """Jobs another instance left behind: queued ones run again; running ones died with their process (a
+        crash, or close()), so they end Failed here *with* their RunStatusChanged event, as a preempted node's run
+        does in Azure. The app then retries them as their next attempt, or alerts once the attempts are spent:
+        never silently dropped."""
         for row in self._query("SELECT name, status FROM jobs WHERE status IN (?, ?) ORDER BY seq",
                                (JobStatus.QUEUED.value, JobStatus.RUNNING.value)):
             if row["status"] == JobStatus.QUEUED.value:
                 self._queue.append(row["name"])
                 self._busy.add(row["name"])
             else:
-                self._write("UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE name = ?",
-                            (JobStatus.FAILED.value, "interrupted: the workspace stopped while the job ran",
-                             _now(), row["name"]))
+                self._busy.add(row["name"])
+                self._finish(row["name"], JobStatus.FAILED, INTERRUPTED)
 
     # --- data assets ---------------------------------------------------------------------------------
 
@@ -608,7 +612,7 @@ class LocalWorkspace:
     # --- lifecycle -------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Stop the watcher and the scoring server; running jobs are killed and recorded as failed."""
+        """Stop the watcher and the scoring server; running jobs are killed (the next instance reports them)."""
         with self._cond:
             if self._closed:
                 return
@@ -618,14 +622,13 @@ class LocalWorkspace:
             self._queue.clear()
             self._cond.notify_all()
         self._watcher.join(timeout=10)
-        for name, run in running.items():
+        for run in running.values():
             if run.proc.poll() is None:
                 run.proc.kill()
             run.proc.wait()
             run.log.close()
-            self._write("UPDATE jobs SET status = ?, error = ?, finished_at = ? WHERE name = ? AND status = ?",
-                        (JobStatus.FAILED.value, "interrupted: the workspace closed while the job ran", _now(), name,
-                         JobStatus.RUNNING.value))
+            # Left Running on purpose: the next instance on this root fails it with its event (see _recover), so
+            # the app retries it. Written here, the failure would reach nobody.
         with self._cond:
             # Queued jobs stay Queued in the database: the next instance on this root runs them.
             self._busy.clear()

@@ -104,6 +104,61 @@ class LedgerContract:
         assert all(ledger.claim(k, event_type="X") == "done" for k in keys)
 
 
+    # --- fencing: a stale holder cannot settle a claim it no longer holds ---------------------------------------
+
+    def test_each_holding_gets_its_own_token_and_a_release_counts_an_attempt(self, ledger):
+        key = _key()
+        first = ledger.claim(key, event_type="X")
+        assert (first, first.attempt) == ("new", 1) and first.token
+        assert ledger.release(key, token=first.token) is True
+        second = ledger.claim(key, event_type="X")
+        assert (second, second.attempt) == ("new", 2) and second.token != first.token
+
+    def test_a_stale_holder_cannot_release_the_claim_of_the_worker_that_took_over(self, ledger):
+        key = _key()
+        stale = ledger.claim(key, event_type="X", lease_seconds=0.2)
+        time.sleep(0.5)  # the first worker stalls past its lease
+        current = ledger.claim(key, event_type="X", lease_seconds=60)
+        assert current == "new" and current.attempt == 2
+        assert ledger.release(key, token=stale.token) is False
+        with pytest.raises(Busy):  # the new holder's claim is still live: the stale release changed nothing
+            ledger.claim(key, event_type="X", lease_seconds=60)
+
+    def test_a_stale_holder_cannot_overwrite_the_outcome_of_the_worker_that_took_over(self, ledger):
+        key = _key()
+        stale = ledger.claim(key, event_type="X", lease_seconds=0.2)
+        time.sleep(0.5)
+        current = ledger.claim(key, event_type="X", lease_seconds=60)
+        assert ledger.complete(key, "done", "stale worker's view", token=stale.token) is False
+        assert ledger.complete(key, "failed", "current worker's outcome", token=current.token) is True
+        assert ledger.complete(key, "done", "late stale worker", token=stale.token) is False
+        assert ledger.outcome(key) == ("failed", "current worker's outcome")
+
+    def test_a_settled_claim_cannot_be_settled_again_by_its_own_token(self, ledger):
+        key = _key()
+        held = ledger.claim(key, event_type="X")
+        assert ledger.complete(key, "done", "first", token=held.token) is True
+        assert ledger.release(key, token=held.token) is False
+        assert ledger.complete(key, "failed", "second", token=held.token) is False
+        assert ledger.claim(key, event_type="X") == "done"
+
+
+    # --- parking: the app's own retry of a message nobody redelivers ----------------------------------------------
+
+    def test_a_parked_claim_is_listed_only_while_nobody_holds_it_and_until_it_is_settled(self, ledger):
+        key = _key()
+        held = ledger.claim(key, event_type="DriftDetected")
+        assert ledger.park(key, '{"endpoint": "e"}') is True
+        assert key not in [k for k, _, _ in ledger.parked()]  # its holder's lease is live
+        ledger.release(key, token=held.token)
+        assert (key, '{"endpoint": "e"}', 1) in ledger.parked()
+        retry = ledger.claim(key, event_type="DriftDetected")
+        assert key not in [k for k, _, _ in ledger.parked()]
+        ledger.complete(key, "done", token=retry.token)
+        assert key not in [k for k, _, _ in ledger.parked()]
+        assert ledger.park(key, "{}") is False  # a settled key is never parked again
+
+
 class AuditContract:
     def test_records_come_back_newest_first_with_their_facts(self, audit):
         tag = uuid.uuid4().hex[:8]

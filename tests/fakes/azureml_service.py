@@ -139,6 +139,9 @@ class _Answer(Exception):
         self.status, self.body, self.headers = status, body, dict(headers or {})
 
 
+UNWATCHED_OPERATION_SECONDS = 1.0  # a long-running operation nobody polls ends on its own after this long
+
+
 def _error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> _Answer:
     # The ARM error envelope (common-types ErrorResponse): what azure-core's ARMErrorFormat reads.
     return _Answer(status, {"error": {"code": code, "message": message, "details": [], "additionalInfo": []}}, headers)
@@ -297,6 +300,7 @@ class FakeAzureML(HttpTransport):
         with self._lock:
             self.requests.append(record)
             try:
+                self._settle_unwatched()
                 fault = next((f for f in self._faults if f.matches(method, path)), None)
                 if fault is not None:
                     fault.times -= 1
@@ -637,7 +641,8 @@ class FakeAzureML(HttpTransport):
         """A PUT answered as a long-running operation with Azure-AsyncOperation (OnlineEndpoints_CreateOrUpdate)."""
         op = f"{uuid.uuid4()}"
         self._operations[op] = {"target": resource["id"], "status": "InProgress", "polls": 0,
-                                "start": self._now(), "fail": self._fail_operation}
+                                "start": self._now(), "fail": self._fail_operation,
+                                "due": time.monotonic() + UNWATCHED_OPERATION_SECONDS}
         self._fail_operation = None
         status_url = (f"https://{ARM_HOST}/subscriptions/{self.subscription_id}/resourceGroups/{self.resource_group}"
                       f"/providers/{PROVIDER}/locations/{self.location}/mfeOperationsStatus/{op}"
@@ -647,6 +652,24 @@ class FakeAzureML(HttpTransport):
                    "x-ms-async-operation-timeout": "PT1H"}
         return _Answer(201 if created else 200, resource, headers)
 
+    def _settle(self, entry: dict) -> None:
+        entry["status"] = "Failed" if entry["fail"] else "Succeeded"
+        target = self._resources.get(self._key_of(entry["target"]))
+        if target is not None:
+            target["properties"]["provisioningState"] = entry["status"]
+            self._touch(target)
+
+    def _settle_unwatched(self) -> None:
+        """Azure finishes an operation whether or not anyone polls it: one nobody polled (its caller gave up, or
+        its poll failed) ends on its own after UNWATCHED_OPERATION_SECONDS, instead of leaving its resource
+        Updating for ever."""
+        if self.hold_operations:
+            return
+        now = time.monotonic()
+        for entry in self._operations.values():
+            if entry["status"] == "InProgress" and entry.get("due", now + 1) <= now:
+                self._settle(entry)
+
     def _operation_status(self, op: str) -> _Answer:
         entry = self._operations.get(op)
         if entry is None:
@@ -654,11 +677,8 @@ class FakeAzureML(HttpTransport):
         entry["polls"] += 1
         body = {"id": op, "name": op, "status": entry["status"], "startTime": entry["start"]}
         if entry["status"] == "InProgress" and not self.hold_operations:
-            entry["status"] = body["status"] = "Failed" if entry["fail"] else "Succeeded"
-            target = self._resources.get(self._key_of(entry["target"]))
-            if target is not None:
-                target["properties"]["provisioningState"] = entry["status"]
-                self._touch(target)
+            self._settle(entry)
+            body["status"] = entry["status"]
         if entry["status"] != "InProgress":
             body["endTime"] = self._now()
         if entry["status"] == "Failed":

@@ -33,7 +33,7 @@ from shared.errors import (
     TrafficChanged,
     TransientError,
 )
-from tests.fakes.azureml_service import FakeAzureML, FakeCredential
+from tests.fakes.azureml_service import UNWATCHED_OPERATION_SECONDS, FakeAzureML, FakeCredential
 
 LANDING_BLOB = "https://mlopsdata.blob.core.windows.net/landing/churn/1/churn.csv"
 DATA_URI = "azureml://datastores/landing/paths/churn/1/churn.csv"
@@ -644,10 +644,9 @@ def test_a_deployment_still_creating_after_the_time_limit_is_transient_and_found
         ws.create_deployment("churn-ep", "v1-1", model, {})
     assert len(_endpoint_puts(fake)) == 1
     fake.hold_operations = False
-    deadline = time.monotonic() + 5
-    while fake.resource("onlineEndpoints", "churn-ep")["properties"]["provisioningState"] != "Succeeded":
-        assert time.monotonic() < deadline, "the background poller never finished the operation"
-        time.sleep(0.01)
+    # Azure finishes the operation on its own (the adapter's poller stopped when it gave up waiting, issue 11
+    # item 9): the fake does so once it has gone unwatched for a while.
+    time.sleep(UNWATCHED_OPERATION_SECONDS + 0.1)
     endpoint = ws.create_deployment("churn-ep", "v1-1", model, {})
     assert endpoint.traffic == {"v1-1": 0}
     assert len(_endpoint_puts(fake)) == 1 and len(fake.find("PUT", "/deployments/v1-1")) == 1
@@ -822,3 +821,13 @@ def test_a_version_taken_meanwhile_is_recognised_from_the_sdks_path_refusal_too(
     model = AzureMLWorkspace(ml, Settings()).register_model(ModelSpec(name="churn-model", version="",
                                                                       job_name="train-mine", tags={}))
     assert model.version == "2" and model.tags["mlops_job"] == "train-mine"
+
+
+def test_a_409_on_a_job_submit_with_no_job_to_find_is_transient_like_every_409(ws, fake):
+    # Issue 11, item 7: one rule for 409s. Before, this one was permanent and that data version never trained.
+    ws.register_data("churn", "1", LANDING_BLOB)
+    fake.fail_next(409, method="PUT", path_contains="/jobs/train-churn-v1-a1", code="Conflict",
+                   message="Another operation on this job name is in progress")
+    with pytest.raises(TransientError, match="no such job yet"):
+        ws.submit_training(_spec())
+    assert ws.submit_training(_spec()).name == "train-churn-v1-a1"  # the redelivery submits it
