@@ -36,6 +36,7 @@ class Policy:
     analysis_min_requests: int = 100  # canary requests a step needs, fewer is inconclusive; default 100
     analysis_error_tolerance: float = 0.02  # canary error share may exceed the stable's by this (absolute); 0.02
     analysis_latency_tolerance: float = 0.25  # canary p95 may exceed the stable's by this fraction; default 0.25
+    analysis_latency_floor_ms: float = 50.0  # p95 differences below this never fail analysis (noise); default 50
     analysis_max_wait_minutes: int = 60  # inconclusive this long: the rollout holds and alerts; default 60
     analysis_failure_limit: int = 2  # failed analyses that abort a rollout; default 2
     retention_minutes: int = 1440  # a surplus deployment is deleted after this long; default 1440 (24 h)
@@ -123,6 +124,8 @@ class Settings:
             analysis_error_tolerance=_bounded(r, "MLOPS_ANALYSIS_ERROR_TOLERANCE", d.analysis_error_tolerance, 0, 1),
             analysis_latency_tolerance=_bounded(r, "MLOPS_ANALYSIS_LATENCY_TOLERANCE", d.analysis_latency_tolerance,
                                                 0, 100),
+            analysis_latency_floor_ms=_bounded(r, "MLOPS_ANALYSIS_LATENCY_FLOOR_MS", d.analysis_latency_floor_ms, 0,
+                                               60000),
             analysis_max_wait_minutes=r.int("MLOPS_ANALYSIS_MAX_WAIT_MINUTES", d.analysis_max_wait_minutes, lo=1),
             analysis_failure_limit=r.int("MLOPS_ANALYSIS_FAILURE_LIMIT", d.analysis_failure_limit, lo=1),
             retention_minutes=r.int("MLOPS_RETENTION_MINUTES", d.retention_minutes, lo=0),
@@ -200,7 +203,7 @@ SETTING_NAMES: tuple[str, ...] = (
     "MLOPS_GUARD_TOLERANCE", "MLOPS_ROLLBACK_WINDOW_MINUTES", "MLOPS_COOLDOWN_MINUTES",
     "MLOPS_MAX_ATTEMPTS", "MLOPS_DRIFT_PSI_THRESHOLD", "MLOPS_FREEZE",
     "MLOPS_ROLLOUT_STEPS", "MLOPS_BAKE_MINUTES", "MLOPS_ANALYSIS_MIN_REQUESTS", "MLOPS_ANALYSIS_ERROR_TOLERANCE",
-    "MLOPS_ANALYSIS_LATENCY_TOLERANCE", "MLOPS_ANALYSIS_MAX_WAIT_MINUTES", "MLOPS_ANALYSIS_FAILURE_LIMIT",
+    "MLOPS_ANALYSIS_LATENCY_TOLERANCE", "MLOPS_ANALYSIS_LATENCY_FLOOR_MS", "MLOPS_ANALYSIS_MAX_WAIT_MINUTES", "MLOPS_ANALYSIS_FAILURE_LIMIT",
     "MLOPS_RETENTION_MINUTES", "MLOPS_RETAIN_KNOWN_GOOD", "MLOPS_APPROVAL", "MLOPS_APPROVAL_TTL_HOURS",
     "MLOPS_RETRAIN_BUDGET", "MLOPS_APPROVERS", "MLOPS_APPROVAL_AUTH", "MLOPS_ENTRA_TENANT_ID",
     "MLOPS_ENTRA_AUDIENCE", "MLOPS_ENTRA_JWKS_URL", "MLOPS_PUBLIC_URL", "MLOPS_ALERT_AUTH", "MLOPS_ALERT_AUDIENCE",

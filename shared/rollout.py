@@ -281,7 +281,8 @@ def analyze(evidence: Evidence, policy: Policy) -> tuple[Verdict, str]:
         return Verdict.FAILED, (f"canary error share {c.error_share:.1%} exceeds the stable's {base_errors:.1%} by more "
                                 f"than {policy.analysis_error_tolerance:.1%}")
     if (s is not None and s.latency_p95_ms and c.latency_p95_ms is not None
-            and c.latency_p95_ms > s.latency_p95_ms * (1 + policy.analysis_latency_tolerance)):
+            and c.latency_p95_ms > s.latency_p95_ms * (1 + policy.analysis_latency_tolerance)
+            and c.latency_p95_ms - s.latency_p95_ms > policy.analysis_latency_floor_ms):  # ms-level noise is not a regression
         return Verdict.FAILED, (f"canary p95 {c.latency_p95_ms:.0f} ms exceeds the stable's {s.latency_p95_ms:.0f} ms "
                                 f"by more than {policy.analysis_latency_tolerance:.0%}")
     p95 = f", p95 {c.latency_p95_ms:.0f} ms" if c.latency_p95_ms is not None else ""

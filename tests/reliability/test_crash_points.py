@@ -59,6 +59,7 @@ def pump_with_redelivery(h: Harness, clock: EpochClock) -> int:
                     break
                 except Crash:
                     clock.advance(400)  # past the 300 s lease of the claim the dead worker held
+                    h.clock.advance(seconds=400)  # and past the 5 min lease of its endpoint transition
                     redelivered += 1
 
 

@@ -124,8 +124,13 @@ def test_failed_analysis_up_to_the_limit_aborts_to_the_stable_and_marks_the_cana
 
 
 def test_slow_canary_fails_analysis_on_p95_against_the_stable():
-    verdict, why = analyze(Evidence(healthy(p95=80), healthy(p95=20)), P)
+    verdict, why = analyze(Evidence(healthy(p95=120), healthy(p95=20)), P)
     assert verdict is Verdict.FAILED and "p95" in why
+
+
+def test_millisecond_noise_in_p95_does_not_fail_analysis():
+    verdict, _ = analyze(Evidence(healthy(p95=4), healthy(p95=2)), P)  # twice as slow, by 2 ms: noise
+    assert verdict is Verdict.SUCCESSFUL
 
 
 def test_defect_1_persistent_drift_never_cascades_past_one_promotion():
