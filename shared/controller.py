@@ -27,7 +27,6 @@ from shared.errors import (
     PermanentError,
     StaleState,
     TrafficChanged,
-    TransientError,
 )
 from shared.ports import AuditLog, Monitor, Notifier, StateStore, Workspace
 from shared.rollout import Decision, EndpointState
@@ -134,7 +133,7 @@ def _finish(ctx: Context, state: EndpointState, view: Endpoint | None) -> Endpoi
     for PENDING_GIVE_UP) is dropped: the record goes back to what it was before the decision."""
     try:
         return _carry_out(ctx, state, view)
-    except TransientError:
+    except Exception:  # transient, or unforeseen (the bus retries those a bounded number of times)
         # Let the next delivery or tick go at it at once instead of waiting out this worker's lease.
         try:
             ctx.states.save(replace(state, pending={**(state.pending or {}), "lease_until": ""}))

@@ -20,7 +20,6 @@ from shared.rollout import EndpointState
 
 logger = logging.getLogger(__name__)
 PARTITION = "endpoint"
-DEFAULT_TABLE = "mlopsstate"
 
 
 class TableStateStore:

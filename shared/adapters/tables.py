@@ -56,7 +56,7 @@ T = TypeVar("T")
 # How often a writer that lost an ETag race re-reads and tries again before it yields with Busy. Each retry
 # follows a real change by another writer, so 8 means eight other writers got in first: a redelivery is cheaper.
 MAX_ATTEMPTS = 8
-DEFAULT_TABLES = {"ledger": "mlopsledger", "audit": "mlopsaudit", "outbox": "mlopsoutbox"}
+DEFAULT_TABLES = {"ledger": "mlopsledger", "audit": "mlopsaudit", "outbox": "mlopsoutbox", "states": "mlopsstate"}
 
 # Limits of Table Storage (Understanding the Table service data model): 64 KiB per string property (UTF-16),
 # 1 MiB per entity, 255 properties, 1 KiB per key.
@@ -725,8 +725,11 @@ def service_client(endpoint: str, credential: Any, **options: Any) -> TableServi
 
 def build_stores(service: TableServiceClient, *, names: Mapping[str, str] | None = None, create: bool = True,
                  clock: Callable[[], float] = time.time) -> dict[str, Any]:
-    """{"ledger": TableLedger, "audit": TableAuditLog, "outbox": TableOutbox} on ``service``. ``create`` makes
-    missing tables (one request each per cold start; set it False when the Bicep declares them)."""
+    """{"ledger": TableLedger, "audit": TableAuditLog, "outbox": TableOutbox, "states": TableStateStore} on
+    ``service``. ``create`` makes missing tables (one request each per cold start; set it False when the Bicep
+    declares them)."""
+    from shared.adapters.statestore import TableStateStore
+
     names = {**DEFAULT_TABLES, **(names or {})}
     if create:
         for name in names.values():
@@ -734,5 +737,6 @@ def build_stores(service: TableServiceClient, *, names: Mapping[str, str] | None
                 service.create_table_if_not_exists(name)
     return {"ledger": TableLedger(service.get_table_client(names["ledger"]), clock=clock),
             "audit": TableAuditLog(service.get_table_client(names["audit"])),
-            "outbox": TableOutbox(service.get_table_client(names["outbox"]), clock=clock)}
+            "outbox": TableOutbox(service.get_table_client(names["outbox"]), clock=clock),
+            "states": TableStateStore(service.get_table_client(names["states"]))}
 

@@ -23,7 +23,7 @@ def build_azure(settings: Settings, *, credential: Any = None, **client_options:
     publisher are optional: without their settings, alerts are acted on without a health reading and our own
     events are not published (both are logged once here).
     """
-    from shared.adapters import azureml, events, identity, monitor, statestore, tables
+    from shared.adapters import azureml, events, identity, monitor, tables
 
     if not settings.ledger_table_uri:
         raise InvalidPayload("MLOPS_LEDGER__tableServiceUri must name the ledger's table endpoint for the azure "
@@ -39,7 +39,6 @@ def build_azure(settings: Settings, *, credential: Any = None, **client_options:
         "metrics": workspace,
         # The tables are declared by infra/app/storage.bicep: no create calls on a cold start.
         **tables.build_stores(service, create=False),
-        "states": statestore.TableStateStore(service.get_table_client(statestore.DEFAULT_TABLE)),
         # The stores' TableClients share this client's connection pool and never close it (azure-data-tables
         # wraps it so a table client cannot): it is kept here so Runtime.close() closes it.
         "tables": service,

@@ -263,13 +263,12 @@ def test_function_name_override_is_honoured():
 
 
 def test_storage_declares_exactly_the_tables_the_ledger_adapter_uses():
-    from shared.adapters.statestore import DEFAULT_TABLE as STATE_TABLE
     from shared.adapters.tables import DEFAULT_TABLES
 
     text = (c.INFRA / "app" / "storage.bicep").read_text()
     declared = re.search(r"var ledgerTableNames = \[([^\]]*)\]", text)
     assert declared, "storage.bicep no longer declares ledgerTableNames"
-    assert sorted(re.findall(r"'([^']+)'", declared.group(1))) == sorted([*DEFAULT_TABLES.values(), STATE_TABLE])
+    assert sorted(re.findall(r"'([^']+)'", declared.group(1))) == sorted(DEFAULT_TABLES.values())
     assert "tableServices/tables@" in text and "for tableName in ledgerTableNames" in text
 
 

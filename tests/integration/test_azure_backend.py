@@ -31,12 +31,7 @@ class AzureArc:
         self.fake = FakeAzureML()
         suffix = uuid.uuid4().hex[:12]
         stores = build_stores(azurite.service(), names={"ledger": f"ledger{suffix}", "audit": f"audit{suffix}",
-                                                        "outbox": f"outbox{suffix}"})
-        from shared.adapters.statestore import TableStateStore
-
-        service = azurite.service()
-        service.create_table(f"state{suffix}")
-        stores["states"] = TableStateStore(service.get_table_client(f"state{suffix}"))
+                                                        "outbox": f"outbox{suffix}", "states": f"state{suffix}"})
         self.settings = Settings(
             backend="azure", subscription_id=self.fake.subscription_id, resource_group=self.fake.resource_group,
             workspace=self.fake.workspace, datastore="landing", landing_container="landing",

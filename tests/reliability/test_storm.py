@@ -33,7 +33,7 @@ def stack(azurite):
     fake = FaultyAzureML(fault_rate=0.2)
     suffix = uuid.uuid4().hex[:12]
     stores = build_stores(azurite.service(), names={"ledger": f"ledger{suffix}", "audit": f"audit{suffix}",
-                                                    "outbox": f"outbox{suffix}"})
+                                                    "outbox": f"outbox{suffix}", "states": f"state{suffix}"})
     settings = Settings(
         backend="azure", subscription_id=fake.subscription_id, resource_group=fake.resource_group,
         workspace=fake.workspace, datastore="landing", landing_container="landing",
