@@ -29,6 +29,7 @@ from shared.errors import (
     TrafficChanged,
 )
 from shared.ports import AuditLog, Monitor, Notifier, StateStore, Workspace
+from shared.redact import redact
 from shared.rollout import Decision, EndpointState
 
 logger = logging.getLogger(__name__)
@@ -269,7 +270,7 @@ def _project(ctx: Context, decision: Decision, after: EndpointState, *, before: 
                for r in ctx.audit.recent(subject=name, decisions=[decision.action], limit=20)):
             return  # recorded and alerted by the worker that crashed before clearing it
     ctx.audit.append(AuditRecord(event_id=event_id, message=message or ctx.message, decision=decision.action,
-                                 reason=decision.reason, actor=actor, facts=facts, resources=resources,
+                                 reason=redact(decision.reason), actor=actor, facts=facts, resources=resources,
                                  at=ctx.clock()))
     if not decision.alert:
         return

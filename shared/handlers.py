@@ -54,6 +54,7 @@ from shared.messages import (
     StartTraining,
 )
 from shared.ports import AuditLog, Ledger, Monitor, Notifier, Publisher, RunMetrics, StateStore, Workspace
+from shared.redact import redact
 
 logger = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -74,8 +75,19 @@ def code_version(settings: Settings) -> str:
 
 def _audit(audit: AuditLog, clock: Clock, msg, decision: str, reason: str, *, actor: str = "automation",
            facts: dict | None = None, resources: tuple[str, ...] = ()) -> None:
-    audit.append(AuditRecord(event_id=msg.event_id, message=msg.type, decision=decision, reason=reason, actor=actor,
+    audit.append(AuditRecord(event_id=msg.event_id, message=msg.type, decision=decision, reason=redact(reason),
+                             actor=actor,
                              facts=facts or {}, resources=resources, at=clock()))
+
+
+def _audit_once(audit: AuditLog, clock: Clock, msg, decision: str, reason: str, *, facts: dict,
+                resources: tuple[str, ...] = ()) -> None:
+    """The gate's verdict on a run, recorded once: a completion redelivered after a transient failure further on
+    (registration, rollout) decides again, and the trail must not show two verdicts for one run."""
+    job = facts.get("job")
+    if job and any(r.facts.get("job") == job for r in audit.recent(subject=job, decisions=[decision], limit=5)):
+        return
+    _audit(audit, clock, msg, decision, reason, facts=facts, resources=resources)
 
 
 def _links(settings: Settings, **kinds: str) -> tuple[tuple[str, str], ...]:
@@ -259,9 +271,27 @@ def _completed(msg, job: Job, workspace: Workspace, metrics: RunMetrics, audit: 
     if not asset or not version:
         raise InvalidPayload(f"job {job.name} has no data lineage tags", field="tags")
     model_name, endpoint_name = settings.model_for(asset), settings.endpoint_for(asset)
-    measured = metrics.get_run_metrics(job.name)
     ctx = _ctx(msg, workspace=workspace, states=states, audit=audit, notifier=notifier, settings=settings,
                clock=clock)
+    # Judged before? A completion redelivered after a transient failure further on finds the model its job
+    # already registered: the gate approved it then. Judging it again would compare it with itself (it may be the
+    # canary by now) and record a contradicting verdict; only the rollout is carried on (idempotent).
+    mine = next((m for m in workspace.list_models(model_name) if m.tags.get(TAG_JOB) == job.name), None)
+    if mine is not None:
+        reason = mine.tags.get(TAG_GATE_REASON, "approved before")
+        # What a crash right after the registration may have left unsaid: recorded and alerted once (the audit by
+        # job, the alert by its incident key).
+        _audit_once(audit, clock, msg, "approve", reason, resources=(f"model:{mine.name}:{mine.version}",),
+                    facts={"job": job.name, "asset": asset, "version": version, "model": mine.name,
+                           "model_version": mine.version, "endpoint": endpoint_name, "metrics": mine.metrics()})
+        notifier.notify(Alert(
+            kind="model_registered", severity="info", title=f"Model registered: {mine.name} v{mine.version}",
+            summary=f"The gate approved the model from {job.name}: {reason}.",
+            facts=(("Model", f"{mine.name}:{mine.version}"), ("Data", f"{asset}:{version}"), ("Job", job.name)),
+            links=_links(settings, job=job.name, model=f"{mine.name}/{mine.version}"),
+            incident_key=f"model:{mine.name}:{mine.version}", event_id=msg.event_id))
+        return _roll_out(ctx, msg, mine, endpoint_name, version, reason)
+    measured = metrics.get_run_metrics(job.name)
     state, _ = controller.load(ctx, endpoint_name)
     # The candidate must beat the stable AND any canary in flight: approving it against the stable alone would
     # let a model worse than the live canary replace it.
@@ -293,7 +323,7 @@ def _completed(msg, job: Job, workspace: Workspace, metrics: RunMetrics, audit: 
     primary = settings.policy.primary_metric
     metric_facts = tuple((k, f"{v:.4f}") for k, v in sorted(measured.items()) if not k.startswith("n_"))
     if verdict.action is rules.Action.REJECT:
-        _audit(audit, clock, msg, "reject", verdict.reason, facts=facts, resources=(f"job:{job.name}",))
+        _audit_once(audit, clock, msg, "reject", verdict.reason, facts=facts, resources=(f"job:{job.name}",))
         notifier.notify(Alert(
             kind="model_rejected", severity="warning", title=f"Model rejected by the gate: {asset} v{version}",
             summary=f"Job {job.name} finished but its model was not registered: {verdict.reason}.",
@@ -313,7 +343,7 @@ def _completed(msg, job: Job, workspace: Workspace, metrics: RunMetrics, audit: 
     # job already produced (a redelivered event), found by its mlops_job tag.
     model = workspace.register_model(ModelSpec(name=model_name, version="", job_name=job.name, tags=tags,
                                                description=f"trained by {job.name} on {asset}:{version}"))
-    _audit(audit, clock, msg, "approve", verdict.reason, facts={**facts, "model_version": model.version},
+    _audit_once(audit, clock, msg, "approve", verdict.reason, facts={**facts, "model_version": model.version},
            resources=(f"model:{model.name}:{model.version}",))
     notifier.notify(Alert(
         kind="model_registered", severity="info", title=f"Model registered: {model.name} v{model.version}",
@@ -322,10 +352,14 @@ def _completed(msg, job: Job, workspace: Workspace, metrics: RunMetrics, audit: 
                *metric_facts, ("Champion", facts["champion"] or "none")),
         links=_links(settings, job=job.name, model=f"{model.name}/{model.version}"),
         incident_key=f"model:{model.name}:{model.version}", event_id=msg.event_id))
+    return _roll_out(ctx, msg, model, endpoint_name, version, verdict.reason)
+
+
+def _roll_out(ctx: controller.Context, msg, model, endpoint_name: str, version: str, gate_reason: str) -> Handled:
     deployment = deployment_name_for(model.name, model.version)
     decision = controller.apply(ctx, endpoint_name, rollout.NewModel(
         model=model.name, version=model.version, deployment=deployment, data_version=version,
-        gate_reason=verdict.reason, approval_id=secrets.token_urlsafe(24), form_secret=secrets.token_urlsafe(24)))
+        gate_reason=gate_reason, approval_id=secrets.token_urlsafe(24), form_secret=secrets.token_urlsafe(24)))
     return Handled("done", f"registered {model.name}:{model.version}; {decision.action}: {decision.reason}",
                    resources=(f"model:{model.name}:{model.version}", f"deployment:{endpoint_name}/{deployment}"),
                    data={"model": model.name, "model_version": model.version, "deployment": deployment,

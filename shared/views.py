@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from shared.domain import OWNER_TAG, OWNER_VALUE, JobStatus
 from shared.ports import AuditLog, Ledger, StateStore, Workspace
+from shared.redact import redact
 from shared.rollout import EndpointState
 
 
@@ -35,7 +36,8 @@ def status(workspace: Workspace, audit: AuditLog, ledger: Ledger, *, decisions: 
                           "data": f"{j.tags.get('mlops_data_asset', '')}:{j.tags.get('mlops_data_version', '')}"}
                          for j in running],
         "recent_decisions": [{"at": r.at.isoformat() if r.at else None, "event_id": r.event_id,
-                              "message": r.message, "decision": r.decision, "reason": r.reason, "actor": r.actor,
+                              "message": r.message, "decision": r.decision, "reason": redact(r.reason),
+                              "actor": r.actor,
                               "resources": list(r.resources)} for r in audit.recent(limit=decisions)],
         "ledger": ledger.stats(),
     }

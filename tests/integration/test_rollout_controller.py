@@ -374,3 +374,28 @@ def test_one_endpoint_in_trouble_does_not_stop_the_tick_for_the_others(tmp_path,
         assert w.rt.states.load(EP).pending["action"] == "deploy", "churn-endpoint's deploy is still to be finished"
     finally:
         w.close()
+
+
+def test_a_completion_redelivered_after_a_transient_failure_records_the_gate_verdict_once(tmp_path, monkeypatch):
+    w = World(tmp_path)
+    try:
+        w.handle(w.new_model())
+        real = w.ws.create_deployment
+        calls = {"n": 0}
+
+        def throttled_once(*args):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise Throttled("429 on the deployment PUT")
+            return real(*args)
+
+        monkeypatch.setattr(w.ws, "create_deployment", throttled_once)
+        message = w.new_model()
+        assert w.handle(message) == [], "the transient failure raised for redelivery"
+        w.handle(message)  # Event Grid delivers it again
+        assert w.traffic() == {"churn-model-v1": 90, "churn-model-v2": 10}
+        verdicts = [r.decision for r in w.rt.audit.recent(decisions=["approve", "reject"])
+                    if r.facts["job"] == message.job_name]
+        assert verdicts == ["approve"], "judged once; not judged again against itself as the canary"
+    finally:
+        w.close()
