@@ -27,8 +27,6 @@ TAG_METRIC_PREFIX = "metric_"
 TAG_KNOWN_GOOD = "mlops_known_good"  # "true" once a deployment has served 100% of traffic
 TAG_ROLLED_BACK = "mlops_rolled_back"  # "true" once traffic was rolled back away from it
 TAG_TRAFFIC_CHANGED = "mlops_traffic_changed_at"  # ISO time of the last automated traffic change
-TAG_APPROVED_BY = "approved_by"  # model tag: who approved it into production (manual approval)
-TAG_APPROVED_AT = "approved_at"
 
 
 class JobStatus(str, enum.Enum):

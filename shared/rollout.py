@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 
@@ -770,7 +769,3 @@ def _retire(state: EndpointState, view: Endpoint | None, policy: Policy, now: da
                               f"{policy.retain_known_good} known-good after {policy.retention_minutes} min",
                     new, tuple(DeleteDeployment(n) for n in due), alert="deployment_retired",
                     facts={"retired": due})
-
-
-def splits_equal(a: Mapping[str, int], b: Mapping[str, int]) -> bool:
-    return {k: v for k, v in a.items() if v} == {k: v for k, v in b.items() if v}
