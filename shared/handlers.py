@@ -284,12 +284,7 @@ def _completed(msg, job: Job, workspace: Workspace, metrics: RunMetrics, audit: 
         _audit_once(audit, clock, msg, "approve", reason, resources=(f"model:{mine.name}:{mine.version}",),
                     facts={"job": job.name, "asset": asset, "version": version, "model": mine.name,
                            "model_version": mine.version, "endpoint": endpoint_name, "metrics": mine.metrics()})
-        notifier.notify(Alert(
-            kind="model_registered", severity="info", title=f"Model registered: {mine.name} v{mine.version}",
-            summary=f"The gate approved the model from {job.name}: {reason}.",
-            facts=(("Model", f"{mine.name}:{mine.version}"), ("Data", f"{asset}:{version}"), ("Job", job.name)),
-            links=_links(settings, job=job.name, model=f"{mine.name}/{mine.version}"),
-            incident_key=f"model:{mine.name}:{mine.version}", event_id=msg.event_id))
+        notifier.notify(_registered(msg, mine, job.name, f"{asset}:{version}", reason, settings))
         return _roll_out(ctx, msg, mine, endpoint_name, version, reason)
     measured = metrics.get_run_metrics(job.name)
     state, _ = controller.load(ctx, endpoint_name)
@@ -345,14 +340,19 @@ def _completed(msg, job: Job, workspace: Workspace, metrics: RunMetrics, audit: 
                                                description=f"trained by {job.name} on {asset}:{version}"))
     _audit_once(audit, clock, msg, "approve", verdict.reason, facts={**facts, "model_version": model.version},
            resources=(f"model:{model.name}:{model.version}",))
-    notifier.notify(Alert(
-        kind="model_registered", severity="info", title=f"Model registered: {model.name} v{model.version}",
-        summary=f"The gate approved the model from {job.name}: {verdict.reason}.",
-        facts=(("Model", f"{model.name}:{model.version}"), ("Data", f"{asset}:{version}"), ("Job", job.name),
-               *metric_facts, ("Champion", facts["champion"] or "none")),
-        links=_links(settings, job=job.name, model=f"{model.name}/{model.version}"),
-        incident_key=f"model:{model.name}:{model.version}", event_id=msg.event_id))
+    notifier.notify(_registered(msg, model, job.name, f"{asset}:{version}", verdict.reason, settings,
+                                extra=(*metric_facts, ("Champion", facts["champion"] or "none"))))
     return _roll_out(ctx, msg, model, endpoint_name, version, verdict.reason)
+
+
+def _registered(msg, model, job: str, data: str, reason: str, settings: Settings, *,
+                extra: tuple[tuple[str, str], ...] = ()) -> Alert:
+    """The model_registered alert; one incident per model version, so announcing it again is held back."""
+    return Alert(kind="model_registered", severity="info", title=f"Model registered: {model.name} v{model.version}",
+                 summary=f"The gate approved the model from {job}: {reason}.",
+                 facts=(("Model", f"{model.name}:{model.version}"), ("Data", data), ("Job", job), *extra),
+                 links=_links(settings, job=job, model=f"{model.name}/{model.version}"),
+                 incident_key=f"model:{model.name}:{model.version}", event_id=msg.event_id)
 
 
 def _roll_out(ctx: controller.Context, msg, model, endpoint_name: str, version: str, gate_reason: str) -> Handled:
