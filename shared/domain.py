@@ -74,10 +74,7 @@ def deployment_name_for(model_name: str, model_version: str) -> str:
     (a positive integer) is kept whole and last, so two versions never share a name; the model name part is cut
     to fit, with a short hash of the whole name when cut, so two long model names that share a prefix differ too.
     """
-    version = str(model_version).strip()
-    if not version.isdigit() or int(version) < 1:
-        raise InvalidPayload(f"model version must be a positive integer, not {model_version!r}", field="version")
-    version = str(int(version))
+    version = str(int(check_model_version(str(model_version).strip())))
     tail = f"-v{version}"
     base = slug(model_name)
     room = 32 - len(tail)
@@ -87,6 +84,15 @@ def deployment_name_for(model_name: str, model_version: str) -> str:
     if not base[0].isalpha():
         base = ("m" + base)[:room].rstrip("-")
     return base + tail
+
+
+def check_model_version(version: str) -> str:
+    """``version`` when it is what an Azure ML workspace accepts for a model (a positive integer); else
+    InvalidPayload naming it."""
+    if not (version.isdigit() and int(version) > 0):
+        raise InvalidPayload(f"model version must be a positive integer, as Azure ML requires, not {version!r}",
+                             field="version")
+    return version
 
 
 def next_model_version(existing: Iterable[str]) -> str:

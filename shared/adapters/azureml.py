@@ -33,6 +33,7 @@ from shared.domain import (
     Model,
     ModelSpec,
     TrainingJobSpec,
+    check_model_version,
     check_traffic,
     next_model_version,
 )
@@ -547,9 +548,8 @@ class AzureMLWorkspace:
         from azure.ai.ml.constants import AssetTypes
         from azure.ai.ml.entities import Model as AzureModel
 
-        if spec.version and not (spec.version.isdigit() and int(spec.version) > 0):
-            raise InvalidPayload(f"model version must be a positive integer, as Azure ML requires, not "
-                                 f"{spec.version!r}", field="version")
+        if spec.version:
+            check_model_version(spec.version)
         deadline = self._deadline()
         job = self._find_job(spec.job_name, deadline)
         if job is None:

@@ -28,11 +28,13 @@ from shared.domain import (
     Model,
     ModelSpec,
     TrainingJobSpec,
+    check_model_version,
     check_traffic,
     next_model_version,
 )
 from shared.errors import Conflict, InvalidPayload, NotFound, PermanentError, TrafficChanged
 from shared.local import wire
+from shared.local.serving import ERROR_TAG
 
 logger = logging.getLogger(__name__)
 
@@ -432,9 +434,8 @@ class LocalWorkspace:
 
     def register_model(self, spec: ModelSpec) -> Model:
         _safe(spec.name, "model name")
-        if spec.version and not (spec.version.isdigit() and int(spec.version) > 0):
-            raise InvalidPayload(f"model version must be a positive integer, as Azure ML requires, not "
-                                 f"{spec.version!r}", field="version")
+        if spec.version:
+            check_model_version(spec.version)
         job = self.get_job(spec.job_name)  # NotFound for an unknown job
         with self._db_lock:
             # Idempotent by job: a redelivered completion finds the version its job already produced.
@@ -555,7 +556,7 @@ class LocalWorkspace:
 
     def inject_errors(self, endpoint: str, deployment: str, share: float) -> None:
         """Make a share (0..1) of the deployment's scoring requests fail with 500: tests and the demo."""
-        self._tag_deployment(endpoint, deployment, {"local_error_share": repr(float(share))})
+        self._tag_deployment(endpoint, deployment, {ERROR_TAG: repr(float(share))})
 
     def _tag_deployment(self, endpoint: str, deployment: str, extra: Mapping[str, str]) -> None:
         with self._db_lock:
