@@ -325,14 +325,35 @@ def _dead_letters(settings, folder: Path | None, rt) -> list[dict]:
     if blob_service is None:
         from azure.storage.blob import BlobServiceClient
 
-        url = settings.ledger_table_uri.replace(".table.", ".blob.")
-        blob_service = BlobServiceClient(url, credential=rt.credential)
+        blob_service = BlobServiceClient(dead_letter_account_url(settings.ledger_table_uri), credential=rt.credential)
     out = []
     for container in sorted(containers):
-        for blob in blob_service.get_container_client(container).list_blobs():
-            out.append({"subscription": blob.name.split("/")[0], "id": blob.name.rsplit("/", 1)[-1],
-                        "eventType": "", "reason": "", "file": f"{container}/{blob.name}"})
+        client = blob_service.get_container_client(container)
+        for blob in client.list_blobs():
+            # Event Grid writes each dead letter as a JSON array of events, each with its deadLetterReason.
+            try:
+                body = json.loads(client.download_blob(blob.name).readall())
+            except ValueError:
+                body = []
+            for event in body if isinstance(body, list) else [body]:
+                if isinstance(event, dict):
+                    out.append({"subscription": blob.name.rsplit("/", 1)[0], "id": str(event.get("id", "")),
+                                "eventType": str(event.get("eventType", "")),
+                                "reason": str(event.get("deadLetterReason", "")),
+                                "file": f"{container}/{blob.name}"})
     return out
+
+
+def dead_letter_account_url(ledger_table_uri: str) -> str:
+    """The blob endpoint of the storage account whose table endpoint holds the ledger (the dead-letter container
+    lives in the same account, infra/app/storage.bicep)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(ledger_table_uri)
+    host = parts.netloc.replace(".table.", ".blob.", 1)
+    if host == parts.netloc:
+        raise Fail(f"cannot tell the blob endpoint from MLOPS_LEDGER__tableServiceUri={ledger_table_uri!r}", USAGE)
+    return f"{parts.scheme}://{host}"
 
 
 # --- replay, land: through the running app --------------------------------------------------------------------
