@@ -147,9 +147,14 @@ def endpoint_story(workspace: Workspace, audit: AuditLog, states: StateStore | N
             continue
     records = audit.recent(limit=limit, subject=endpoint)
     timeline = [_record(r) for r in records]
-    history = [{"at": _at(r), "traffic": {k: int(v) for k, v in r.facts["traffic_after"].items()},
-                "decision": r.decision, "actor": r.actor}
-               for r in reversed(records) if isinstance(r.facts.get("traffic_after"), dict)]
+    history: list[dict] = []
+    for r in reversed(records):  # oldest first; only the decisions that changed the live split
+        after = r.facts.get("traffic_after")
+        if not isinstance(after, dict):
+            continue
+        split = {str(k): int(v) for k, v in after.items() if int(v)}
+        if split and (not history or split != history[-1]["traffic"]):
+            history.append({"at": _at(r), "traffic": split, "decision": r.decision, "actor": r.actor})
     drift = []
     for r in reversed(records):
         signal = r.facts.get("signal")

@@ -71,7 +71,7 @@ def _e(value: object) -> str:
 
 # --- the lineage graph: one row of boxes per deployed model, arrows between hops ---------------------------
 
-BOX_W, BOX_H, GAP_X, ROW_H = 180, 58, 40, 84
+BOX_W, BOX_H, GAP_X, ROW_H = 215, 58, 30, 84
 
 
 def _graph(lineages: list[Lineage]) -> str:
@@ -100,7 +100,7 @@ def _graph(lineages: list[Lineage]) -> str:
                          f"<rect x='{x}' y='{y}' width='{BOX_W}' height='{BOX_H}' rx='6' fill='{fill}' "
                          "stroke='#4a78a8'/>"
                          f"<text x='{x + 8}' y='{y + 18}' font-size='11' fill='#555'>{_e(kind)}</text>"
-                         f"<text class='node-name' x='{x + 8}' y='{y + 38}' font-size='13'>{_e(_clip(name, 24))}"
+                         f"<text class='node-name' x='{x + 8}' y='{y + 38}' font-size='13'>{_e(_clip(name, 30))}"
                          "</text></g>")
             if col:
                 parts.append(f"<line x1='{x - GAP_X + 2}' y1='{y + BOX_H / 2}' x2='{x - 3}' y2='{y + BOX_H / 2}' "
@@ -161,19 +161,22 @@ def _drift(drift: list[dict]) -> str:
     for i, d in enumerate(drift):
         v = d["value"] or 0.0
         bh = max(1.0, h * v / top)
-        bars.append(f"<rect class='drift-bar' x='{10 + i * (bar_w + 8)}' y='{10 + h - bh:.1f}' width='{bar_w}' "
-                    f"height='{bh:.1f}' fill='#c0504d'><title>{_e(d['at'])}: {_e(d['metric'])} {v:.3f}</title></rect>")
+        x = 10 + i * (bar_w + 8)
+        bars.append(f"<rect class='drift-bar' x='{x}' y='{20 + h - bh:.1f}' width='{bar_w}' "
+                    f"height='{bh:.1f}' fill='#c0504d'><title>{_e(d['at'])}: {_e(d['metric'])} {v:.3f}</title></rect>"
+                    f"<text x='{x}' y='{16 + h - bh:.1f}' font-size='10'>{v:.2f}</text>")
         if d["threshold"] is not None:
-            ty = 10 + h - h * d["threshold"] / top
+            ty = 20 + h - h * d["threshold"] / top
             bars.append(f"<line x1='{10 + i * (bar_w + 8)}' x2='{10 + i * (bar_w + 8) + bar_w}' y1='{ty:.1f}' "
                         f"y2='{ty:.1f}' stroke='#333' stroke-dasharray='3,2'/>")
     width = 20 + len(drift) * (bar_w + 8)
-    chart = (f"<svg id='drift-chart' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{h + 20}' "
+    chart = (f"<svg id='drift-chart' xmlns='http://www.w3.org/2000/svg' width='{width}' height='{h + 30}' "
              f"role='img' aria-label='drift values'>{''.join(bars)}</svg>")
     rows = "".join(f"<tr><td>{_e(d['at'])}</td><td>{_e(d['metric'])}</td><td class='value'>{_num(d['value'])}</td>"
                    f"<td>{_num(d['threshold'])}</td><td>{_e(d['decision'])}</td>"
                    f"<td>{_e(d['reason'])}</td></tr>" for d in drift)
-    return (f"<section id='drift'><h2>Drift</h2>{chart}<table id='drift-table'><tr><th>at</th><th>metric</th>"
+    return (f"<section id='drift'><h2>Drift</h2>{chart}<p class='legend'>Each bar is one finding's measured value, "
+            f"oldest first; the dashed line is its threshold.</p><table id='drift-table'><tr><th>at</th><th>metric</th>"
             f"<th>value</th><th>threshold</th><th>decision</th><th>reason</th></tr>{rows}</table></section>")
 
 
@@ -195,13 +198,13 @@ def render(story: EndpointStory, *, reader_name: str = "") -> str:
     who = f"<p id='reader'>Signed in as {_e(reader_name)}</p>" if reader_name else ""
     return ("<!doctype html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{name}: lineage and rollout</title><style>"
-            "body{font-family:system-ui,sans-serif;margin:2rem;max-width:75rem;color:#222}"
+            "body{font-family:system-ui,sans-serif;margin:2rem;max-width:82rem;color:#222}.graph{overflow-x:auto}"
             "table{border-collapse:collapse;margin:.5rem 0}th,td{border:1px solid #ccc;padding:.25rem .5rem;"
             "text-align:left;vertical-align:top}h2{margin-top:2rem;border-bottom:1px solid #ddd}"
             "#audit{padding-left:1.2rem}#audit li{margin:.2rem 0}time{color:#666;font-size:.9em}"
             "svg text{font-family:system-ui,sans-serif}</style></head><body>"
             f"<h1 id='title'>{name}</h1>{who}"
-            f"<h2>Lineage</h2>{_graph(story.lineages)}{_lineage_tables(story.lineages)}"
+            f"<h2>Lineage</h2><div class='graph'>{_graph(story.lineages)}</div>{_lineage_tables(story.lineages)}"
             f"<h2>Rollout</h2>{_state(story)}"
             f"<h2>Traffic history</h2>{_history(story.traffic_history)}"
             f"{_drift(story.drift)}"
