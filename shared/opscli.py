@@ -26,8 +26,8 @@ from rich.table import Table
 from rich.tree import Tree
 
 OK, FAILED, USAGE = 0, 1, 2
-app = typer.Typer(name="mlops", help=__doc__.split("\n")[0], no_args_is_help=True, add_completion=False,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(name="mlops", help="Operate mlops-reflex, locally or in Azure, with the same commands.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
 class Fail(Exception):
