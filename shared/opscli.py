@@ -44,6 +44,7 @@ class Session:
 
     runtime: Any = None
     settings: Any = None
+    credential: Any = None  # azure: None = DefaultAzureCredential (your az login); tests pass their own
     as_json: bool = False
     console: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
     built: bool = False
@@ -392,7 +393,10 @@ def land(ctx: typer.Context, asset: str = typer.Argument(..., help="data asset n
          file: Path = typer.Argument(None, help="the file (default: a generated churn table)"),
          rows: int = typer.Option(3000, "--rows"), seed: int = typer.Option(None, "--seed"),
          drift: float = typer.Option(0.0, "--drift", min=0.0, max=1.0),
-         url: str = typer.Option(None, "--url"), key: str = typer.Option(None, "--key")) -> None:
+         url: str = typer.Option(None, "--url"), key: str = typer.Option(None, "--key"),
+         account_url: str = typer.Option(None, "--account-url",
+                                         help="azure: the landing account's blob endpoint (default: from "
+                                              "MLOPS_DATASTORE_ACCOUNT and MLOPS_AZURE_CLOUD)")) -> None:
     """Land a file in the landing container (local stack: the BlobCreated event reaches the running app)."""
     s = _session(ctx)
     settings = s.config()
@@ -405,20 +409,36 @@ def land(ctx: typer.Context, asset: str = typer.Argument(..., help="data asset n
         s.console.print(f"follow it: mlops watch {asset}:{version}", markup=False)
         return
     if file is None or not file.is_file():
-        raise Fail("in Azure, land takes the file to upload", USAGE)
-    if not settings.datastore_account:
-        raise Fail("MLOPS_DATASTORE_ACCOUNT must name the landing storage account", USAGE)
+        raise Fail(f"in Azure, land takes the file to upload{f' (no such file: {file})' if file else ''}", USAGE)
+    if not (account_url or settings.datastore_account):
+        raise Fail("MLOPS_DATASTORE_ACCOUNT must name the landing storage account (or pass --account-url)", USAGE)
+    from azure.core.exceptions import ResourceExistsError
     from azure.storage.blob import BlobServiceClient
 
+    from shared import eventgrid
     from shared.adapters import identity
 
+    eventgrid.validate_asset(asset, "asset")
+    eventgrid.validate_version(version, "version")
     blob = f"{asset}/{version}/{file.name}"
-    service = BlobServiceClient(f"https://{settings.datastore_account}.blob.core.windows.net",
-                                credential=identity.credential(settings))
-    with file.open("rb") as data:
-        service.get_blob_client(settings.landing_container, blob).upload_blob(data, overwrite=False)
+    base = account_url or f"https://{settings.datastore_account}.blob.{STORAGE_SUFFIX[settings.azure_cloud]}"
+    service = BlobServiceClient(base, credential=s.credential or identity.credential(settings))
+    try:
+        with file.open("rb") as data:
+            # Never overwrite: a data version is immutable, and a second BlobCreated would retrain on other bytes.
+            service.get_blob_client(settings.landing_container, blob).upload_blob(data, overwrite=False)
+    except ResourceExistsError:
+        raise Fail(f"{settings.landing_container}/{blob} already exists: a data version is immutable, land the "
+                   f"file as a new version (e.g. {asset} {version}-2)") from None
+    finally:
+        service.close()
     s.console.print(f"landed {settings.landing_container}/{blob}; follow it: mlops watch {asset}:{version}",
                     markup=False)
+
+
+# The storage endpoint suffix of each Azure cloud (MLOPS_AZURE_CLOUD).
+STORAGE_SUFFIX = {"AzureCloud": "core.windows.net", "AzureUSGovernment": "core.usgovcloudapi.net",
+                  "AzureChinaCloud": "core.chinacloudapi.cn"}
 
 
 # --- approve / reject: the app's approval route, as a named person ---------------------------------------------

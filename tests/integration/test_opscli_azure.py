@@ -115,3 +115,41 @@ def test_the_dead_letter_account_is_the_ledgers_storage_account():
 def test_replay_is_refused_with_its_reason_on_azure(rolled_back):
     r = mlops(rolled_back, "replay")
     assert r.exit_code == 2 and "outbox_sweep" in r.output
+
+
+def test_watch_reads_where_each_chain_settled_on_azure(rolled_back):
+    deployed = mlops(rolled_back, "--json", "watch", "churn:1", "--timeout", "5")
+    assert deployed.exit_code == 0, deployed.output
+    assert json.loads(deployed.output)["settled"] == "deployed"
+    rolled = mlops(rolled_back, "watch", "churn:2", "--timeout", "5")
+    assert rolled.exit_code == 1 and "churn:2: rolled back" in rolled.output
+    nothing = mlops(rolled_back, "watch", "churn:9", "--timeout", "1", "--interval", "0.2")
+    assert nothing.exit_code == 1 and "did not settle within 1 s" in nothing.output
+
+
+def test_land_uploads_to_the_landing_container_once_and_never_overwrites(blob_azurite, tmp_path):
+    from azure.core.credentials import AzureNamedKeyCredential
+
+    from shared.config import Settings
+    from shared.opscli import Session
+    from tests.integration.azurite import ACCOUNT, DEV_ACCOUNT_KEY
+
+    blobs = blob_azurite.blob_service()
+    landing = blobs.create_container(f"landing{tmp_path.name[-8:].lower().replace('_', '')}")
+    settings = Settings(backend="azure", landing_container=landing.container_name, datastore_account=ACCOUNT)
+
+    def land(*args: str):
+        session = Session(settings=settings, credential=AzureNamedKeyCredential(ACCOUNT, DEV_ACCOUNT_KEY))
+        return CliRunner().invoke(app, ["land", *args, "--account-url", blob_azurite.endpoint], obj=session)
+
+    source = tmp_path / "march.csv"
+    source.write_text("customer_id,churn\n1,0\n2,1\n")
+    first = land("churn", "2026-03", str(source))
+    assert first.exit_code == 0, first.output
+    assert landing.download_blob("churn/2026-03/march.csv").readall() == source.read_bytes()
+    source.write_text("customer_id,churn\n1,1\n")
+    again = land("churn", "2026-03", str(source))
+    assert again.exit_code == 1 and "already exists" in again.output and "churn 2026-03-2" in again.output
+    assert landing.download_blob("churn/2026-03/march.csv").readall() == b"customer_id,churn\n1,0\n2,1\n"
+    assert land("churn", "4", str(tmp_path / "missing.csv")).exit_code == 2
+    assert land("bad name!", "4", str(source)).exit_code == 2
