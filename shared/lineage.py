@@ -104,7 +104,7 @@ def approved_by(audit: AuditLog, model: Model) -> tuple[str, str]:
     ref = f"{model.name}:{model.version}"
     if model.tags.get("approved_by"):
         return model.tags["approved_by"], f"approved at {model.tags.get('approved_at', '?')}"
-    for r in audit.recent(limit=200, subject=model.name):
+    for r in audit.recent(limit=50, subject=ref, decisions=["approve_deploy"]):
         if r.facts.get("approver") and r.facts.get("model") == ref:
             return str(r.facts["approver"]), f"{r.decision} at {_at(r)}"
     if model.tags.get("mlops_gate") == "approved":

@@ -80,3 +80,19 @@ def test_model_refs_and_since_parse_or_say_what_is_expected():
 def test_pyproject_declares_the_mlops_console_script():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["scripts"]["mlops"] == "shared.opscli:main"
+
+
+def test_the_approver_comes_from_the_audit_trail_when_the_model_tag_is_missing(tmp_path):
+    from shared.domain import AuditRecord, Model
+    from shared.lineage import approved_by
+    from shared.local.ledger import SqliteAuditLog
+
+    audit = SqliteAuditLog(tmp_path / "ledger.db")
+    audit.append(AuditRecord(event_id="e1", message="DecideApproval", decision="approve_deploy", reason="ok",
+                             actor="user:ana", facts={"endpoint": "ep", "model": "m:2", "approver": "user:ana"}))
+    audit.append(AuditRecord(event_id="e2", message="DecideApproval", decision="approve_deploy", reason="ok",
+                             actor="user:bob", facts={"endpoint": "ep", "model": "m:3", "approver": "user:bob"}))
+    assert approved_by(audit, Model(name="m", version="2"))[0] == "user:ana"
+    assert approved_by(audit, Model(name="m", version="2", tags={"approved_by": "user:zoe"}))[0] == "user:zoe"
+    assert approved_by(audit, Model(name="m", version="4", tags={"mlops_gate": "approved"}))[0] == "automation"
+    assert approved_by(audit, Model(name="m", version="5", tags={"mlops_gate": "rejected"}))[0] == ""
