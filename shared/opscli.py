@@ -104,14 +104,14 @@ def handled(fn: Callable) -> Callable:
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> None:
-        from shared.errors import InvalidPayload, NotFound, TransientError
+        from shared.errors import InvalidPayload, NotFound, PermanentError, TransientError
 
         ctx = kwargs.get("ctx") or next(a for a in args if isinstance(a, typer.Context))
         err = Console(stderr=True, highlight=False, soft_wrap=True)
         try:
             fn(*args, **kwargs)
         except Fail as error:
-            err.print(f"[red]error:[/red] {error}", markup=True)
+            err.print(f"error: {error}", markup=False)
             raise typer.Exit(error.code) from None
         except NotFound as error:
             err.print(f"not found: {error}", markup=False)
@@ -121,6 +121,9 @@ def handled(fn: Callable) -> Callable:
             raise typer.Exit(USAGE) from None
         except TransientError as error:
             err.print(f"unavailable, try again: {error}", markup=False)
+            raise typer.Exit(FAILED) from None
+        except PermanentError as error:  # e.g. a service's 4xx (ServiceRejected): its own message, no traceback
+            err.print(f"failed: {error}", markup=False)
             raise typer.Exit(FAILED) from None
         finally:
             _session(ctx).close()
@@ -327,13 +330,18 @@ def _dead_letters(settings, folder: Path | None, rt) -> list[dict]:
         from azure.storage.blob import BlobServiceClient
 
         blob_service = BlobServiceClient(dead_letter_account_url(settings.ledger_table_uri), credential=rt.credential)
+    from shared.adapters.errors import translated
+
     out = []
     for container in sorted(containers):
         client = blob_service.get_container_client(container)
-        for blob in client.list_blobs():
+        with translated(f"list the dead letters in {container}"):
+            blobs = list(client.list_blobs())
+        for blob in blobs:
             # Event Grid writes each dead letter as a JSON array of events, each with its deadLetterReason.
             try:
-                body = json.loads(client.download_blob(blob.name).readall())
+                with translated(f"read the dead letter {blob.name}"):
+                    body = json.loads(client.download_blob(blob.name).readall())
             except ValueError:
                 body = []
             for event in body if isinstance(body, list) else [body]:
@@ -423,13 +431,16 @@ def land(ctx: typer.Context, asset: str = typer.Argument(..., help="data asset n
     blob = f"{asset}/{version}/{file.name}"
     base = account_url or f"https://{settings.datastore_account}.blob.{STORAGE_SUFFIX[settings.azure_cloud]}"
     service = BlobServiceClient(base, credential=s.credential or identity.credential(settings))
+    from shared.adapters.errors import translated
+
     try:
-        with file.open("rb") as data:
+        with translated(f"upload {settings.landing_container}/{blob}"), file.open("rb") as data:
             # Never overwrite: a data version is immutable, and a second BlobCreated would retrain on other bytes.
-            service.get_blob_client(settings.landing_container, blob).upload_blob(data, overwrite=False)
-    except ResourceExistsError:
-        raise Fail(f"{settings.landing_container}/{blob} already exists: a data version is immutable, land the "
-                   f"file as a new version (e.g. {asset} {version}-2)") from None
+            try:
+                service.get_blob_client(settings.landing_container, blob).upload_blob(data, overwrite=False)
+            except ResourceExistsError:
+                raise Fail(f"{settings.landing_container}/{blob} already exists: a data version is immutable, "
+                           f"land the file as a new version (e.g. {asset} {version}-2)") from None
     finally:
         service.close()
     s.console.print(f"landed {settings.landing_container}/{blob}; follow it: mlops watch {asset}:{version}",

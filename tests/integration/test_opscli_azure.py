@@ -153,3 +153,8 @@ def test_land_uploads_to_the_landing_container_once_and_never_overwrites(blob_az
     assert landing.download_blob("churn/2026-03/march.csv").readall() == b"customer_id,churn\n1,0\n2,1\n"
     assert land("churn", "4", str(tmp_path / "missing.csv")).exit_code == 2
     assert land("bad name!", "4", str(source)).exit_code == 2
+    wrong = Session(settings=settings, credential=AzureNamedKeyCredential(ACCOUNT, "d3Jvbmcta2V5"))
+    refused = CliRunner().invoke(app, ["land", "churn", "5", str(source), "--account-url", blob_azurite.endpoint],
+                                 obj=wrong)
+    assert refused.exit_code == 1 and refused.output.startswith("failed: upload ")
+    assert refused.exception is None or isinstance(refused.exception, SystemExit)  # no traceback
