@@ -215,14 +215,18 @@ def lineage(ctx: typer.Context, model: str = typer.Argument(..., metavar="MODEL[
     found = chain(rt.workspace, rt.audit, resolve_model(rt.workspace, model))
 
     def render() -> None:
-        tree = Tree(f"[bold]{found.model}:{found.version}[/bold]  gate {found.gate or '?'}")
+        # data → job → model nest (each made the next); the model's deployments and its approver hang off it.
+        tree = Tree(f"[bold]{_esc(found.model)}:{_esc(found.version)}[/bold]  gate {_esc(found.gate or '?')}")
         node = tree
         for link in found.links:
             mark = "" if link.found else " [dim](missing)[/dim]"
             label = f"[cyan]{link.kind}[/cyan] {_esc(link.name)}{mark}"
             if link.detail:
                 label += f"  [dim]{_esc(link.detail)}[/dim]"
-            node = node.add(label) if link.kind != "deployment" else node.add(label)
+            if link.kind in ("deployment", "approver"):
+                node.add(label)
+            else:
+                node = node.add(label)
         s.console.print(tree)
 
     s.emit(found.as_dict(), render)
