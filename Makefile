@@ -11,6 +11,7 @@ $(STAMP): requirements.txt pyproject.toml package.json
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -r requirements.txt
+	$(PIP) install --quiet --no-deps -e .  # the project itself, for the `mlops` command
 	$(PIP) install --quiet $$($(PY) -c "import tomllib;print(' '.join(repr(d) for d in tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['dev']))" | tr -d "'")
 	npm install --silent --no-audit --no-fund
 	touch $(STAMP)

@@ -228,9 +228,53 @@ def status(req: func.HttpRequest) -> func.HttpResponse:
 
     rt = runtime()
     try:
-        return _json(200, snapshot(rt.workspace, rt.audit, rt.ledger, states=rt.states))
+        limit = int(req.params.get("limit") or 20)
+        if not 1 <= limit <= MAX_STATUS_LIMIT:
+            raise ValueError
+    except ValueError:
+        return _bad_request(InvalidPayload(f"limit must be a whole number from 1 to {MAX_STATUS_LIMIT}",
+                                           field="limit"))
+    endpoint = (req.params.get("endpoint") or "").strip() or None
+    try:
+        return _json(200, snapshot(rt.workspace, rt.audit, rt.ledger, states=rt.states, decisions=limit,
+                                   endpoint=endpoint))
     except TransientError as error:
         return _unavailable(error)
+
+
+MAX_STATUS_LIMIT = 500  # decisions one status answer lists
+
+
+@app.function_name("endpoint_page")
+@app.route(route="endpoints/{endpoint}/page", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def endpoint_page(req: func.HttpRequest) -> func.HttpResponse:
+    """One endpoint's page (lineage graph, rollout, traffic history, audit timeline, drift) for a signed-in person:
+    anonymous at the Functions level so a card can link to it without a key; shared/pages.py checks the reader."""
+    from shared import pages
+    from shared.errors import NotFound
+    from shared.lineage import endpoint_story
+
+    rt = runtime()
+    try:
+        who = pages.reader(req.headers, rt.settings)
+    except pages.Refused as error:
+        return _page(error.status, pages.refusal_page(error))
+    name = req.route_params.get("endpoint", "")
+    try:
+        story = endpoint_story(rt.workspace, rt.audit, rt.states, name)
+    except NotFound:
+        return _page(404, "<!doctype html><title>Not found</title><p id='status'>No such endpoint.</p>")
+    except TransientError as error:
+        return _unavailable(error)
+    return _page(200, pages.render(story, reader_name=who))
+
+
+def _page(status: int, page: str) -> func.HttpResponse:
+    from shared.pages import CSP
+
+    return func.HttpResponse(page, status_code=status, mimetype="text/html",
+                             headers={"Content-Security-Policy": CSP, "X-Frame-Options": "DENY",
+                                      "Cache-Control": "no-store"})
 
 
 @app.function_name("monitor_alert")

@@ -8,10 +8,13 @@ from shared.rollout import EndpointState
 
 
 def status(workspace: Workspace, audit: AuditLog, ledger: Ledger, *, decisions: int = 20,
-           states: StateStore | None = None) -> dict:
-    """A JSON-ready snapshot; every value is re-read from the workspace, the state records and the audit trail."""
+           states: StateStore | None = None, endpoint: str | None = None) -> dict:
+    """A JSON-ready snapshot; every value is re-read from the workspace, the state records and the audit trail.
+    ``endpoint`` narrows it to one endpoint and the decisions about it; ``decisions`` caps the decisions listed."""
     endpoints = []
     for ep in workspace.list_endpoints():
+        if endpoint and ep.name != endpoint:
+            continue
         state = states.load(ep.name) if states is not None else None
         endpoints.append({
             "rollout": _rollout(state) if state is not None else None,
@@ -25,6 +28,8 @@ def status(workspace: Workspace, audit: AuditLog, ledger: Ledger, *, decisions: 
     if states is not None:  # an endpoint whose first model waits for approval has a record but no deployment yet
         known = {e["name"] for e in endpoints}
         for name in states.endpoints():
+            if endpoint and name != endpoint:
+                continue
             state = states.load(name)
             if name not in known and state is not None:
                 endpoints.append({"rollout": _rollout(state), "name": name, "traffic": {}, "traffic_changed_at": None,
@@ -38,7 +43,7 @@ def status(workspace: Workspace, audit: AuditLog, ledger: Ledger, *, decisions: 
         "recent_decisions": [{"at": r.at.isoformat() if r.at else None, "event_id": r.event_id,
                               "message": r.message, "decision": r.decision, "reason": redact(r.reason),
                               "actor": r.actor,
-                              "resources": list(r.resources)} for r in audit.recent(limit=decisions)],
+                              "resources": list(r.resources)} for r in audit.recent(limit=decisions, subject=endpoint or None)],
         "ledger": ledger.stats(),
     }
 

@@ -384,6 +384,19 @@ class TableLedger:
         out["duplicates"] = duplicates
         return out
 
+    def rows(self, *, limit: int = 50, outcomes: Sequence[str] | None = None) -> list[dict]:
+        """As SqliteLedger.rows (a scan of the ledger table: for the CLI, never per event)."""
+        names = list(outcomes or ())
+        query = " or ".join(f"outcome eq @o{i}" for i in range(len(names))) or "PartitionKey ne ''"
+        found = [{"key": str(r.get("key", "")), "event_type": str(r.get("event_type", "")),
+                  "outcome": str(r.get("outcome", "")), "reason": str(r.get("reason", "")),
+                  "attempts": _int(r.get("attempts")), "duplicates": _int(r.get("duplicates")),
+                  "updated_at": str(r.get("updated_at", ""))}
+                 for r in self._t.query("ledger rows", query, parameters={f"o{i}": n for i, n in enumerate(names)},
+                                        select=["key", "event_type", "outcome", "reason", "attempts", "duplicates",
+                                                "updated_at"])]
+        return sorted(found, key=lambda row: row["updated_at"], reverse=True)[:limit]
+
     def outcome(self, key: str) -> tuple[str, str] | None:
         """(outcome, reason) recorded for a key, or None; for status views and tests."""
         row = self._t.get(*self.keys(key))

@@ -179,6 +179,17 @@ class SqliteLedger:
         out["duplicates"] = conn.execute("SELECT COALESCE(SUM(duplicates), 0) FROM processed").fetchone()[0]
         return out
 
+    def rows(self, *, limit: int = 50, outcomes: Sequence[str] | None = None) -> list[dict]:
+        """The most recently updated keys (for `mlops events`), optionally only those with the given outcomes."""
+        sql, args = "SELECT key, event_type, outcome, reason, attempts, duplicates, updated_at FROM processed", []
+        if outcomes:
+            sql += f" WHERE outcome IN ({','.join('?' * len(outcomes))})"
+            args.extend(outcomes)
+        sql += " ORDER BY updated_at DESC LIMIT ?"
+        args.append(limit)
+        return [{"key": r[0], "event_type": r[1], "outcome": r[2], "reason": r[3], "attempts": int(r[4]),
+                 "duplicates": int(r[5]), "updated_at": r[6]} for r in self._db.connect().execute(sql, args)]
+
     def outcome(self, key: str) -> tuple[str, str] | None:
         """(outcome, reason) recorded for a key, or None; for status views and tests."""
         row = self._db.connect().execute("SELECT outcome, reason FROM processed WHERE key = ?",

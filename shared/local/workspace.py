@@ -125,7 +125,7 @@ class LocalWorkspace:
     """The Workspace and RunMetrics ports on one machine; safe to call from several threads."""
 
     def __init__(self, root: Path | str, *, emit: Callable[[dict], object] | None = None,
-                 python: str = sys.executable, max_parallel: int = 2) -> None:
+                 python: str = sys.executable, max_parallel: int = 2, readonly: bool = False) -> None:
         if max_parallel < 1:
             raise ValueError(f"max_parallel must be at least 1, not {max_parallel}")
         self.root = Path(root)
@@ -152,6 +152,12 @@ class LocalWorkspace:
         self._closed = False
         self._server = None
         self._server_lock = threading.Lock()
+        self.readonly = readonly
+        if readonly:
+            # Another process (the served app) owns the jobs: an observer (the `mlops` CLI) reads the same files
+            # and must neither recover that process's running jobs as interrupted nor run jobs itself.
+            self._watcher = None
+            return
         self._recover()
         self._watcher = threading.Thread(target=self._watch, name="local-workspace-jobs", daemon=True)
         self._watcher.start()
@@ -592,7 +598,10 @@ class LocalWorkspace:
     # --- scoring ---------------------------------------------------------------------------------------
 
     def scoring_url(self, endpoint: str) -> str:
-        """The endpoint's scoring URI on the local server, which starts on first use."""
+        """The endpoint's scoring URI on the local server, which starts on first use ("" for an observer: the
+        serving process answers scoring requests, not the one reading)."""
+        if self.readonly:
+            return ""
         with self._server_lock:
             if self._server is None:
                 if self._closed:
@@ -622,7 +631,8 @@ class LocalWorkspace:
             queued = list(self._queue)
             self._queue.clear()
             self._cond.notify_all()
-        self._watcher.join(timeout=10)
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
         for run in running.values():
             if run.proc.poll() is None:
                 run.proc.kill()

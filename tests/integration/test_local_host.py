@@ -316,12 +316,12 @@ def real_app(tmp_path):
         runtime.close()
 
 
-def test_the_real_app_serves_its_six_routes_and_five_event_grid_functions(real_app):
+def test_the_real_app_serves_its_eight_routes_and_five_event_grid_functions(real_app):
     running, _, _ = real_app
     kinds = {name: f.trigger_type for name, f in running.functions.items()}
     assert {n for n, k in kinds.items() if k == "httpTrigger"} == {"reruns", "rollbacks", "status", "monitor_alert",
                                                                    "approval_page", "approval_decision",
-                                                                   "monitor_alert_secure"}
+                                                                   "monitor_alert_secure", "endpoint_page"}
     assert running.functions["approval_decision"].auth_level == "anonymous", "Easy Auth, not a key, guards it"
     assert {n for n, k in kinds.items() if k == "eventGridTrigger"} == {
         "on_blob_created", "on_run_event", "on_model_event", "on_dataset_drift", "on_custom_event"}

@@ -14,7 +14,9 @@ HTTP = {"reruns": ("reruns", ["POST"]), "rollbacks": ("rollbacks", ["POST"]), "s
 APPROVAL = {"approval_page": ("approvals/{approval_id}", ["GET"]),
             "approval_decision": ("approvals/{approval_id}", ["POST"]),
             # the action group's secure webhook: an Entra ID token with the alerts app role, never a key
-            "monitor_alert_secure": ("alerts/secure", ["POST"])}
+            "monitor_alert_secure": ("alerts/secure", ["POST"]),
+            # the endpoint page: a card links to it, so no key; the app checks the signed-in reader (shared/pages.py)
+            "endpoint_page": ("endpoints/{endpoint}/page", ["GET"])}
 
 
 def test_importing_the_app_loads_no_heavy_sdk_and_does_no_io():
