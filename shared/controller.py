@@ -287,8 +287,12 @@ def _project(ctx: Context, decision: Decision, after: EndpointState, *, before: 
     signal = facts.get("signal") or {}
     if signal.get("metric"):
         value = signal.get("value")
-        rows.append(("Signal", f"{signal['metric']} {value:.3f}" if isinstance(value, (int, float)) else
-                     str(signal["metric"])))
+        threshold = signal.get("threshold")
+        rows.append(("Signal", (f"{signal['metric']} {value:.3f}" if isinstance(value, (int, float)) else
+                                str(signal["metric"]))
+                     + (f" (threshold {threshold:.3f})" if isinstance(threshold, (int, float)) else "")
+                     + (f" on {signal['feature']}" if signal.get("feature") else "")
+                     + (f", from {signal['source']}" if signal.get("source") else "")))
     if facts.get("health"):
         rows.append((f"Health, last {facts.get('health_window_minutes')} min", health_line(facts["health"])))
     rows.append(("By", actor))

@@ -91,20 +91,10 @@ def _audit_once(audit: AuditLog, clock: Clock, msg, decision: str, reason: str, 
 
 
 def _links(settings: Settings, **kinds: str) -> tuple[tuple[str, str], ...]:
-    """Studio links (Azure) for the named resources; the embedded backend has none."""
-    if settings.backend != "azure":
-        return ()
-    ws = (f"?wsid=/subscriptions/{settings.subscription_id}/resourceGroups/{settings.resource_group}"
-          f"/providers/Microsoft.MachineLearningServices/workspaces/{settings.workspace}")
-    base = settings.studio_url.rstrip("/")
-    out = []
-    if "job" in kinds:
-        out.append(("Open job", f"{base}/runs/{kinds['job']}{ws}"))
-    if "model" in kinds:
-        out.append(("Open model", f"{base}/model/{kinds['model']}{ws}"))
-    if "endpoint" in kinds:
-        out.append(("Open endpoint", f"{base}/endpoints/realtime/{kinds['endpoint']}/detail{ws}"))
-    return tuple(out)
+    """Studio links (Azure) for the named resources (shared/links.py); the embedded backend has none."""
+    from shared.links import studio_links
+
+    return studio_links(settings, **kinds)
 
 
 # --- data → training ---------------------------------------------------------------------------------
