@@ -132,9 +132,19 @@ def _body(req: func.HttpRequest) -> dict:
 
 
 def _actor(req: func.HttpRequest, body: dict) -> str:
-    # App Service authentication names the caller; a function key alone does not, so the body may.
-    who = req.headers.get("x-ms-client-principal-name") or body.get("requested_by") or "http-caller"
-    return f"http:{str(who)[:100]}"
+    """Who asked, for the audit trail. A signed-in person (MLOPS_APPROVAL_AUTH easyauth or entra, as the approval
+    page checks it) is "user:<name>"; otherwise App Service authentication's header, or the body's ``actor`` (or
+    ``requested_by``) field, since a function key alone names no one: "http:<name>"."""
+    from shared import approvals
+
+    try:
+        who = approvals.principal_from(req.headers, runtime().settings)
+    except approvals.Unauthenticated:
+        who = None  # a bad token names no one; the request itself is allowed by its function key
+    if who is not None:
+        return f"user:{who.name[:100]}"
+    named = req.headers.get("x-ms-client-principal-name") or body.get("actor") or body.get("requested_by")
+    return f"http:{str(named)[:100]}" if named else "http:http-caller"
 
 
 def _text(body: dict, name: str, *, required: bool = True) -> str:
