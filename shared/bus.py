@@ -6,6 +6,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from shared import logs
 from shared.domain import Alert, AuditRecord
 from shared.errors import Conflict, InvalidPayload, NotFound, PermanentError, TransientError
 from shared.messages import Message
@@ -129,11 +130,15 @@ class Bus:
         self.max_unexpected_attempts = max(1, int(max_unexpected_attempts))
 
     def handle(self, message: Message) -> list[Handled]:
-        """Handle a message and its follow-ups. Raises TransientError for the trigger to surface (redelivery)."""
-        try:
-            return self._run(message)
-        finally:
-            self._flush()
+        """Handle a message and its follow-ups. Raises TransientError for the trigger to surface (redelivery).
+
+        Logs name the message's event and its chain: the event starts a chain of its own until a handler joins
+        the chain of the resource it acts on (shared/logs.py)."""
+        with logs.scope(event_id=message.event_id, correlation_id=message.event_id):
+            try:
+                return self._run(message)
+            finally:
+                self._flush()
 
     def reject(self, event_id: str, event_type: str, error: PermanentError, *, source: str = "") -> Handled:
         """Record an event that could not even be parsed: acknowledged, recorded, alerted, never retried.
@@ -143,6 +148,10 @@ class Bus:
         "azure-monitor") groups rejections into one alert incident, counted per dedupe window."""
         event_id, event_type = _label(event_id), _label(event_type)
         key = f"{event_id}/{event_type}"
+        with logs.scope(event_id=event_id, correlation_id=event_id):
+            return self._reject(key, event_id, event_type, error, source)
+
+    def _reject(self, key: str, event_id: str, event_type: str, error: PermanentError, source: str) -> Handled:
         try:
             state = self.ledger.claim(key, event_type=event_type, lease_seconds=self.lease_seconds)
             if state != "new":

@@ -121,7 +121,7 @@ def render_text(alert: Alert, *, detail_limit: int = 2000) -> str:
     lines = [f"[{label}] {alert.title}",
              f"  {kind} · by {alert.actor}" + (f" · {when}" if when else "")
              + (f" · event {alert.event_id}" if alert.event_id else "")
-             + (f" · chain {alert.correlation_id}" if alert.correlation_id else "")
+             + (f" · chain {alert.correlation_id}" if alert.correlation_id not in ("", alert.event_id) else "")
              + (f" · incident {alert.incident_key}" if alert.incident_key else ""),
              *("  " + line for line in (alert.summary or "").splitlines() or [""])]
     if alert.facts:
@@ -208,7 +208,7 @@ def _card(alert: Alert, detail: str, limits: dict, studio_url: str, page_url: Pa
         facts.append(("By", alert.actor))
     if alert.event_id and "Event" not in titles:
         facts.append(("Event", alert.event_id))
-    if alert.correlation_id and "Chain" not in titles:
+    if alert.correlation_id and alert.correlation_id != alert.event_id and "Chain" not in titles:
         facts.append(("Chain", alert.correlation_id))
     if len(alert.facts) > limits["facts"]:
         facts.append(("…", f"{len(alert.facts) - limits['facts']} more facts not shown"))

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from datetime import datetime, timedelta, timezone
 
-from shared import rollout
+from shared import logs, rollout
 from shared.config import Settings
 from shared.domain import OWNER_TAG, OWNER_VALUE, Alert, AuditRecord, Endpoint
 from shared.errors import (
@@ -197,6 +197,7 @@ def _execute(ctx: Context, state: EndpointState, effect: rollout.Effect, pending
                 "mlops_data_asset": model.tags.get("mlops_data_asset", ""),
                 "mlops_data_version": model.tags.get("mlops_data_version", ""),
                 "mlops_trigger_event": pending.get("event_id", "")}
+        logs.tag(tags, model.tags)  # the deployment joins its model's chain
         ws.create_deployment(name, effect.deployment, model, tags)
     elif isinstance(effect, rollout.SetTraffic):
         tags = {}

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
+from shared import logs
 from shared.cards import build_card, message_payload, render_text
 from shared.domain import ALERT_KINDS, SEVERITIES, Alert
 from shared.errors import InvalidPayload, PermanentError, ServiceRejected, TransientError
@@ -377,6 +378,8 @@ class Outbox:
                 from datetime import datetime, timezone
 
                 alert = dataclasses.replace(alert, at=datetime.fromtimestamp(self.clock(), timezone.utc).isoformat())
+            if not alert.correlation_id and logs.correlation():  # the chain the reported action belongs to
+                alert = dataclasses.replace(alert, correlation_id=logs.correlation())
             admitted = self._admit(alert)
             if admitted is None:
                 return
