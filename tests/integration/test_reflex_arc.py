@@ -265,6 +265,9 @@ def test_manual_rollback_needs_a_known_good_target_and_records_the_caller(arc):
     assert done[0].outcome == "done" and arc.traffic() == {"churn-model-v1": 100}
     assert arc.decisions("rollback")[0].actor == "http:bob"
     assert [a.severity for a in arc.notifier.alerts if a.kind == "rollback" and a.actor == "http:bob"] == ["warning"]
+    # one card per manual action: the failed attempt (m1, a 409 answered to bob) pages no one, the rollback one card
+    assert [(a.event_id, a.kind) for a in arc.notifier.alerts if a.event_id in ("m1", "m2")] == [("m2", "rollback")]
+    assert [d.actor for d in arc.decisions("failed")] == ["http:bob"]
     again = arc.rt.bus.handle(RollBack(event_id="m3", endpoint=ENDPOINT, reason="again", to_deployment="churn-model-v2",
                                        actor="http:bob"))
     assert again[0].outcome == "failed" and "itself rolled back" in again[0].reason
