@@ -375,8 +375,10 @@ def _failed(msg, job: Job, audit: AuditLog, notifier: Notifier, settings: Settin
         summary=f"Job {job.name} on {asset}:{version} ended {job.status.value}. {reason}."
                 + (" A new attempt was started." if retry else ""),
         facts=(("Job", job.name), ("Status", job.status.value), ("Data", f"{asset}:{version}"),
-               ("Attempt", f"{job.attempt} of {settings.policy.max_attempts}"),
-               ("Next", "retry" if retry else "none: fix and rerun (POST /api/reruns)")),
+               ("Attempt", f"{job.attempt} of {settings.policy.max_attempts}")),
+        next_step=(f"Nothing to do now: attempt {job.attempt + 1} was started and another card follows when it ends."
+                   if retry else f"Read the error excerpt, fix the data or the training code, then rerun the job: "
+                                 f"POST /api/reruns with {{\"job\": \"{job.name}\"}}."),
         links=_links(settings, job=job.name), incident_key=f"job:{job.name}:failed", event_id=msg.event_id,
         detail=job.error))
     follow = (StartTraining(event_id=msg.event_id, asset=asset, version=version, attempt=job.attempt + 1,

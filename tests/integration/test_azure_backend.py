@@ -165,4 +165,5 @@ def test_a_failed_azure_run_alerts_with_the_service_error_and_starts_nothing(arc
     assert result[0].outcome == "done"
     failed = next(a for a in arc.notifier.alerts if a.kind == "training_failed")
     assert "No module named 'xgboost'" in failed.detail
+    assert dict(failed.links)["Open job"].startswith("https://ml.azure.com/runs/train-churn-v1-a1?wsid=/subscriptions/")
     assert len(arc.puts("/jobs/")) == 1 and not arc.puts("/models/")

@@ -217,6 +217,7 @@ def test_a_preempted_low_priority_run_is_retried_up_to_the_attempt_limit(arc):
     assert arc.ws.get_model(MODEL, "1").tags["mlops_job"] == "train-churn-v1-a2"
     failed = next(a for a in arc.notifier.alerts if a.kind == "training_failed")
     assert failed.severity == "warning" and "preempted" in failed.detail
+    assert failed.next_step.startswith("Nothing to do now: attempt 2 was started")
 
 
 def test_a_failed_run_alerts_with_the_error_and_is_not_retried(arc):
@@ -229,6 +230,7 @@ def test_a_failed_run_alerts_with_the_error_and_is_not_retried(arc):
     assert not [j for j in arc.ws.list_jobs() if j.name.endswith("-a2")]
     alert = next(a for a in arc.notifier.alerts if a.kind == "training_failed")
     assert alert.severity == "error" and "churn" in alert.detail
+    assert 'rerun the job: POST /api/reruns with {"job": "train-churn-v9-a1"}' in alert.next_step
 
 
 def test_runs_the_automation_did_not_start_are_recorded_and_ignored(arc):
