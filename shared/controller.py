@@ -297,7 +297,8 @@ def _project(ctx: Context, decision: Decision, after: EndpointState, *, before: 
     if facts.get("health"):
         rows.append((f"Health, last {facts.get('health_window_minutes')} min", health_line(facts["health"])))
     rows.append(("By", actor))
-    links = ctx.links(endpoint=name)
+    # The endpoint, and the model the card is about: the canary under test, else the one serving now.
+    links = ctx.links(endpoint=name, model=after.canary_model or after.stable_model)
     if decision.action == "await_approval" and decision.facts.get("approval_id"):
         links = (("Review and approve", approval_url(ctx.settings, str(decision.facts["approval_id"]))), *links)
         rows.append(("Expires", str(decision.facts.get("expires_at", ""))))

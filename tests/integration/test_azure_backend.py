@@ -197,3 +197,4 @@ def test_the_chain_id_reaches_every_azure_resource_and_the_rollback_card_says_wh
         f"https://ml.azure.com/endpoints/realtime/{ENDPOINT}/detail?wsid=/subscriptions/{arc.fake.subscription_id}"
         f"/resourceGroups/{arc.fake.resource_group}/providers/Microsoft.MachineLearningServices/workspaces/"
         f"{arc.fake.workspace}")
+    assert dict(card.links)["Open model"].startswith(f"https://ml.azure.com/model/{MODEL}:1/details?wsid=")
