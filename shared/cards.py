@@ -81,31 +81,32 @@ def build_card(alert: Alert, *, studio_url: str = "", page_url: PageLink | None 
     ``studio_url`` turns relative links (``/runs/...``) into absolute ones; ``page_url`` builds the endpoint
     page's address (shared/links.py) for an "Open page" button. Key-protected routes are never linked.
     """
+    base = alert
     for limits in (_LIMITS, _TIGHT):
-        card = _card(alert, "", limits, studio_url, page_url)
+        card = _card(base, "", limits, studio_url, page_url)
         if card_size(card) <= MAX_CARD_BYTES:
             break
     else:
         # Even the tight layout is too big (pathological input): fall back to the header and summary only.
-        card = _card(dataclasses.replace(alert, facts=(), links=(), detail="", incident_key=alert.incident_key[:200],
-                                         event_id=alert.event_id[:200], correlation_id=alert.correlation_id[:200],
-                                         next_step=alert.next_step[:1000]),
-                     "", _TIGHT, studio_url, page_url)
+        base = dataclasses.replace(alert, facts=(), links=(), incident_key=alert.incident_key[:200],
+                                   event_id=alert.event_id[:200], correlation_id=alert.correlation_id[:200],
+                                   next_step=alert.next_step[:1000])
         limits = _TIGHT
+        card = _card(base, "", limits, studio_url, page_url)
     if not alert.detail:
         return card
-    full = _card(alert, alert.detail, limits, studio_url, page_url)
+    full = _card(base, alert.detail, limits, studio_url, page_url)
     if card_size(full) <= MAX_CARD_BYTES:
         return full
     # Binary search for the longest excerpt that fits: JSON escaping makes bytes-per-character unpredictable.
     lo, hi = 0, len(alert.detail)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if card_size(_card(alert, clip(alert.detail, mid), limits, studio_url, page_url)) <= MAX_CARD_BYTES:
+        if card_size(_card(base, clip(alert.detail, mid), limits, studio_url, page_url)) <= MAX_CARD_BYTES:
             lo = mid
         else:
             hi = mid - 1
-    return _card(alert, clip(alert.detail, lo), limits, studio_url, page_url)
+    return _card(base, clip(alert.detail, lo), limits, studio_url, page_url)
 
 
 def message_payload(card: dict) -> dict:
