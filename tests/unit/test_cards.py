@@ -223,22 +223,24 @@ def test_rollback_shows_from_and_to_once_and_the_signal_behind_it():
     assert "Signal: **psi 0.310 (threshold 0.200) on tenure_months**" in texts(card)
 
 
-def _shown_texts(card: dict) -> list[str]:
-    """Every fact title and every TextBlock label of the evidence, in order."""
-    out: list[str] = []
+def _dicts(node):
+    """Every object in a card, depth first."""
+    if isinstance(node, dict):
+        yield node
+        node = list(node.values())
+    if isinstance(node, list):
+        for item in node:
+            yield from _dicts(item)
 
-    def walk(node):
-        if isinstance(node, dict):
-            if node.get("type") == "FactSet":
-                out.extend(f["title"] for f in node["facts"])
-            elif node.get("type") == "Column" and node.get("items"):
-                out.append(node["items"][0]["text"])  # a column's label (From, To, Metric, ...)
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-    walk(card["body"])
+
+def _shown_texts(card: dict) -> list[str]:
+    """Every fact title and every column label (From, To, Metric, ...) of the body, in order."""
+    out: list[str] = []
+    for node in _dicts(card["body"]):
+        if node.get("type") == "FactSet":
+            out.extend(f["title"] for f in node["facts"])
+        elif node.get("type") == "Column" and node.get("items"):
+            out.append(node["items"][0]["text"])
     return out
 
 
@@ -247,17 +249,9 @@ def test_no_card_shows_a_fact_twice(kind):
     card = build_card(alert(kind, actor="http:alice", correlation_id="c-1"), page_url=page_url)
     labels = [t for t in _shown_texts(card) if t != "→"]
     assert len(labels) == len(set(labels)), labels
-    leaves: list[str] = []  # every text and fact value in the body (the links may name a job again)
-
-    def walk(node):
-        if isinstance(node, dict):
-            leaves.extend(v for k, v in node.items() if k in ("text", "value") and isinstance(v, str))
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-    walk(card["body"])
+    # every text and fact value in the body (the links may name a job again)
+    leaves = [v for node in _dicts(card["body"]) for k, v in node.items() if k in ("text", "value")
+              and isinstance(v, str)]
     for title, value in FACTS[kind]:
         shown = [leaf for leaf in leaves if leaf == value or f"**{value}**" in leaf]
         assert len(shown) == 1, (title, value, shown)
