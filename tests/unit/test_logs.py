@@ -115,3 +115,20 @@ def test_application_insights_gets_the_apps_loggers_with_the_ids(monkeypatch):
     finally:
         for name in logs.LOGGERS:
             logging.getLogger(name).removeHandler(exporter)
+
+
+def test_every_trigger_declares_an_unannotated_context_the_worker_can_pass():
+    """The Python worker passes func.Context to a function that has a ``context`` parameter; it resolves the other
+    annotations with typing.get_type_hints, which must still work through the wrapper."""
+    import typing
+
+    import function_app
+    from shared.local.host import index
+
+    functions = index(function_app.app)
+    assert len(functions) >= 10
+    for f in functions:
+        params = inspect.signature(f.call).parameters
+        assert list(params)[-1] == "context" and f.arg_name in params, f.name
+        hints = typing.get_type_hints(f.call)
+        assert "context" not in hints and hints[f.arg_name].__module__.startswith("azure.functions"), f.name
