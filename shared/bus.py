@@ -6,8 +6,9 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from shared import logs
 from shared.domain import Alert, AuditRecord
-from shared.errors import PermanentError, TransientError
+from shared.errors import Conflict, InvalidPayload, NotFound, PermanentError, TransientError
 from shared.messages import Message
 from shared.ports import AuditLog, Ledger, Notifier
 from shared.redact import redact
@@ -29,6 +30,8 @@ class Handled:
 
 
 Handler = Callable[[Message], Handled]
+# What a person's request can get wrong (answered 400/404/409 by the HTTP triggers): audited, not paged.
+CLIENT_ERRORS = (InvalidPayload, NotFound, Conflict)
 LABEL_CHARS = 200
 
 
@@ -127,11 +130,15 @@ class Bus:
         self.max_unexpected_attempts = max(1, int(max_unexpected_attempts))
 
     def handle(self, message: Message) -> list[Handled]:
-        """Handle a message and its follow-ups. Raises TransientError for the trigger to surface (redelivery)."""
-        try:
-            return self._run(message)
-        finally:
-            self._flush()
+        """Handle a message and its follow-ups. Raises TransientError for the trigger to surface (redelivery).
+
+        Logs name the message's event and its chain: the event starts a chain of its own until a handler joins
+        the chain of the resource it acts on (shared/logs.py)."""
+        with logs.scope(event_id=message.event_id, correlation_id=message.event_id):
+            try:
+                return self._run(message)
+            finally:
+                self._flush()
 
     def reject(self, event_id: str, event_type: str, error: PermanentError, *, source: str = "") -> Handled:
         """Record an event that could not even be parsed: acknowledged, recorded, alerted, never retried.
@@ -141,6 +148,10 @@ class Bus:
         "azure-monitor") groups rejections into one alert incident, counted per dedupe window."""
         event_id, event_type = _label(event_id), _label(event_type)
         key = f"{event_id}/{event_type}"
+        with logs.scope(event_id=event_id, correlation_id=event_id):
+            return self._reject(key, event_id, event_type, error, source)
+
+    def _reject(self, key: str, event_id: str, event_type: str, error: PermanentError, source: str) -> Handled:
         try:
             state = self.ledger.claim(key, event_type=event_type, lease_seconds=self.lease_seconds)
             if state != "new":
@@ -224,20 +235,32 @@ class Bus:
             self.ledger.complete(sub_key, error.outcome, f"{message.type} {message.event_id}: {reason}"[:2000],
                                  token=sub_token)
         held.clear()
-        self._record_failure(key, message.event_id, message.type, error, token=token)
+        actor = str(getattr(message, "actor", "") or "automation")
+        self._record_failure(key, message.event_id, message.type, error, token=token, actor=actor,
+                             page=not (actor != "automation" and isinstance(error, CLIENT_ERRORS)))
         return [Handled(error.outcome, reason, message=message.type, event_id=message.event_id,
                         data={"error": type(error).__name__})]
 
     def _record_failure(self, key: str, event_id: str, event_type: str, error: PermanentError, *,
-                        token: str | None = None, source: str = "") -> None:
+                        token: str | None = None, source: str = "", actor: str = "automation",
+                        page: bool = True) -> None:
+        """Complete the claim with the failure, audit it in the name of whoever asked (a person's failed request
+        is theirs, not the automation's) and, when ``page``, alert. A person's request the caller got wrong (a
+        client error, answered to them over HTTP with a 4xx) is audited but pages no one."""
         reason = redact(str(error))
-        logger.error("%s %s %s: %s", event_type, event_id, error.outcome, reason)
+        if page:
+            logger.error("%s %s %s: %s", event_type, event_id, error.outcome, reason)
+        else:
+            logger.info("%s %s %s (answered to %s, not alerted): %s", event_type, event_id, error.outcome, actor,
+                        reason)
         if self.ledger.complete(key, error.outcome, reason, token=token) is False:
             return  # no longer ours (a worker that took over settles it): no second audit record or alert
         self.audit.append(AuditRecord(event_id=event_id, message=event_type, decision=error.outcome,
-                                      reason=reason, actor="automation",
+                                      reason=reason, actor=actor,
                                       facts={"error": type(error).__name__,
                                              "field": getattr(error, "field", None) or ""}))
+        if not page:
+            return
         self.notifier.notify(Alert(
             kind="event_rejected", severity="error",
             title=f"{event_type} {error.outcome}: {type(error).__name__}",
@@ -249,7 +272,7 @@ class Bus:
             # real alerts in the outbox. A message that failed is its own incident.
             incident_key=f"rejected:{_label(source) if source else event_type}" if error.outcome == "rejected"
             else f"failed:{event_id}",
-            event_id=event_id))
+            actor=actor, event_id=event_id))
 
     def _flush(self) -> None:
         # Alerts leave only after the action they report is recorded; delivery never fails the action.

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from datetime import datetime, timedelta, timezone
 
-from shared import rollout
+from shared import logs, rollout
 from shared.config import Settings
 from shared.domain import OWNER_TAG, OWNER_VALUE, Alert, AuditRecord, Endpoint
 from shared.errors import (
@@ -197,6 +197,7 @@ def _execute(ctx: Context, state: EndpointState, effect: rollout.Effect, pending
                 "mlops_data_asset": model.tags.get("mlops_data_asset", ""),
                 "mlops_data_version": model.tags.get("mlops_data_version", ""),
                 "mlops_trigger_event": pending.get("event_id", "")}
+        logs.tag(tags, model.tags)  # the deployment joins its model's chain
         ws.create_deployment(name, effect.deployment, model, tags)
     elif isinstance(effect, rollout.SetTraffic):
         tags = {}
@@ -287,12 +288,17 @@ def _project(ctx: Context, decision: Decision, after: EndpointState, *, before: 
     signal = facts.get("signal") or {}
     if signal.get("metric"):
         value = signal.get("value")
-        rows.append(("Signal", f"{signal['metric']} {value:.3f}" if isinstance(value, (int, float)) else
-                     str(signal["metric"])))
+        threshold = signal.get("threshold")
+        rows.append(("Signal", (f"{signal['metric']} {value:.3f}" if isinstance(value, (int, float)) else
+                                str(signal["metric"]))
+                     + (f" (threshold {threshold:.3f})" if isinstance(threshold, (int, float)) else "")
+                     + (f" on {signal['feature']}" if signal.get("feature") else "")
+                     + (f", from {signal['source']}" if signal.get("source") else "")))
     if facts.get("health"):
         rows.append((f"Health, last {facts.get('health_window_minutes')} min", health_line(facts["health"])))
     rows.append(("By", actor))
-    links = ctx.links(endpoint=name)
+    # The endpoint, and the model the card is about: the canary under test, else the one serving now.
+    links = ctx.links(endpoint=name, model=after.canary_model or after.stable_model)
     if decision.action == "await_approval" and decision.facts.get("approval_id"):
         links = (("Review and approve", approval_url(ctx.settings, str(decision.facts["approval_id"]))), *links)
         rows.append(("Expires", str(decision.facts.get("expires_at", ""))))

@@ -254,6 +254,9 @@ class Alert:
     actor: str = "automation"
     event_id: str = ""
     detail: str = ""  # long text (error log excerpt); channels may truncate it
+    next_step: str = ""  # what a person should do now; empty: the kind's runbook step (shared/cards.py)
+    at: str = ""  # ISO 8601 UTC time the alert was raised; the outbox stamps it when empty
+    correlation_id: str = ""  # the chain (data event → job → model → deployment) this alert belongs to
 
 
 ALERT_KINDS = (

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from shared import controller, rollout
+from shared import controller, logs, rollout
 from shared import policy as rules
 from shared.bus import Handled
 from shared.config import Settings
@@ -91,20 +91,10 @@ def _audit_once(audit: AuditLog, clock: Clock, msg, decision: str, reason: str, 
 
 
 def _links(settings: Settings, **kinds: str) -> tuple[tuple[str, str], ...]:
-    """Studio links (Azure) for the named resources; the embedded backend has none."""
-    if settings.backend != "azure":
-        return ()
-    ws = (f"?wsid=/subscriptions/{settings.subscription_id}/resourceGroups/{settings.resource_group}"
-          f"/providers/Microsoft.MachineLearningServices/workspaces/{settings.workspace}")
-    base = settings.studio_url.rstrip("/")
-    out = []
-    if "job" in kinds:
-        out.append(("Open job", f"{base}/runs/{kinds['job']}{ws}"))
-    if "model" in kinds:
-        out.append(("Open model", f"{base}/model/{kinds['model']}{ws}"))
-    if "endpoint" in kinds:
-        out.append(("Open endpoint", f"{base}/endpoints/realtime/{kinds['endpoint']}/detail{ws}"))
-    return tuple(out)
+    """Studio links (Azure) for the named resources (shared/links.py); the embedded backend has none."""
+    from shared.links import studio_links
+
+    return studio_links(settings, **kinds)
 
 
 # --- data → training ---------------------------------------------------------------------------------
@@ -114,7 +104,7 @@ def data_registered(msg: DataRegistered, *, workspace: Workspace, audit: AuditLo
     """Register the landed data version (or check it exists) and ask for a training run on it."""
     if msg.register:
         asset = workspace.register_data(msg.asset, msg.version, msg.path,
-                                        tags={TAG_EVENT: msg.event_id, OWNER_TAG: OWNER_VALUE})
+                                        tags=logs.tag({TAG_EVENT: msg.event_id, OWNER_TAG: OWNER_VALUE}))
         decision = "register_data"
     else:
         asset = workspace.get_data(msg.asset, msg.version)  # NotFound → rejected: nothing to train on
@@ -157,9 +147,9 @@ def start_training(msg: StartTraining, *, workspace: Workspace, audit: AuditLog,
     name = training_job_name(data.name, data.version, attempt)
     spec = TrainingJobSpec(
         name=name, asset=data.name, data_version=data.version, attempt=attempt,
-        tags={OWNER_TAG: OWNER_VALUE, TAG_ASSET: data.name, TAG_DATA_VERSION: data.version,
-              TAG_ATTEMPT: str(attempt), TAG_EVENT: msg.event_id, TAG_CODE: code_version(settings),
-              TAG_ACTOR: msg.actor},
+        tags=logs.tag({OWNER_TAG: OWNER_VALUE, TAG_ASSET: data.name, TAG_DATA_VERSION: data.version,
+                       TAG_ATTEMPT: str(attempt), TAG_EVENT: msg.event_id, TAG_CODE: code_version(settings),
+                       TAG_ACTOR: msg.actor}),
         compute=settings.compute, low_priority=settings.low_priority, max_run_seconds=settings.max_run_seconds)
     existed = _exists(workspace, name)
     job = workspace.submit_training(spec)
@@ -213,6 +203,7 @@ def run_finished(msg: RunFinished, *, workspace: Workspace, metrics: RunMetrics,
         job = workspace.get_job(msg.job_name)
     except NotFound:
         return Handled("ignored", f"job {msg.job_name} is unknown to this workspace")
+    logs.adopt(job.tags)  # this completion belongs to the chain that started the job
     if not job.owned:
         _audit(audit, clock, msg, "ignore", f"{job.name} was not started by the automation", facts={"job": job.name})
         return Handled("ignored", f"{job.name} was not started by the automation")
@@ -331,6 +322,7 @@ def _completed(msg, job: Job, workspace: Workspace, metrics: RunMetrics, audit: 
     tags = {OWNER_TAG: OWNER_VALUE, TAG_JOB: job.name, TAG_ASSET: asset, TAG_DATA_VERSION: version,
             TAG_CODE: job.tags.get(TAG_CODE, ""), TAG_EVENT: job.tags.get(TAG_EVENT, ""),
             "mlops_run_event": msg.event_id, TAG_GATE: "approved", TAG_GATE_REASON: verdict.reason[:250]}
+    logs.tag(tags, job.tags)
     # repr keeps every digit: the next gate compares with these exact values, and a rounded champion would let
     # an identical retrain "beat" it (or not) depending on which way the rounding fell.
     tags.update({f"{TAG_METRIC_PREFIX}{k}": repr(float(v)) for k, v in measured.items()})
@@ -383,8 +375,10 @@ def _failed(msg, job: Job, audit: AuditLog, notifier: Notifier, settings: Settin
         summary=f"Job {job.name} on {asset}:{version} ended {job.status.value}. {reason}."
                 + (" A new attempt was started." if retry else ""),
         facts=(("Job", job.name), ("Status", job.status.value), ("Data", f"{asset}:{version}"),
-               ("Attempt", f"{job.attempt} of {settings.policy.max_attempts}"),
-               ("Next", "retry" if retry else "none: fix and rerun (POST /api/reruns)")),
+               ("Attempt", f"{job.attempt} of {settings.policy.max_attempts}")),
+        next_step=(f"Nothing to do now: attempt {job.attempt + 1} was started and another card follows when it ends."
+                   if retry else f"Read the error excerpt, fix the data or the training code, then rerun the job: "
+                                 f"POST /api/reruns with {{\"job\": \"{job.name}\"}}."),
         links=_links(settings, job=job.name), incident_key=f"job:{job.name}:failed", event_id=msg.event_id,
         detail=job.error))
     follow = (StartTraining(event_id=msg.event_id, asset=asset, version=version, attempt=job.attempt + 1,
@@ -582,6 +576,7 @@ def advance_rollouts(msg: AdvanceRollouts, *, workspace: Workspace, audit: Audit
 # --- audit-only events ---------------------------------------------------------------------------------
 
 def model_registered(msg: ModelRegistered, *, audit: AuditLog, clock: Clock) -> Handled:
+    logs.adopt(msg.tags)
     by = "automation" if msg.tags.get(OWNER_TAG) == OWNER_VALUE else "outside the automation"
     _audit(audit, clock, msg, "observe", f"model {msg.name}:{msg.version} registered ({by})",
            facts={"model": msg.name, "version": msg.version, "tags": msg.tags})

@@ -20,9 +20,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
+from shared import logs
 from shared.cards import build_card, message_payload, render_text
 from shared.domain import ALERT_KINDS, SEVERITIES, Alert
 from shared.errors import InvalidPayload, PermanentError, ServiceRejected, TransientError
+from shared.links import PageLink
 from shared.ports import OutboxStore
 
 if TYPE_CHECKING:  # httpx only when Teams is configured: importing this module stays light
@@ -56,7 +58,8 @@ class Channel(Protocol):
 class TeamsChannel:
     """One Workflows webhook URL. The URL is kept out of repr and logs; ``key`` is its fingerprint."""
 
-    def __init__(self, url: str, webhook: TeamsWebhook, *, studio_url: str = "", status_url: str = "") -> None:
+    def __init__(self, url: str, webhook: TeamsWebhook, *, studio_url: str = "",
+                 page_url: PageLink | None = None) -> None:
         from shared.adapters.teams import fingerprint
 
         self._url = url
@@ -64,13 +67,13 @@ class TeamsChannel:
         self.key = "teams:" + fingerprint(url)
         self.label = self.key
         self.studio_url = studio_url
-        self.status_url = status_url
+        self.page_url = page_url
 
     def __repr__(self) -> str:
         return f"TeamsChannel({self.key})"
 
     def send(self, alert: Alert, *, time_left: float | None = None) -> None:
-        card = build_card(alert, studio_url=self.studio_url, status_url=self.status_url)
+        card = build_card(alert, studio_url=self.studio_url, page_url=self.page_url)
         self.webhook.post(self._url, message_payload(card), time_budget=time_left)
 
 
@@ -229,12 +232,12 @@ class Router:
     """Turns an alert into the channels it goes to: routed Teams webhooks plus the always-on local channels."""
 
     def __init__(self, table: RoutingTable | None = None, *, webhook: TeamsWebhook | None = None,
-                 always: Sequence[Channel] = (), studio_url: str = "", status_url: str = "") -> None:
+                 always: Sequence[Channel] = (), studio_url: str = "", page_url: PageLink | None = None) -> None:
         self.table = table or RoutingTable()
         self.always = tuple(always)
         if self.table.urls and webhook is None:
             raise ValueError("webhook URLs are configured but no TeamsWebhook was given")
-        self._teams = {url: TeamsChannel(url, webhook, studio_url=studio_url, status_url=status_url)
+        self._teams = {url: TeamsChannel(url, webhook, studio_url=studio_url, page_url=page_url)
                        for url in self.table.urls}
 
     def __repr__(self) -> str:
@@ -371,6 +374,12 @@ class Outbox:
     def notify(self, alert: Alert) -> None:
         """Dedupe, route and queue the alert. Never sends inline and never raises into the reported action."""
         try:
+            if not alert.at:  # the time it was raised, not the time it is finally delivered
+                from datetime import datetime, timezone
+
+                alert = dataclasses.replace(alert, at=datetime.fromtimestamp(self.clock(), timezone.utc).isoformat())
+            if not alert.correlation_id and logs.correlation():  # the chain the reported action belongs to
+                alert = dataclasses.replace(alert, correlation_id=logs.correlation())
             admitted = self._admit(alert)
             if admitted is None:
                 return
@@ -571,8 +580,9 @@ def build_notifier(settings: Any, *, store: OutboxStore, client: httpx.Client | 
             client = httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False)
             closers.append(client.close)
         webhook = TeamsWebhook(client)
-    router = Router(table, webhook=webhook, always=always, studio_url=settings.studio_url,
-                    status_url=settings.status_url)
+    # The endpoint page link: wire the page's URL builder here (shared/links.py explains); GET /api/status is
+    # key-protected and is never linked from a card.
+    router = Router(table, webhook=webhook, always=always, studio_url=settings.studio_url, page_url=None)
     logger.info("notifier: %d Teams webhook(s), %d route(s), failures-only %s, local channels %s",
                 len(table.urls), len(table.routes), table.failures_only, [c.key for c in always] or "none")
     return Outbox(store, router, clock=clock, closers=closers, **options)

@@ -24,8 +24,10 @@ RUNTIME_FILE = "local-host.json"
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from shared import logs
+
+    # JSON lines with the invocation, event and chain ids (docs/observability.md)
+    logs.setup_local(logging.DEBUG if args.verbose else logging.INFO)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the story
     try:
         return args.run(args)

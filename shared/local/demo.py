@@ -366,6 +366,22 @@ class Demo:
         for name in failed:
             print(f"  FAILED: {name}")
 
+    def delivery(self, budget_seconds: float) -> bool:
+        """With Teams configured: wait (within the budget) for the cards still on their way, print the delivery
+        summary, and say whether every card reached Teams in time. Without Teams: nothing to check."""
+        from shared.local.delivery import drain
+
+        outbox = self.rt.notifier
+        router = getattr(outbox, "router", None)
+        if router is None or not router.table.urls:
+            return True
+        summary = drain(outbox, outbox.store, budget_seconds=budget_seconds)
+        red, green, plain = ("\033[31m", "\033[32m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
+        print("\n=== Delivery")
+        for line in summary.lines():
+            print(f"{green if summary.ok else red}{line}{plain}")
+        return summary.ok
+
     def close(self) -> None:
         self.scoring.close()
         self.http.close()
@@ -391,18 +407,26 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Run the whole scenario offline.")
     ap.add_argument("--home", type=Path, default=Path(".demo"), help="state folder, recreated on each run")
     ap.add_argument("--alerts", action="store_true", help="print every alert in full, as the console channel renders it")
+    ap.add_argument("--card-budget", type=float, default=60.0, metavar="SECONDS",
+                    help="with Teams configured, fail unless every card reaches Teams within this many seconds")
     args = ap.parse_args(argv)
     shutil.rmtree(args.home, ignore_errors=True)
     import logging
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from shared import logs
+
+    logs.setup_local(logging.WARNING)  # JSON lines (docs/observability.md); the story itself is printed
     demo = Demo(args.home, verbose_alerts=args.alerts)
+    delivered = False
     try:
         ok = demo.run()
     finally:
         demo.report()
-        demo.close()
-    return 0 if ok else 1
+        try:
+            delivered = demo.delivery(args.card_budget)
+        finally:
+            demo.close()
+    return 0 if ok and delivered else 1
 
 
 if __name__ == "__main__":

@@ -215,6 +215,16 @@ class SqliteOutbox:
 
     # --- views -------------------------------------------------------------------------------------------
 
+    def history(self) -> list[tuple[int, Alert, str, float, dict[str, float]]]:
+        """Every alert: (id, alert, status, queued at, {target: delivered at}), oldest first (epoch seconds)."""
+        conn = self._conn()
+        times: dict[int, dict[str, float]] = {}
+        for alert_id, target, at in conn.execute("SELECT alert_id, target, at FROM deliveries"):
+            times.setdefault(alert_id, {})[target] = at
+        return [(alert_id, alert_from_json(raw), status, created, times.get(alert_id, {}))
+                for alert_id, raw, status, created in
+                conn.execute("SELECT id, alert, status, created_at FROM alerts ORDER BY id")]
+
     def status(self, alert_id: int) -> dict[str, object] | None:
         """Status, attempts, next try (epoch seconds) and last error of one alert; for status views and tests."""
         row = self._conn().execute("SELECT status, attempts, next_try, last_error, kind FROM alerts WHERE id = ?",

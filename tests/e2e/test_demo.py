@@ -23,6 +23,7 @@ def test_the_demo_passes_every_stage_and_posts_each_alert_to_the_webhook(tmp_pat
         assert demo.main(["--home", str(tmp_path / "demo")]) == 0
         out = capsys.readouterr().out
         assert "0 failed" in out and "FAIL " not in out
+        assert "=== Delivery" in out and "every card reached Teams in time" in out
         cards = [h.card for h in hook.hits_for("demo")]
         assert all(h.path == path_of("demo") for h in hook.hits)
         assert all(c.get("type") == "AdaptiveCard" and c.get("version") == "1.5" for c in cards)

@@ -165,4 +165,36 @@ def test_a_failed_azure_run_alerts_with_the_service_error_and_starts_nothing(arc
     assert result[0].outcome == "done"
     failed = next(a for a in arc.notifier.alerts if a.kind == "training_failed")
     assert "No module named 'xgboost'" in failed.detail
+    assert dict(failed.links)["Open job"].startswith("https://ml.azure.com/runs/train-churn-v1-a1?wsid=/subscriptions/")
     assert len(arc.puts("/jobs/")) == 1 and not arc.puts("/models/")
+
+
+def test_the_chain_id_reaches_every_azure_resource_and_the_rollback_card_says_why(arc):
+    first = arc.land("1")
+    arc.deliver(first)
+    arc.deliver(arc.finish("train-churn-v1-a1", auc=0.80, logloss=0.45))
+    chain = first["id"]
+    [data_put] = arc.puts("/data/churn/versions/1")
+    [job_put] = arc.puts("/jobs/train-churn-v1-a1")
+    [model_put] = arc.puts(f"/models/{MODEL}/versions/1")
+    deployment_puts = arc.puts("/deployments/churn-model-v1")
+    assert deployment_puts
+    for put in (data_put, job_put, model_put, *deployment_puts):
+        tags = put.json["properties"].get("tags") or put.json.get("tags")  # deployments: an ARM tracked resource
+        assert tags["mlops_correlation"] == chain, put.path
+
+    arc.clock.advance(minutes=30)
+    arc.deliver(arc.land("2"))
+    arc.deliver(arc.finish("train-churn-v2-a1", auc=0.86, logloss=0.40))
+    arc.clock.advance(minutes=10)
+    drift = wire.custom("MLOps.DriftDetected", f"endpoints/{ENDPOINT}",
+                        {"endpoint": ENDPOINT, "metric": "psi", "value": 0.4, "threshold": 0.2})
+    arc.deliver(drift)
+    card = next(a for a in arc.notifier.alerts if a.kind == "rollback")
+    facts = dict(card.facts)
+    assert facts["Signal"].startswith("psi 0.400 (threshold 0.200)")
+    assert dict(card.links)["Open endpoint"] == (
+        f"https://ml.azure.com/endpoints/realtime/{ENDPOINT}/detail?wsid=/subscriptions/{arc.fake.subscription_id}"
+        f"/resourceGroups/{arc.fake.resource_group}/providers/Microsoft.MachineLearningServices/workspaces/"
+        f"{arc.fake.workspace}")
+    assert dict(card.links)["Open model"].startswith(f"https://ml.azure.com/model/{MODEL}:1/details?wsid=")

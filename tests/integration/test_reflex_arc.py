@@ -217,6 +217,7 @@ def test_a_preempted_low_priority_run_is_retried_up_to_the_attempt_limit(arc):
     assert arc.ws.get_model(MODEL, "1").tags["mlops_job"] == "train-churn-v1-a2"
     failed = next(a for a in arc.notifier.alerts if a.kind == "training_failed")
     assert failed.severity == "warning" and "preempted" in failed.detail
+    assert failed.next_step.startswith("Nothing to do now: attempt 2 was started")
 
 
 def test_a_failed_run_alerts_with_the_error_and_is_not_retried(arc):
@@ -229,6 +230,7 @@ def test_a_failed_run_alerts_with_the_error_and_is_not_retried(arc):
     assert not [j for j in arc.ws.list_jobs() if j.name.endswith("-a2")]
     alert = next(a for a in arc.notifier.alerts if a.kind == "training_failed")
     assert alert.severity == "error" and "churn" in alert.detail
+    assert 'rerun the job: POST /api/reruns with {"job": "train-churn-v9-a1"}' in alert.next_step
 
 
 def test_runs_the_automation_did_not_start_are_recorded_and_ignored(arc):
@@ -265,6 +267,9 @@ def test_manual_rollback_needs_a_known_good_target_and_records_the_caller(arc):
     assert done[0].outcome == "done" and arc.traffic() == {"churn-model-v1": 100}
     assert arc.decisions("rollback")[0].actor == "http:bob"
     assert [a.severity for a in arc.notifier.alerts if a.kind == "rollback" and a.actor == "http:bob"] == ["warning"]
+    # one card per manual action: the failed attempt (m1, a 409 answered to bob) pages no one, the rollback one card
+    assert [(a.event_id, a.kind) for a in arc.notifier.alerts if a.event_id in ("m1", "m2")] == [("m2", "rollback")]
+    assert [d.actor for d in arc.decisions("failed")] == ["http:bob"]
     again = arc.rt.bus.handle(RollBack(event_id="m3", endpoint=ENDPOINT, reason="again", to_deployment="churn-model-v2",
                                        actor="http:bob"))
     assert again[0].outcome == "failed" and "itself rolled back" in again[0].reason

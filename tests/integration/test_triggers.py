@@ -195,3 +195,40 @@ class _Flushing:
     def flush(self, max_seconds: float = 5.0) -> int:
         self.calls.append(max_seconds)
         return 0
+
+
+def test_a_failed_manual_rollback_is_audited_as_its_requester_and_pages_no_one(app):
+    h, functions = app
+    r = functions["rollbacks"](post("rollbacks", {"endpoint": "nope", "reason": "test", "actor": "carol"}))
+    assert r.status_code == 404
+    failed = [d for d in h.decisions() if d.message == "RollBack"]
+    assert [(d.decision, d.actor) for d in failed] == [("failed", "http:carol")]
+    assert h.notifier.kinds() == [], "the caller got the 404; Teams is not paged for it"
+
+
+def test_a_failed_manual_rerun_is_audited_as_the_signed_in_person(tmp_path, functions):
+    import base64
+
+    h = Harness(tmp_path, env={"MLOPS_APPROVAL_AUTH": "easyauth"})
+    function_app.use_runtime(h.rt)
+    try:
+        principal = base64.b64encode(json.dumps({"claims": [{"typ": "name", "val": "dana@contoso.example"}]})
+                                     .encode()).decode()
+        r = functions["reruns"](post("reruns", {"job": "train-nothing-v1-a1", "actor": "someone-else"},
+                                     {"x-ms-client-principal": principal}))
+        assert r.status_code == 404
+        assert [(d.decision, d.actor) for d in h.decisions() if d.message == "RerunJob"] == \
+            [("failed", "user:dana@contoso.example")]
+        assert h.notifier.kinds() == []
+    finally:
+        function_app.use_runtime(None)
+        h.close()
+
+
+def test_an_automated_failure_still_pages(app):
+    h, _ = app
+    from shared.messages import StartTraining
+
+    h.rt.bus.handle(StartTraining(event_id="drift-1", asset="churn", version="404", reason="drift"))
+    assert [d.actor for d in h.decisions() if d.message == "StartTraining"] == ["automation"]
+    assert h.notifier.kinds() == ["event_rejected"]

@@ -7,6 +7,7 @@ import json
 import httpx
 
 from shared.domain import Alert
+from shared.local import wire
 from shared.local.outbox import SqliteOutbox
 from shared.notify import Outbox, Router
 from tests.helpers import EpochClock, Recorder
@@ -15,20 +16,30 @@ from tests.reliability.test_ingress import WEBHOOK, served  # noqa: F401 - the s
 NOTIFY = {"aeg-event-type": "Notification"}
 
 
-def test_a_flood_of_junk_events_makes_one_card_and_a_real_failure_still_gets_its_own(served):  # noqa: F811
+def test_a_flood_of_junk_events_makes_one_card_and_a_real_alert_still_gets_its_own(served):  # noqa: F811
     host, runtime = served
     with httpx.Client(timeout=10) as client:
         for i in range(300):
             r = client.post(host.url + WEBHOOK, params={"functionName": "on_custom_event", "code": host.key},
                             headers=NOTIFY, content=json.dumps([{"id": f"junk-{i}", "eventType": 7}]).encode())
             assert r.status_code == 202
-        real = client.post(host.url + "/api/rollbacks", params={"code": host.key},
-                           json={"endpoint": "churn-endpoint", "reason": "manual rollback after the flood"})
-    assert real.status_code in (404, 409, 422)  # nothing to roll back on an empty workspace: recorded and alerted
+        # A real alert: drift reported by our monitor (nothing to act on here, so it is recorded and alerted).
+        real = client.post(host.url + WEBHOOK, params={"functionName": "on_custom_event", "code": host.key},
+                           headers=NOTIFY, content=json.dumps([wire.custom(
+                               "MLOps.DriftDetected", "endpoints/churn-endpoint",
+                               {"endpoint": "churn-endpoint", "metric": "psi", "value": 0.4, "threshold": 0.2})]))
+        assert real.status_code == 202
+        # A person's request that fails on their side (nothing to roll back: 404) is answered to them and audited,
+        # and pages no one.
+        manual = client.post(host.url + "/api/rollbacks", params={"code": host.key},
+                             json={"endpoint": "churn-endpoint", "reason": "manual rollback after the flood"})
+    assert manual.status_code == 404
     stats = runtime.notifier.store.stats()
     assert stats["suppressed"] == 299  # every junk event is counted...
     assert stats["pending"] + stats["delivered"] == 2  # ...but the outbox holds one junk card and the real one
     assert len(runtime.audit.recent(limit=1000, decisions=["rejected"])) == 300  # and each is still on record
+    assert [(r.message, r.actor) for r in runtime.audit.recent(limit=1000, decisions=["failed"])] == [
+        ("RollBack", "http:http-caller")]
 
 
 def test_the_next_card_after_the_window_is_a_digest_with_the_count_and_samples(tmp_path):

@@ -456,3 +456,16 @@ def test_an_alert_whose_target_has_no_slot_does_not_hold_up_the_others(store, cl
     assert [a.title for a in rec.sent] == ["training_failed next"]
     held = store.status(1)
     assert held["status"] == "pending" and held["attempts"] == 0 and held["next_try"] <= clock.now
+
+
+def test_queued_alerts_carry_the_time_they_were_raised_and_the_chain_they_belong_to(store, clock):
+    from shared import logs
+
+    outbox = outbox_with(store, clock, ConsoleChannel(io.StringIO()))
+    with logs.scope(event_id="evt-run-2", correlation_id="evt-blob-1"):
+        outbox.notify(alert(key="a"))
+    outbox.notify(alert(key="b", at="2026-01-01T00:00:00+00:00", correlation_id="given"))
+    clock.advance(3600)  # delivered an hour later: the card still says when it happened
+    (_, first, _), (_, second, _) = store.pending()
+    assert first.at == "2025-06-15T15:06:40+00:00" and first.correlation_id == "evt-blob-1"
+    assert second.at == "2026-01-01T00:00:00+00:00" and second.correlation_id == "given"
