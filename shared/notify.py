@@ -580,9 +580,12 @@ def build_notifier(settings: Any, *, store: OutboxStore, client: httpx.Client | 
             client = httpx.Client(timeout=httpx.Timeout(10.0, connect=5.0), follow_redirects=False)
             closers.append(client.close)
         webhook = TeamsWebhook(client)
-    # The endpoint page link: wire the page's URL builder here (shared/links.py explains); GET /api/status is
-    # key-protected and is never linked from a card.
-    router = Router(table, webhook=webhook, always=always, studio_url=settings.studio_url, page_url=None)
+    # The endpoint page link (shared/links.py explains): the page lives at the app's public URL and needs a signed-in
+    # person, never a key; GET /api/status is key-protected and is never linked from a card.
+    from shared.pages import page_url
+
+    router = Router(table, webhook=webhook, always=always, studio_url=settings.studio_url,
+                    page_url=lambda endpoint: page_url(settings, endpoint))
     logger.info("notifier: %d Teams webhook(s), %d route(s), failures-only %s, local channels %s",
                 len(table.urls), len(table.routes), table.failures_only, [c.key for c in always] or "none")
     return Outbox(store, router, clock=clock, closers=closers, **options)

@@ -1,6 +1,7 @@
 """Alert delivery to Teams Workflows webhooks, against a real local HTTP server that records and can misbehave."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import socket
@@ -397,3 +398,26 @@ def test_no_webhook_url_path_or_signature_in_logs_errors_or_the_store(hook, make
     stored = json.dumps([store.status(i) for i in (1, 2)])
     assert not [s for s in secrets if s in stored]
     assert not [s for s in secrets if s in repr(outbox) + repr(webhook)]
+
+
+# --- the endpoint page link ------------------------------------------------------------------------------
+
+def _open_urls(card: dict) -> dict[str, str]:
+    return {a["title"]: a["url"] for a in card.get("actions", []) if a.get("type") == "Action.OpenUrl"}
+
+
+def test_production_wiring_links_the_endpoint_page_at_the_public_url_and_never_a_key(hook, make):
+    settings = Settings(teams_webhook_url=hook.url("feed"), public_url="https://mlops.example.net")
+    outbox, _ = make(settings)
+    outbox.notify(dataclasses.replace(alert("rollback", severity="critical"), facts=(("Endpoint", "churn endpoint"),)))
+    assert outbox.flush(max_seconds=10) == 1
+    urls = _open_urls(hook.hits_for("feed")[0].card)
+    assert urls["Open page"] == "https://mlops.example.net/api/endpoints/churn%20endpoint/page"
+    assert not any("code=" in u or "/api/status" in u for u in urls.values())
+
+
+def test_no_public_url_means_no_page_link_rather_than_a_wrong_one(hook, make):
+    outbox, _ = make(Settings(teams_webhook_url=hook.url("feed")))
+    outbox.notify(dataclasses.replace(alert("rollback", severity="critical"), facts=(("Endpoint", "churn-endpoint"),)))
+    assert outbox.flush(max_seconds=10) == 1
+    assert "Open page" not in _open_urls(hook.hits_for("feed")[0].card)
