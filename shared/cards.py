@@ -40,6 +40,7 @@ KIND_LABELS = {
     "approval_expired": "Approval expired",
     "rollout_held": "Rollout held",
     "deployment_retired": "Deployment retired",
+    "model_degraded": "Model degraded (ground truth)",
 }
 
 # Limits on every free-text field, so one runaway value cannot push the card over the budget. The second set is
@@ -194,6 +195,8 @@ def _kind_section(alert: Alert, limits: dict) -> list[dict]:
         return [_text(f"Requested by **{clip(who, 120)}**", spacing="small")] if who else []
     if alert.kind == "drift_detected" and facts.get("Signal"):
         return [_text(f"Signal: **{clip(facts['Signal'], limits['fact_value'])}**", spacing="small")]
+    if alert.kind == "model_degraded":
+        return degradation_section(alert, limits)
     if alert.kind == "event_rejected":
         return [_text("Acknowledged and not retried: fix the cause, then replay or rerun.", isSubtle=True,
                       spacing="small")]
@@ -261,3 +264,26 @@ def _text(text: str, **props: object) -> dict:
     block: dict = {"type": "TextBlock", "text": text, "wrap": True}
     block.update({k: v for k, v in props.items() if v is not None and v is not False})
     return block
+
+
+def degradation_section(alert: Alert, limits: dict) -> list[dict]:
+    """A model_degraded card leads with live against training: AUC and log loss side by side, then the drop."""
+    facts = dict(alert.facts)
+    rows = [(name, facts.get(f"Live {key}"), facts.get(f"Training {key}")) for name, key in (("AUC", "AUC"),
+                                                                                           ("Log loss", "logloss"))
+            if facts.get(f"Live {key}")]
+    if not rows:
+        return []
+    columns = [("Metric", [r[0] for r in rows]), ("Live", [r[1] for r in rows]),
+               ("Training", [r[2] or "—" for r in rows])]
+    out = [_text("Live against training", weight="bolder", spacing="medium"),
+           {"type": "ColumnSet", "spacing": "small", "columns": [
+               {"type": "Column", "width": "auto" if i == 0 else "stretch", "items": [
+                   _text(head, weight="bolder", size="small"),
+                   *(_text(clip(str(cell), limits["fact_value"]), spacing="none") for cell in cells)]}
+               for i, (head, cells) in enumerate(columns)]}]
+    if facts.get("AUC drop"):
+        out.append(_text(f"AUC drop: **{clip(facts['AUC drop'], limits['fact_value'])}** over "
+                         f"{clip(facts.get('Labelled predictions', '?'), 20)} labelled predictions",
+                         color="attention", spacing="small"))
+    return out

@@ -15,6 +15,7 @@ from shared.messages import (
     DataRegistered,
     DriftDetected,
     EventIgnored,
+    LabelsLanded,
     Message,
     ModelDeployed,
     ModelRegistered,
@@ -22,6 +23,7 @@ from shared.messages import (
 )
 
 ML = "microsoft.machinelearningservices."
+LABELS_SUFFIX = "-labels"  # landing/<asset>-labels/<date>/<file>: ground truth for <asset>'s endpoint
 BLOB_CREATED = "microsoft.storage.blobcreated"
 # Only these APIs mean a blob is complete. On ADLS Gen2, CreateFile fires before any byte is written;
 # FlushWithClose is the commit.
@@ -249,6 +251,9 @@ def _blob_created(event_id: str, subject: str, data: Fields, landing_container: 
         # ..): never data, and a "." start also covers path traversal.
         return EventIgnored(event_id=event_id, event_type="Microsoft.Storage.BlobCreated",
                             reason=f"{blob_path} is a hidden, scratch or marker file")
+    if asset.lower().endswith(LABELS_SUFFIX) and len(asset) > len(LABELS_SUFFIX) and filename != MARKER_FILE:
+        # Ground truth for served predictions, not training data (shared/labels.py, docs/drift.md).
+        return LabelsLanded(event_id=event_id, asset=asset[:-len(LABELS_SUFFIX)], version=version, path=url)
     return DataRegistered(event_id=event_id, asset=asset, version=version, path=url, source=url, register=True)
 
 

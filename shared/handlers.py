@@ -40,12 +40,14 @@ from shared.domain import (
     training_job_name,
 )
 from shared.errors import Conflict, InvalidPayload, MLOpsError, NotFound, TransientError
+from shared.labels import labels_landed
 from shared.messages import (
     AdvanceRollouts,
     DataRegistered,
     DecideApproval,
     DriftDetected,
     EventIgnored,
+    LabelsLanded,
     ModelDeployed,
     ModelRegistered,
     RerunJob,
@@ -605,6 +607,7 @@ EVENT_HANDLERS = {
     ModelRegistered: model_registered,
     ModelDeployed: model_deployed,
     EventIgnored: event_ignored,
+    LabelsLanded: labels_landed,
 }
 COMMAND_HANDLERS = {
     StartTraining: start_training,

@@ -66,6 +66,16 @@ class DriftDetected(Event):
 
 
 @dataclass(frozen=True)
+class LabelsLanded(Event):
+    """Ground truth for served predictions landed (``<landing>/<asset>-labels/<date>/<file>``): joined with what
+    the endpoint of ``asset`` served, it tells whether the model degraded (shared/labels.py)."""
+
+    asset: str  # the data asset the model was trained on (the folder name without "-labels")
+    version: str  # the folder below it (a date, by convention)
+    path: str  # blob url of the labels file
+
+
+@dataclass(frozen=True)
 class ModelRegistered(Event):
     """A model version was registered (by us or by hand): audit only."""
 

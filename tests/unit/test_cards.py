@@ -33,6 +33,9 @@ FACTS = {
     "approval_expired": (("Endpoint", "churn-endpoint"), ("Phase", "promoted")),
     "rollout_held": (("Endpoint", "churn-endpoint"), ("Analysis", "canary served 12 requests, fewer than 100")),
     "deployment_retired": (("Endpoint", "churn-endpoint"), ("Traffic", "churn-model-v3 100%")),
+    "model_degraded": (("Endpoint", "churn-endpoint"), ("Deployment", "churn-model-v3"), ("Live AUC", "0.612"),
+                       ("Training AUC", "0.842"), ("AUC drop", "0.230 (tolerance 0.05)"), ("Live logloss", "0.701"),
+                       ("Training logloss", "0.412"), ("Labelled predictions", "300")),
 }
 
 

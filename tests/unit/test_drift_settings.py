@@ -23,13 +23,15 @@ def test_settings_reach_the_thresholds():
     t = s.drift.thresholds(s.policy.drift_psi_threshold)
     assert (t.psi, t.ks, t.wasserstein, t.js, t.chi2_p, t.min_rows) == (0.3, 0.05, 0.2, 0.15, 0.01, 500)
     assert s.drift.interval_minutes == 30 and s.drift.max_rows == 100000
+    assert Settings.from_env({"MLOPS_DEGRADATION_TOLERANCE": "0.1"}).drift.degradation_tolerance == 0.1
+    assert Settings.from_env({}).drift.degradation_tolerance == 0.05
     assert s.drift.container_url == "https://st.blob.core.windows.net/azureml-blobstore-1"
 
 
 @pytest.mark.parametrize("name,value", [
     ("MLOPS_DRIFT_INTERVAL_MINUTES", "7"), ("MLOPS_DRIFT_INTERVAL_MINUTES", "50"),
     ("MLOPS_DRIFT_INTERVAL_MINUTES", "2880"), ("MLOPS_DRIFT_MIN_ROWS", "0"), ("MLOPS_DRIFT_KS_THRESHOLD", "1.5"),
-    ("MLOPS_DRIFT_JS_THRESHOLD", "nan"), ("MLOPS_DRIFT_CHI2_P", "-0.1"), ("MLOPS_DRIFT_MAX_ROWS", "10"),
+    ("MLOPS_DRIFT_JS_THRESHOLD", "nan"), ("MLOPS_DEGRADATION_TOLERANCE", "2"), ("MLOPS_DRIFT_CHI2_P", "-0.1"), ("MLOPS_DRIFT_MAX_ROWS", "10"),
     ("MLOPS_DRIFT_CONTAINER_URL", "http://st.blob.core.windows.net/c"),
     ("MLOPS_DRIFT_CONTAINER_URL", "https://st.blob.core.windows.net/c?sv=2024&sig=x"),
 ])
