@@ -5,6 +5,7 @@ import json
 from collections.abc import Iterable
 
 from shared.domain import SEVERITIES, Alert
+from shared.drift.chart import CHART_FACT
 
 SCHEMA_URL = "http://adaptivecards.io/schemas/adaptive-card.json"
 CARD_VERSION = "1.5"
@@ -133,7 +134,7 @@ def _card(alert: Alert, detail: str, limits: dict, studio_url: str, status_url: 
     if alert.summary:
         body.append(_text(clip(alert.summary, limits["summary"]), spacing="medium"))
     body.extend(_kind_section(alert, limits))
-    facts = list(alert.facts)[: limits["facts"]]
+    facts = [f for f in alert.facts if f[0] != CHART_FACT][: limits["facts"]]  # the chart is drawn, not listed
     if alert.actor and alert.actor != "automation" and not any(v == alert.actor for _, v in facts):
         facts.append(("By", alert.actor))
     if alert.event_id:
@@ -193,8 +194,8 @@ def _kind_section(alert: Alert, limits: dict) -> list[dict]:
     if alert.kind == "manual_action":
         who = facts.get("Requested by") or alert.actor
         return [_text(f"Requested by **{clip(who, 120)}**", spacing="small")] if who else []
-    if alert.kind == "drift_detected" and facts.get("Signal"):
-        return [_text(f"Signal: **{clip(facts['Signal'], limits['fact_value'])}**", spacing="small")]
+    if alert.kind == "drift_detected":
+        return drift_section(alert, limits)
     if alert.kind == "model_degraded":
         return degradation_section(alert, limits)
     if alert.kind == "event_rejected":
@@ -287,3 +288,57 @@ def degradation_section(alert: Alert, limits: dict) -> list[dict]:
                          f"{clip(facts.get('Labelled predictions', '?'), 20)} labelled predictions",
                          color="attention", spacing="small"))
     return out
+
+
+# Bar colours of the drift chart: container styles, so hosts pick colours that fit their theme.
+_BASELINE_STYLE, _WINDOW_STYLE = "accent", "warning"
+
+
+def drift_section(alert: Alert, limits: dict) -> list[dict]:
+    """A drift card leads with the signal, then a chart of the top feature's baseline against current shares.
+
+    The bars are Adaptive Card columns, not an image: Teams does not reliably render data URIs, and a PNG served by
+    the app would need the app's authentication in front of every card reader. Each bin is one row: its label, then
+    two bars whose filled column's weight is the share (the empty column takes the rest)."""
+    facts = dict(alert.facts)
+    out: list[dict] = []
+    if facts.get("Signal"):
+        out.append(_text(f"Signal: **{clip(facts['Signal'], limits['fact_value'])}**", spacing="small"))
+    try:
+        chart = json.loads(facts.get(CHART_FACT) or "null")
+    except ValueError:
+        chart = None
+    bins = chart.get("bins") if isinstance(chart, dict) else None
+    if not bins:
+        return out
+    out.append(_text(f"{clip(str(chart.get('feature', '')), 80)}: baseline against this window", weight="bolder",
+                     spacing="medium"))
+    out.append({"type": "ColumnSet", "spacing": "small", "columns": [
+        _legend("Baseline", _BASELINE_STYLE), _legend("This window", _WINDOW_STYLE)]})
+    for label, base, now in bins[:12]:
+        out.append({"type": "ColumnSet", "spacing": "small", "columns": [
+            {"type": "Column", "width": 2, "verticalContentAlignment": "center",
+             "items": [_text(clip(str(label), 24), size="small")]},
+            {"type": "Column", "width": 5, "items": [_bar(float(base), _BASELINE_STYLE),
+                                                      _bar(float(now), _WINDOW_STYLE)]},
+            {"type": "Column", "width": 2, "verticalContentAlignment": "center",
+             "items": [_text(f"{base:.0%} → {now:.0%}", size="small", isSubtle=True)]}]})
+    return out
+
+
+def _bar(share: float, style: str) -> dict:
+    """A horizontal bar: a filled column weighted by ``share`` next to an empty one for the rest (weights are
+    whole numbers out of 1000; a zero share is an empty row)."""
+    filled = max(0, min(1000, round(share * 1000)))
+    columns = []
+    if filled:
+        columns.append({"type": "Column", "width": filled, "style": style, "minHeight": "8px", "items": []})
+    if filled < 1000:
+        columns.append({"type": "Column", "width": 1000 - filled, "minHeight": "8px", "items": []})
+    return {"type": "ColumnSet", "spacing": "none", "columns": columns}
+
+
+def _legend(label: str, style: str) -> dict:
+    return {"type": "Column", "width": "auto", "items": [{"type": "ColumnSet", "columns": [
+        {"type": "Column", "width": "12px", "style": style, "minHeight": "8px", "items": []},
+        {"type": "Column", "width": "auto", "items": [_text(label, size="small", spacing="none")]}]}]}

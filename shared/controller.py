@@ -289,6 +289,10 @@ def _project(ctx: Context, decision: Decision, after: EndpointState, *, before: 
         value = signal.get("value")
         rows.append(("Signal", f"{signal['metric']} {value:.3f}" if isinstance(value, (int, float)) else
                      str(signal["metric"])))
+    if signal.get("details"):  # our monitor's top features, window and chart (the drift card draws the chart)
+        from shared.drift.chart import facts as drift_facts
+
+        rows += drift_facts(signal["details"])
     if facts.get("health"):
         rows.append((f"Health, last {facts.get('health_window_minutes')} min", health_line(facts["health"])))
     rows.append(("By", actor))

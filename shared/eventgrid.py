@@ -180,8 +180,22 @@ def _to_message(event: Mapping[str, object], landing_container: str, datastore_a
                              severity=_severity(data.text("severity", "warning")),
                              resolved=str(data.get("resolved", "")).lower() in ("true", "1", "resolved"),
                              rule=data.text("monitor"), metric=data.text("metric"), value=data.number("value"),
-                             threshold=data.number("threshold"), description=data.text("description"))
+                             threshold=data.number("threshold"), description=data.text("description"),
+                             details=_drift_details(data))
     return EventIgnored(event_id=event_id, event_type=event_type, reason=f"no handler for {event_type}")
+
+
+def _drift_details(data: Fields) -> dict:
+    """What our monitors add for the alert (top features, window, chart); malformed parts are dropped."""
+    from shared.drift.chart import details, read_details
+
+    top = data.get("top")
+    window = data.get("window")
+    rows = data.get("rows", data.get("requests"))
+    return read_details(details([t for t in top if isinstance(t, dict)] if isinstance(top, list) else [],
+                                window if isinstance(window, dict) else None,
+                                rows if isinstance(rows, int) and not isinstance(rows, bool) else 0,
+                                data.get("chart") if isinstance(data.get("chart"), dict) else None))
 
 
 def _run_error(data: Fields) -> str:

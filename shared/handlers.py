@@ -446,7 +446,7 @@ def drift_detected(msg: DriftDetected, *, workspace: Workspace, audit: AuditLog,
         measured += f" (threshold {msg.threshold:.3f})"
     signal = {"endpoint": msg.endpoint, "deployment": msg.deployment, "source": msg.source, "rule": msg.rule,
               "metric": msg.metric, "value": msg.value, "threshold": msg.threshold, "resolved": msg.resolved,
-              "asset": asset}
+              "asset": asset, **({"details": msg.details} if msg.details else {})}
     if not msg.endpoint or endpoint is None:
         # Dataset drift without an endpoint: nothing to roll back, retraining is the only answer (budget aside).
         newest = workspace.latest_data(asset) if asset else None

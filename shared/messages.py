@@ -63,6 +63,8 @@ class DriftDetected(Event):
     value: float | None = None
     threshold: float | None = None
     description: str = ""
+    # our monitor's top features, window, sample sizes and chart (shared/drift/chart.py): shown on the alert only
+    details: dict = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True)

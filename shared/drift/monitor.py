@@ -176,8 +176,9 @@ class DriftMonitor:
     def _compute(self, key: str, endpoint: str, deployment: str, start: datetime, end: datetime,
                  read_endpoint) -> Check:
         from shared.adapters.errors import translated
+        from shared.drift.chart import histogram
         from shared.drift.collector import CollectorReader
-        from shared.drift.engine import compare
+        from shared.drift.engine import PREDICTION, compare
         from shared.local.monitor import describe
 
         live = read_endpoint()
@@ -207,6 +208,9 @@ class DriftMonitor:
             "rows": window.rows, "records": window.records, "blobs": window.blobs,
             "truncated": window.truncated, "skipped_lines": window.skipped_lines,
             "top": [f.to_dict(limits) for f in top],
+            "chart": histogram(top[0].name, profile.get("prediction") if top[0].name == PREDICTION else
+                               profile["features"][top[0].name],
+                               window.predictions if top[0].name == PREDICTION else window.columns[top[0].name]),
             "results": {k: f.to_dict(limits) for k, f in result.features.items()},
             "description": f"drift on {endpoint}/{deployment}: {describe(result)}",
         }

@@ -157,6 +157,13 @@ def test_a_drifted_window_publishes_exactly_one_drift_detected_and_a_second_tick
     assert isinstance(message, DriftDetected) and (message.endpoint, message.deployment) == (EP, DEP)
     assert message.rule == drift_monitor.MONITOR and message.metric == data["top"][0]["signal"]["metric"]
     assert message.value > message.threshold
+    # and what the drift card shows: the top feature's baseline against this window, the window and its rows
+    assert data["chart"]["feature"] == "tenure" and len(data["chart"]["bins"]) == 10
+    assert message.details["chart"] == data["chart"] and message.details["window"]["minutes"] == 60
+    assert message.details["top"][0] == {"feature": "tenure", "metric": data["top"][0]["signal"]["metric"],
+                                         "value": data["top"][0]["signal"]["value"],
+                                         "threshold": message.threshold, "rows": 600,
+                                         "baseline_rows": 3000}
     # token audiences: storage for the blobs, Event Grid for the topic; every blob request a bearer over https
     assert w.token.scopes and set(w.token.scopes) == {(STORAGE_SCOPE,)}
     assert w.eg_credential.scopes == [(EVENTGRID_SCOPE,)]
