@@ -8,8 +8,8 @@ training AUC (the ``metric_auc`` tag set at registration). A drop beyond ``MLOPS
 same rollback-or-retrain policy as drift, as a follow-up under this event's claim: at most once per labels file.
 
 Where the served predictions come from: on the local backend, the embedded server's request log (inputs with their
-id column, and outputs, per request). On Azure they are the collector's JSONL; that join is not wired yet, so there
-the event is recorded and acknowledged with that reason (docs/drift.md).
+id column, and outputs, per request); on Azure, the collector's JSONL of each deployment of the endpoint over the
+labels folder's day (shared/drift/collected.py).
 """
 from __future__ import annotations
 
@@ -61,13 +61,17 @@ def served_predictions(workspace, endpoint: str, key: str, ids: set[str]) -> dic
     return out
 
 
-def labels_landed(msg: LabelsLanded, *, workspace, settings: Settings, notifier, audit, clock) -> Handled:
+def labels_landed(msg: LabelsLanded, *, workspace, settings: Settings, notifier, audit, clock,
+                  collected=None) -> Handled:
+    """``collected`` (azure backend: shared/drift/collected.CollectedData) reads the labels blob and the
+    collector's data; without it the embedded workspace's files and request log are read."""
     from shared.handlers import _audit
 
     endpoint_name = settings.endpoint_for(msg.asset)
-    if not hasattr(workspace, "local_path"):
-        reason = (f"labels {msg.path} for {endpoint_name}: joining ground truth with the collector's data is not "
-                  "wired on the azure backend yet")
+    local = collected is None and hasattr(workspace, "local_path")
+    if collected is None and not local:
+        reason = (f"labels {msg.path} for {endpoint_name}: no collected data to join them with "
+                  "(MLOPS_DRIFT_CONTAINER_URL is not set)")
         _audit(audit, clock, msg, "record", reason, facts={"endpoint": endpoint_name, "labels": msg.path})
         return Handled("ignored", reason)
     endpoint = workspace.get_endpoint(endpoint_name)
@@ -76,13 +80,23 @@ def labels_landed(msg: LabelsLanded, *, workspace, settings: Settings, notifier,
         _audit(audit, clock, msg, "record", reason, facts={"endpoint": endpoint_name, "labels": msg.path})
         return Handled("ignored", reason)
     try:
-        with open(workspace.local_path(msg.path), newline="", encoding="utf-8") as f:
-            key, labels = read_labels(f)
+        if local:
+            with open(workspace.local_path(msg.path), newline="", encoding="utf-8") as f:
+                key, labels = read_labels(f)
+        else:
+            key, labels = read_labels(collected.labels_lines(msg.path))
     except FileNotFoundError:
         raise NotFound(f"labels file {msg.path} is gone") from None
     except (ValueError, UnicodeDecodeError) as error:
         raise InvalidPayload(f"labels file {msg.path}: {error}", field="labels") from None
-    served = served_predictions(workspace, endpoint_name, key, set(labels))
+    if local:
+        served = served_predictions(workspace, endpoint_name, key, set(labels))
+    else:
+        from shared.drift.collected import served_window
+
+        start, end = served_window(msg.version, clock())
+        served = collected.served(endpoint_name, [d.name for d in endpoint.deployments], key, set(labels),
+                                  start, end)
     results = {}
     for deployment in sorted({d for d, _ in served.values()}):
         found = endpoint.deployment(deployment)
