@@ -167,3 +167,21 @@ def test_labels_by_correlation_id_join_single_row_calls(setup):
 def test_a_labels_folder_named_by_date_covers_that_day_else_the_last_week():
     assert served_window("2026-12-02", DAY) == (DAY, DAY + timedelta(days=1))
     assert served_window("batch-7", DAY) == (DAY - timedelta(days=7), DAY)
+
+
+def test_the_azure_wiring_joins_ground_truth_only_with_a_collector_container():
+    from dataclasses import replace
+
+    from shared.adapters.wiring import build_azure
+    from shared.drift.collected import CollectedData
+    from tests.integration.azurite import StaticTokenCredential
+
+    base = Settings(backend="azure", subscription_id="00000000-0000-0000-0000-000000000000", resource_group="rg",
+                    workspace="mlw", ledger_table_uri="https://mlopsapp.table.core.windows.net/")
+    token = StaticTokenCredential("t", 0)
+    assert "collected" not in build_azure(base, credential=token)
+    url = "https://mlw1.blob.core.windows.net/azureml-blobstore-0a1b"
+    deps = build_azure(replace(base, drift=replace(base.drift, container_url=url)), credential=token)
+    collected = deps["collected"]
+    assert isinstance(collected, CollectedData) and collected.credential is token
+    assert collected.container.url == url and token.scopes == [], "nothing is sent before the first labels"

@@ -86,3 +86,4 @@ def test_the_timer_runs_the_monitor_only_when_it_is_configured(tmp_path, caplog)
     assert made.container.account_name == "st"
     run_tick(rt)
     assert rt.deps["drift_monitor"] is made, "one monitor per worker (its baseline cache and connection pool)"
+
