@@ -354,6 +354,19 @@ def rollout_tick(timer: func.TimerRequest) -> None:
     runtime().bus.handle(AdvanceRollouts(event_id=f"tick-{minute}"))  # a tick fired twice in a minute is one
 
 
+@app.function_name("drift_monitor")
+@app.timer_trigger(schedule="0 */10 * * * *", arg_name="timer", run_on_startup=False)
+def drift_monitor(timer: func.TimerRequest) -> None:
+    """Every 10 minutes: check each serving deployment's last complete window (MLOPS_DRIFT_INTERVAL_MINUTES long)
+    of collected data against its model's baseline, once per window (shared/drift/monitor.py)."""
+    from shared.drift.monitor import run_tick
+
+    checks = run_tick(runtime())
+    done = [c for c in checks if c.outcome != "skipped"]
+    if done:
+        logger.info("drift monitor: %s", ", ".join(f"{c.endpoint}/{c.deployment} {c.outcome}" for c in done))
+
+
 def _html(status: int, page: str) -> func.HttpResponse:
     return func.HttpResponse(page, status_code=status, mimetype="text/html",
                              headers={"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "

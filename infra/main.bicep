@@ -309,6 +309,8 @@ module app 'app/functionapp.bicep' = {
       // endpoints live there), which for an existing workspace need not be the app's.
       MLOPS_METRICS_ENDPOINT: 'https://${mlSystemTopic.outputs.sourceLocation}.metrics.monitor.azure.com'
       MLOPS_TEAMS_WEBHOOK_URL: '@Microsoft.KeyVault(SecretUri=${vault.outputs.teamsSecretUri})'
+      // The drift monitor reads what the deployments' data collectors write (workspaceblobstore; docs/drift.md).
+      MLOPS_DRIFT_CONTAINER_URL: workspaceRoles.outputs.collectedDataContainerUrl
     }, hasTeamsRoutes ? {
       MLOPS_TEAMS_ROUTES: '@Microsoft.KeyVault(SecretUri=${vault.outputs.teamsRoutesSecretUri})'
     } : {}, secureAlerts ? {

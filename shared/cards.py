@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterable
 
 from shared.domain import SEVERITIES, Alert
+from shared.drift.chart import CHART_FACT
 from shared.links import PageLink, page_link
 
 SCHEMA_URL = "http://adaptivecards.io/schemas/adaptive-card.json"
@@ -42,6 +43,7 @@ KIND_LABELS = {
     "approval_expired": "Approval expired",
     "rollout_held": "Rollout held",
     "deployment_retired": "Deployment retired",
+    "model_degraded": "Model degraded (ground truth)",
 }
 
 # Limits on every free-text field, so one runaway value cannot push the card over the budget. The second set is
@@ -157,6 +159,9 @@ NEXT_STEPS = {
                           "continues, check the data source.",
     "drift_detected": "Check the signal above against the source data. The automation acts by policy (rollback or "
                       "retrain); if it only recorded the signal, decide whether to land new data or roll back.",
+    "model_degraded": "Live accuracy fell below training on labelled predictions: check the labels and the "
+                      "serving data, then land fresh data to retrain. The automation acts by policy (rollback or "
+                      "retrain).",
     "manual_action": "Nothing to do: the request is done and recorded in the audit trail.",
     "event_rejected": "Fix the cause named above, then replay the event or rerun by hand: it is not retried on "
                       "its own.",
@@ -202,8 +207,9 @@ def _card(alert: Alert, detail: str, limits: dict, studio_url: str, page_url: Pa
     if alert.summary:
         body.append(_text(clip(alert.summary, limits["summary"]), spacing="medium"))
     evidence, shown = _kind_section(alert, limits)
-    # Every fact appears once: what the comparison, transition or signal above already shows is not repeated.
-    facts = [(k, v) for k, v in list(alert.facts)[: limits["facts"]] if k not in shown]
+    # Every fact appears once: what the comparison, transition or signal above already shows is not repeated; the
+    # drift chart is drawn, never listed.
+    facts = [(k, v) for k, v in list(alert.facts)[: limits["facts"]] if k not in shown and k != CHART_FACT]
     titles = {k for k, _ in facts} | shown
     if alert.actor and alert.actor != "automation" and not any(v == alert.actor for _, v in alert.facts):
         facts.append(("By", alert.actor))
@@ -280,8 +286,17 @@ def _kind_section(alert: Alert, limits: dict) -> tuple[list[dict], set[str]]:
         who = facts.get("Requested by") or alert.actor
         return ([_text(f"Requested by **{clip(who, 120)}**", spacing="small")] if who else [],
                 {"Requested by"} if facts.get("Requested by") else set())
-    if alert.kind in ("drift_detected", "rollback") and facts.get("Signal"):
+    if alert.kind == "drift_detected":
+        return drift_section(alert, limits), {"Signal"} if facts.get("Signal") else set()
+    if alert.kind == "model_degraded":
+        blocks = degradation_section(alert, limits)
+        return blocks, ({"Live AUC", "Training AUC", "Live logloss", "Training logloss", "AUC drop"} if blocks
+                        else set())
+    if alert.kind == "rollback" and facts.get("Signal"):
         return [_text(f"Signal: **{clip(facts['Signal'], limits['fact_value'])}**", spacing="small")], {"Signal"}
+    if alert.kind == "event_rejected":
+        return [_text("Acknowledged and not retried: fix the cause, then replay or rerun.", isSubtle=True,
+                      spacing="small")], set()
     return [], set()
 
 
@@ -345,3 +360,80 @@ def _text(text: str, **props: object) -> dict:
     block: dict = {"type": "TextBlock", "text": text, "wrap": True}
     block.update({k: v for k, v in props.items() if v is not None and v is not False})
     return block
+
+
+def degradation_section(alert: Alert, limits: dict) -> list[dict]:
+    """A model_degraded card leads with live against training: AUC and log loss side by side, then the drop."""
+    facts = dict(alert.facts)
+    rows = [(name, facts.get(f"Live {key}"), facts.get(f"Training {key}")) for name, key in (("AUC", "AUC"),
+                                                                                           ("Log loss", "logloss"))
+            if facts.get(f"Live {key}")]
+    if not rows:
+        return []
+    columns = [("Metric", [r[0] for r in rows]), ("Live", [r[1] for r in rows]),
+               ("Training", [r[2] or "—" for r in rows])]
+    out = [_text("Live against training", weight="bolder", spacing="medium"),
+           {"type": "ColumnSet", "spacing": "small", "columns": [
+               {"type": "Column", "width": "auto" if i == 0 else "stretch", "items": [
+                   _text(head, weight="bolder", size="small"),
+                   *(_text(clip(str(cell), limits["fact_value"]), spacing="none") for cell in cells)]}
+               for i, (head, cells) in enumerate(columns)]}]
+    if facts.get("AUC drop"):
+        out.append(_text(f"AUC drop: **{clip(facts['AUC drop'], limits['fact_value'])}** over "
+                         f"{clip(facts.get('Labelled predictions', '?'), 20)} labelled predictions",
+                         color="attention", spacing="small"))
+    return out
+
+
+# Bar colours of the drift chart: container styles, so hosts pick colours that fit their theme.
+_BASELINE_STYLE, _WINDOW_STYLE = "accent", "warning"
+
+
+def drift_section(alert: Alert, limits: dict) -> list[dict]:
+    """A drift card leads with the signal, then a chart of the top feature's baseline against current shares.
+
+    The bars are Adaptive Card columns, not an image: Teams does not reliably render data URIs, and a PNG served by
+    the app would need the app's authentication in front of every card reader. Each bin is one row: its label, then
+    two bars whose filled column's weight is the share (the empty column takes the rest)."""
+    facts = dict(alert.facts)
+    out: list[dict] = []
+    if facts.get("Signal"):
+        out.append(_text(f"Signal: **{clip(facts['Signal'], limits['fact_value'])}**", spacing="small"))
+    try:
+        chart = json.loads(facts.get(CHART_FACT) or "null")
+    except ValueError:
+        chart = None
+    bins = chart.get("bins") if isinstance(chart, dict) else None
+    if not bins:
+        return out
+    out.append(_text(f"{clip(str(chart.get('feature', '')), 80)}: baseline against this window", weight="bolder",
+                     spacing="medium"))
+    out.append({"type": "ColumnSet", "spacing": "small", "columns": [
+        _legend("Baseline", _BASELINE_STYLE), _legend("This window", _WINDOW_STYLE)]})
+    for label, base, now in bins[:12]:
+        out.append({"type": "ColumnSet", "spacing": "small", "columns": [
+            {"type": "Column", "width": 2, "verticalContentAlignment": "center",
+             "items": [_text(clip(str(label), 24), size="small")]},
+            {"type": "Column", "width": 5, "items": [_bar(float(base), _BASELINE_STYLE),
+                                                      _bar(float(now), _WINDOW_STYLE)]},
+            {"type": "Column", "width": 2, "verticalContentAlignment": "center",
+             "items": [_text(f"{base:.0%} → {now:.0%}", size="small", isSubtle=True)]}]})
+    return out
+
+
+def _bar(share: float, style: str) -> dict:
+    """A horizontal bar: a filled column weighted by ``share`` next to an empty one for the rest (weights are
+    whole numbers out of 1000; a zero share is an empty row)."""
+    filled = max(0, min(1000, round(share * 1000)))
+    columns = []
+    if filled:
+        columns.append({"type": "Column", "width": filled, "style": style, "minHeight": "8px", "items": []})
+    if filled < 1000:
+        columns.append({"type": "Column", "width": 1000 - filled, "minHeight": "8px", "items": []})
+    return {"type": "ColumnSet", "spacing": "none", "columns": columns}
+
+
+def _legend(label: str, style: str) -> dict:
+    return {"type": "Column", "width": "auto", "items": [{"type": "ColumnSet", "columns": [
+        {"type": "Column", "width": "12px", "style": style, "minHeight": "8px", "items": []},
+        {"type": "Column", "width": "auto", "items": [_text(label, size="small", spacing="none")]}]}]}

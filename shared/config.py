@@ -52,6 +52,28 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class DriftSettings:
+    """The Azure drift monitor (shared/drift/monitor.py): its window, where collected data is read, the statistics'
+    thresholds (PSI: Policy.drift_psi_threshold) and the minimum sample. docs/drift.md explains each."""
+
+    interval_minutes: int = 60  # window length and cadence; divides a day (10, 15, 20, 30, 60, ..., 1440); default 60
+    container_url: str = ""  # blob container the data collector writes to (workspaceblobstore); empty: monitor off
+    min_rows: int = 100  # fewer usable window values: inconclusive, never drift; default 100
+    ks_threshold: float = 0.1  # two-sample KS statistic; default 0.1
+    wasserstein_threshold: float = 0.1  # W1 / baseline standard deviation; default 0.1
+    js_threshold: float = 0.1  # Jensen-Shannon distance, base 2; default 0.1
+    chi2_p: float = 0.001  # chi-squared p-value (with Cramér's V >= 0.1); default 0.001
+    max_rows: int = 2_000_000  # rows one check reads; a larger window is truncated and says so; default 2,000,000
+    degradation_tolerance: float = 0.05  # live AUC this far below the training AUC is degradation; default 0.05
+
+    def thresholds(self, psi: float):
+        from shared.drift.engine import Thresholds
+
+        return Thresholds(psi=psi, ks=self.ks_threshold, wasserstein=self.wasserstein_threshold,
+                          js=self.js_threshold, chi2_p=self.chi2_p, min_rows=self.min_rows)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the app is configured with. Built once by ``from_env``; immutable."""
 
@@ -96,6 +118,7 @@ class Settings:
     alert_role: str = ""  # the app role assigned to the action group's service principal (entra)
     public_url: str = ""  # the app's public base URL, for links in cards (approval page)
     policy: Policy = field(default_factory=Policy)
+    drift: DriftSettings = field(default_factory=DriftSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -177,6 +200,7 @@ class Settings:
             alert_role=r.str("MLOPS_ALERT_ROLE", ""),
             public_url=r.str("MLOPS_PUBLIC_URL", "").rstrip("/"),
             policy=policy,
+            drift=_drift(r),
         )
 
     def with_policy(self, **changes: object) -> Settings:
@@ -208,7 +232,32 @@ SETTING_NAMES: tuple[str, ...] = (
     "MLOPS_RETRAIN_BUDGET", "MLOPS_APPROVERS", "MLOPS_APPROVAL_AUTH", "MLOPS_ENTRA_TENANT_ID",
     "MLOPS_ENTRA_AUDIENCE", "MLOPS_ENTRA_JWKS_URL", "MLOPS_PUBLIC_URL", "MLOPS_ALERT_AUTH", "MLOPS_ALERT_AUDIENCE",
     "MLOPS_ALERT_ROLE",
+    "MLOPS_DRIFT_INTERVAL_MINUTES", "MLOPS_DRIFT_CONTAINER_URL", "MLOPS_DRIFT_MIN_ROWS", "MLOPS_DRIFT_KS_THRESHOLD",
+    "MLOPS_DRIFT_WASSERSTEIN_THRESHOLD", "MLOPS_DRIFT_JS_THRESHOLD", "MLOPS_DRIFT_CHI2_P", "MLOPS_DRIFT_MAX_ROWS",
+    "MLOPS_DEGRADATION_TOLERANCE",
 )
+
+
+def _drift(r: _Reader) -> DriftSettings:
+    d = DriftSettings()
+    interval = r.int("MLOPS_DRIFT_INTERVAL_MINUTES", d.interval_minutes, lo=10, hi=1440)
+    if 1440 % interval:
+        raise InvalidPayload(f"MLOPS_DRIFT_INTERVAL_MINUTES must divide a day (10, 15, 20, 30, 60, ..., 1440), not "
+                             f"{interval}", field="MLOPS_DRIFT_INTERVAL_MINUTES")
+    url = r.str("MLOPS_DRIFT_CONTAINER_URL", "").rstrip("/")
+    if url and (not url.startswith("https://") or "?" in url or url.count("/") < 3):
+        raise InvalidPayload("MLOPS_DRIFT_CONTAINER_URL must be the https URL of a blob container, without a query "
+                             "string (the app reads with its identity)", field="MLOPS_DRIFT_CONTAINER_URL")
+    return DriftSettings(
+        interval_minutes=interval, container_url=url,
+        min_rows=r.int("MLOPS_DRIFT_MIN_ROWS", d.min_rows, lo=1),
+        ks_threshold=_bounded(r, "MLOPS_DRIFT_KS_THRESHOLD", d.ks_threshold, 0, 1),
+        wasserstein_threshold=r.float("MLOPS_DRIFT_WASSERSTEIN_THRESHOLD", d.wasserstein_threshold, lo=0.0),
+        js_threshold=_bounded(r, "MLOPS_DRIFT_JS_THRESHOLD", d.js_threshold, 0, 1),
+        chi2_p=_bounded(r, "MLOPS_DRIFT_CHI2_P", d.chi2_p, 0, 1),
+        max_rows=r.int("MLOPS_DRIFT_MAX_ROWS", d.max_rows, lo=1000),
+        degradation_tolerance=_bounded(r, "MLOPS_DEGRADATION_TOLERANCE", d.degradation_tolerance, 0, 1),
+    )
 
 
 def _steps(raw: str) -> tuple[int, ...]:

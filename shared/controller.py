@@ -294,6 +294,10 @@ def _project(ctx: Context, decision: Decision, after: EndpointState, *, before: 
                      + (f" (threshold {threshold:.3f})" if isinstance(threshold, (int, float)) else "")
                      + (f" on {signal['feature']}" if signal.get("feature") else "")
                      + (f", from {signal['source']}" if signal.get("source") else "")))
+    if signal.get("details"):  # our monitor's top features, window and chart (the drift card draws the chart)
+        from shared.drift.chart import facts as drift_facts
+
+        rows += drift_facts(signal["details"])
     if facts.get("health"):
         rows.append((f"Health, last {facts.get('health_window_minutes')} min", health_line(facts["health"])))
     rows.append(("By", actor))

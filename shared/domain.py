@@ -263,6 +263,7 @@ ALERT_KINDS = (
     "training_started", "training_failed", "model_registered", "model_rejected", "deployment_changed",
     "rollback", "retraining_started", "drift_detected", "manual_action", "event_rejected",
     "approval_requested", "approval_expired", "rollout_held", "deployment_retired",
+    "model_degraded",
 )
 SEVERITIES = ("info", "warning", "error", "critical")
 

@@ -15,6 +15,7 @@ from shared.messages import (
     DataRegistered,
     DriftDetected,
     EventIgnored,
+    LabelsLanded,
     Message,
     ModelDeployed,
     ModelRegistered,
@@ -22,6 +23,7 @@ from shared.messages import (
 )
 
 ML = "microsoft.machinelearningservices."
+LABELS_SUFFIX = "-labels"  # landing/<asset>-labels/<date>/<file>: ground truth for <asset>'s endpoint
 BLOB_CREATED = "microsoft.storage.blobcreated"
 # Only these APIs mean a blob is complete. On ADLS Gen2, CreateFile fires before any byte is written;
 # FlushWithClose is the commit.
@@ -178,8 +180,22 @@ def _to_message(event: Mapping[str, object], landing_container: str, datastore_a
                              severity=_severity(data.text("severity", "warning")),
                              resolved=str(data.get("resolved", "")).lower() in ("true", "1", "resolved"),
                              rule=data.text("monitor"), metric=data.text("metric"), value=data.number("value"),
-                             threshold=data.number("threshold"), description=data.text("description"))
+                             threshold=data.number("threshold"), description=data.text("description"),
+                             details=_drift_details(data))
     return EventIgnored(event_id=event_id, event_type=event_type, reason=f"no handler for {event_type}")
+
+
+def _drift_details(data: Fields) -> dict:
+    """What our monitors add for the alert (top features, window, chart); malformed parts are dropped."""
+    from shared.drift.chart import details, read_details
+
+    top = data.get("top")
+    window = data.get("window")
+    rows = data.get("rows", data.get("requests"))
+    return read_details(details([t for t in top if isinstance(t, dict)] if isinstance(top, list) else [],
+                                window if isinstance(window, dict) else None,
+                                rows if isinstance(rows, int) and not isinstance(rows, bool) else 0,
+                                data.get("chart") if isinstance(data.get("chart"), dict) else None))
 
 
 def _run_error(data: Fields) -> str:
@@ -249,6 +265,9 @@ def _blob_created(event_id: str, subject: str, data: Fields, landing_container: 
         # ..): never data, and a "." start also covers path traversal.
         return EventIgnored(event_id=event_id, event_type="Microsoft.Storage.BlobCreated",
                             reason=f"{blob_path} is a hidden, scratch or marker file")
+    if asset.lower().endswith(LABELS_SUFFIX) and len(asset) > len(LABELS_SUFFIX) and filename != MARKER_FILE:
+        # Ground truth for served predictions, not training data (shared/labels.py, docs/drift.md).
+        return LabelsLanded(event_id=event_id, asset=asset[:-len(LABELS_SUFFIX)], version=version, path=url)
     return DataRegistered(event_id=event_id, asset=asset, version=version, path=url, source=url, register=True)
 
 

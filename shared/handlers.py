@@ -40,12 +40,14 @@ from shared.domain import (
     training_job_name,
 )
 from shared.errors import Conflict, InvalidPayload, MLOpsError, NotFound, TransientError
+from shared.labels import labels_landed
 from shared.messages import (
     AdvanceRollouts,
     DataRegistered,
     DecideApproval,
     DriftDetected,
     EventIgnored,
+    LabelsLanded,
     ModelDeployed,
     ModelRegistered,
     RerunJob,
@@ -438,7 +440,7 @@ def drift_detected(msg: DriftDetected, *, workspace: Workspace, audit: AuditLog,
         measured += f" (threshold {msg.threshold:.3f})"
     signal = {"endpoint": msg.endpoint, "deployment": msg.deployment, "source": msg.source, "rule": msg.rule,
               "metric": msg.metric, "value": msg.value, "threshold": msg.threshold, "resolved": msg.resolved,
-              "asset": asset}
+              "asset": asset, **({"details": msg.details} if msg.details else {})}
     if not msg.endpoint or endpoint is None:
         # Dataset drift without an endpoint: nothing to roll back, retraining is the only answer (budget aside).
         newest = workspace.latest_data(asset) if asset else None
@@ -600,6 +602,7 @@ EVENT_HANDLERS = {
     ModelRegistered: model_registered,
     ModelDeployed: model_deployed,
     EventIgnored: event_ignored,
+    LabelsLanded: labels_landed,
 }
 COMMAND_HANDLERS = {
     StartTraining: start_training,

@@ -63,6 +63,18 @@ class DriftDetected(Event):
     value: float | None = None
     threshold: float | None = None
     description: str = ""
+    # our monitor's top features, window, sample sizes and chart (shared/drift/chart.py): shown on the alert only
+    details: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class LabelsLanded(Event):
+    """Ground truth for served predictions landed (``<landing>/<asset>-labels/<date>/<file>``): joined with what
+    the endpoint of ``asset`` served, it tells whether the model degraded (shared/labels.py)."""
+
+    asset: str  # the data asset the model was trained on (the folder name without "-labels")
+    version: str  # the folder below it (a date, by convention)
+    path: str  # blob url of the labels file
 
 
 @dataclass(frozen=True)

@@ -162,7 +162,8 @@ class StateStore(Protocol):
 
 class Publisher(Protocol):
     def publish(self, event_type: str, subject: str, data: Mapping[str, object]) -> str:
-        """Publish one of our own events to the custom topic; returns its id."""
+        """Publish one of our own events to the custom topic; returns its id. (EventGridPublisher also takes an
+        optional ``event_id=`` keyword: the drift monitor fixes the id of what a retried check repeats.)"""
 
 
 class OutboxStore(Protocol):

@@ -34,3 +34,6 @@ module collectedData 'roles-collected-data.bicep' = {
     containerName: 'azureml-blobstore-${workspace.properties.workspaceId}'
   }
 }
+
+// Where the drift monitor reads collected data (MLOPS_DRIFT_CONTAINER_URL): the same container as above.
+output collectedDataContainerUrl string = 'https://${last(split(workspace.properties.storageAccount, '/'))}.blob.${environment().suffixes.storage}/azureml-blobstore-${workspace.properties.workspaceId}'

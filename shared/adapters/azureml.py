@@ -76,6 +76,8 @@ MODEL_SHORT_ID = re.compile(r"^azureml:([^:/]+):([^:/]+)$")
 # them as user properties (with a stale lastModifiedAt), so they are taken out again before the PUT.
 REGISTER_ATTEMPTS = 5  # next-version races lost before giving up (transient: the event is redelivered)
 SDK_SYSTEM_PROPERTIES = ("createdBy", "createdAt", "lastModifiedAt")
+COLLECTIONS = ("model_inputs", "model_outputs")  # the data collector's collections on every deployment we create
+COLLECTOR_ROLLING_RATE = "Hour"  # folders per hour: what shared/drift/collector.py lists
 
 
 def budget_retry_policy(budget_seconds: float = DEFAULT_BUDGET_SECONDS, **kwargs: Any):
@@ -125,6 +127,41 @@ def _retry_policy_class():
                 transport.sleep(min(wait, left))
 
     return BudgetRetryPolicy
+
+
+def data_collector():
+    """Azure ML's data collector on ``model_inputs`` and ``model_outputs`` of a deployment (docs/drift.md).
+
+    Our deployments serve MLflow models without a scoring script; for those Azure ML instruments the generated
+    scoring server itself when these two collections are on (the docs' "Collect data for MLflow models": the studio's
+    single toggle), and registers the data assets ``<endpoint>-<deployment>-model_inputs`` / ``-model_outputs``.
+    Everything is collected (sampling 1.0) into hourly folders (rolling rate ``Hour``), the layout the drift
+    monitor's reader lists (shared/drift/collector.py)."""
+    from azure.ai.ml.entities import DataCollector, DeploymentCollection
+
+    return DataCollector(collections={name: DeploymentCollection(enabled="true") for name in COLLECTIONS},
+                         rolling_rate=COLLECTOR_ROLLING_RATE, sampling_rate=1.0)
+
+
+_DATA_ID = re.compile(r"/data/([^/]+)/versions/([^/]+)$", re.IGNORECASE)
+
+
+def _collector_for_put(deployment) -> None:
+    """Make a deployment read from the service fit to be PUT again. azure-ai-ml reads each collection's data asset
+    back as its ARM id (a string), but before a PUT it registers the collection's data asset from ``data.name``
+    (azure-ai-ml 1.2x, ``_register_collection_data_assets``), which fails on a string. So the id goes back to the
+    asset it names; the SDK then finds that version and sends the same id again. It also reads a collection as on
+    only when the service spells the mode "Enabled", while it sends "enabled" itself: a collection of ours read back
+    as off would be switched off by the PUT, so ours are kept on (collecting is the product's setting)."""
+    from azure.ai.ml.entities._deployment.data_asset import DataAsset
+
+    collector = getattr(deployment, "data_collector", None)
+    for name, collection in (collector.collections.items() if collector is not None else ()):
+        if name in COLLECTIONS:
+            collection.enabled = "true"
+        if isinstance(collection.data, str):
+            found = _DATA_ID.search(collection.data)
+            collection.data = DataAsset(name=found[1], version=found[2]) if found else None
 
 
 def build_ml_client(settings: Settings, credential, **kwargs: Any):
@@ -677,7 +714,8 @@ class AzureMLWorkspace:
         new_deployment = ManagedOnlineDeployment(
             name=deployment, endpoint_name=endpoint, model=registered.id or f"azureml:{model.name}:{model.version}",
             instance_type=self.settings.instance_type, instance_count=1, tags=_tags(tags),
-            description=f"{model.name}:{model.version}, deployed by {OWNER_VALUE}")
+            description=f"{model.name}:{model.version}, deployed by {OWNER_VALUE}",
+            data_collector=data_collector())
         self._put(self.ml.online_deployments.begin_create_or_update, new_deployment,
                   f"create deployment {endpoint}/{deployment}", deadline)
         logger.info("deployed %s:%s as %s/%s at 0%%", model.name, model.version, endpoint, deployment)
@@ -717,6 +755,7 @@ class AzureMLWorkspace:
             merged = {**_tags(current.tags), **_tags(extra)}
             if merged != _tags(current.tags):
                 current.tags = merged
+                _collector_for_put(current)
                 self._put(self.ml.online_deployments.begin_create_or_update, current,
                           f"tag deployment {endpoint}/{current.name}", deadline)
                 tagged = True

@@ -93,8 +93,11 @@ class EventGridPublisher:
                               id=event_id or str(uuid.uuid4()),
                               event_time=datetime.now(timezone.utc).isoformat())
 
-    def publish(self, event_type: str, subject: str, data: Mapping[str, object]) -> str:
-        event = self.event(event_type, subject, data)
+    def publish(self, event_type: str, subject: str, data: Mapping[str, object], *,
+                event_id: str | None = None) -> str:
+        """Send one event; ``event_id`` fixes its id (a retried check then repeats the same event, which the
+        subscribers' ledger skips as a duplicate), otherwise a new UUID."""
+        event = self.event(event_type, subject, data, event_id=event_id)
         deadline = self._monotonic() + self.budget
         attempt = 0
         while True:

@@ -54,5 +54,10 @@ def build_azure(settings: Settings, *, credential: Any = None, **client_options:
     else:
         logger.warning("no MLOPS_EVENTS__topicEndpointUri: rollbacks and drift findings are not published")
         deps["publisher"] = None
+    if settings.drift.container_url:  # ground truth is joined with what the data collector kept (shared/labels.py)
+        from shared.drift.collected import CollectedData
+        from shared.drift.monitor import container_for
+
+        deps["collected"] = CollectedData(container_for(settings.drift.container_url, cred), cred)
     logger.info("azure backend wired for workspace %s/%s", settings.resource_group, settings.workspace)
     return deps

@@ -97,6 +97,7 @@ class LocalMonitor:
         profile, through the drift engine (PSI at ``threshold``, the other statistics at ``thresholds`` or the
         engine's defaults; fewer than ``min_requests`` rows is inconclusive). Emits one MLOps.DriftDetected event
         carrying per-feature results and the top features when the window drifted."""
+        from shared.drift.chart import histogram
         from shared.drift.engine import PREDICTION, Baseline, Thresholds, compare
         from shared.training.score import to_float
 
@@ -134,6 +135,8 @@ class LocalMonitor:
                 "severity": "warning", "requests": len(inputs), "window_minutes": window_minutes,
                 "baseline_from": champion.name, "status": result.status,
                 "top": [f.to_dict(limits) for f in top],
+                "chart": histogram(top[0].name, baseline.specs()[top[0].name],
+                                   predictions if top[0].name == PREDICTION else window[top[0].name]),
                 "results": {k: f.to_dict(limits) for k, f in result.features.items()},
                 "description": "drift: " + describe(result)})
             self.emit(event)

@@ -541,10 +541,13 @@ def test_create_deployment_creates_a_managed_endpoint_then_the_deployment_and_wa
     fake.requests.clear()
     endpoint = ws.create_deployment("churn-ep", "v1-1", model, {"mlops_owner": "mlops-automation"})
     puts = fake.find("PUT")
+    # azure-ai-ml registers the data collector's two data assets before the deployment (docs/drift.md)
     assert [(r.path.removeprefix(fake.ws_path), r.api_version) for r in puts] == [
         ("/onlineEndpoints/churn-ep", "2022-02-01-preview"),
+        ("/data/churn-ep-v1-1-model_inputs/versions/1", "2023-04-01-preview"),
+        ("/data/churn-ep-v1-1-model_outputs/versions/1", "2023-04-01-preview"),
         ("/onlineEndpoints/churn-ep/deployments/v1-1", "2023-04-01-preview")]
-    ep_body, dep_body = puts[0].json, puts[1].json
+    ep_body, dep_body = puts[0].json, puts[-1].json
     assert ep_body["location"] == fake.location and ep_body["properties"]["authMode"] == "Key"
     assert ep_body["properties"]["traffic"] == {} and ep_body["tags"] == {"mlops_owner": "mlops-automation"}
     assert dep_body["properties"]["model"] == f"{fake.ws_path}/models/churn-model/versions/1"
@@ -556,6 +559,27 @@ def test_create_deployment_creates_a_managed_endpoint_then_the_deployment_and_wa
     assert endpoint.traffic == {"v1-1": 0}
     assert endpoint.deployment("v1-1").state == "Succeeded"
     assert (endpoint.deployment("v1-1").model_name, endpoint.deployment("v1-1").model_version) == ("churn-model", "1")
+
+
+def test_every_deployment_collects_its_model_inputs_and_outputs_hourly(ws, fake):
+    endpoint = _endpoint_with(ws, fake, "v1-1")
+    [put] = fake.find("PUT", "/deployments/v1-1")
+    collector = put.json["properties"]["dataCollector"]
+    data_ids = {name: f"/subscriptions/{fake.subscription_id}/resourceGroups/{fake.resource_group}/providers/"
+                      f"Microsoft.MachineLearningServices/workspaces/{fake.workspace}/data/churn-ep-v1-1-{name}/"
+                      f"versions/1" for name in ("model_inputs", "model_outputs")}
+    assert collector == {"collections": {name: {"dataCollectionMode": "enabled", "samplingRate": 1.0,
+                                                "dataId": data_ids[name]} for name in data_ids},
+                         "rollingRate": "Hour"}
+    # the data assets Azure ML documents for collected data, on the collector's default path
+    for name in data_ids:
+        asset = fake.resource("data", f"churn-ep-v1-1-{name}", "versions", "1")
+        assert asset["properties"]["dataUri"] == \
+            f"azureml://datastores/workspaceblobstore/paths/modelDataCollector/churn-ep/v1-1/{name}"
+    # a later read-modify-write of the deployment (tags on a rollback) keeps collecting
+    ws.set_traffic(endpoint, {"v1-1": 100}, deployment_tags={"v1-1": {"mlops_known_good": "true"}})
+    tagged = fake.find("PUT", "/deployments/v1-1")[-1]
+    assert tagged is not put and tagged.json["properties"]["dataCollector"] == collector
 
 
 def test_set_traffic_for_a_rollback_ends_with_exactly_the_split_including_the_zero(ws, fake):
@@ -572,7 +596,7 @@ def test_set_traffic_for_a_rollback_ends_with_exactly_the_split_including_the_ze
     assert ep_put.json["tags"]["mlops_traffic_changed_at"] == "2026-01-01"
     assert fake.resource("onlineEndpoints", "churn-ep")["properties"]["traffic"] == {"v1-1": 100}
     assert got.deployment("v2-1").tags["mlops_rolled_back"] == "true"
-    order = [r.path.rsplit("/", 1)[1] for r in fake.find("PUT")]
+    order = [r.path.rsplit("/", 1)[1] for r in fake.find("PUT") if "/onlineEndpoints/" in r.path]
     assert order == ["v2-1", "churn-ep"], "deployment tags first, then the traffic"
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from shared.cards import MAX_CARD_BYTES, NEXT_STEPS, build_card, card_size, clip, message_payload, render_text
 from shared.domain import ALERT_KINDS, SEVERITIES, Alert
+from shared.drift.chart import CHART_FACT
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE_PATH = REPO / "tests" / "fixtures" / "adaptivecard-1.5.schema.json"
@@ -39,7 +40,10 @@ FACTS = {
     "rollback": (("Endpoint", "churn-endpoint"), ("From", "v3-1 10%, v2-1 90%"), ("To", "v2-1 100%"),
                  ("Signal", "psi 0.310 (threshold 0.200) on tenure_months")),
     "retraining_started": (("Endpoint", "churn-endpoint"), ("Data", "churn:4")),
-    "drift_detected": (("Endpoint", "churn-endpoint"), ("Signal", "psi 0.310 (threshold 0.200)")),
+    "drift_detected": (("Endpoint", "churn-endpoint"), ("Signal", "psi 0.310 (threshold 0.200)"),
+                       (CHART_FACT, json.dumps({"feature": "tenure_months", "bins": [["< 12", 0.25, 0.02],
+                                                                                    ["12 – 24", 0.5, 0.18],
+                                                                                    [">= 24", 0.25, 0.8]]}))),
     "manual_action": (("Endpoint", "churn-endpoint"), ("Requested by", "alice@example.com")),
     "event_rejected": (("Event", "evt-1"), ("Type", "RunFinished"), ("Outcome", "rejected")),
     "approval_requested": (("Endpoint", "churn-endpoint"), ("Phase", "awaiting_approval"),
@@ -47,6 +51,9 @@ FACTS = {
     "approval_expired": (("Endpoint", "churn-endpoint"), ("Phase", "promoted")),
     "rollout_held": (("Endpoint", "churn-endpoint"), ("Analysis", "canary served 12 requests, fewer than 100")),
     "deployment_retired": (("Endpoint", "churn-endpoint"), ("Traffic", "churn-model-v3 100%")),
+    "model_degraded": (("Endpoint", "churn-endpoint"), ("Deployment", "churn-model-v3"), ("Live AUC", "0.612"),
+                       ("Training AUC", "0.842"), ("AUC drop", "0.230 (tolerance 0.05)"), ("Live logloss", "0.701"),
+                       ("Training logloss", "0.412"), ("Labelled predictions", "300")),
 }
 
 
@@ -239,7 +246,7 @@ def _shown_texts(card: dict) -> list[str]:
     for node in _dicts(card["body"]):
         if node.get("type") == "FactSet":
             out.extend(f["title"] for f in node["facts"])
-        elif node.get("type") == "Column" and node.get("items"):
+        elif node.get("type") == "Column" and node.get("items") and node["items"][0].get("type") == "TextBlock":
             out.append(node["items"][0]["text"])
     return out
 
@@ -253,6 +260,9 @@ def test_no_card_shows_a_fact_twice(kind):
     leaves = [v for node in _dicts(card["body"]) for k, v in node.items() if k in ("text", "value")
               and isinstance(v, str)]
     for title, value in FACTS[kind]:
+        if title == CHART_FACT:  # drawn as bars, never shown as text
+            assert value not in leaves
+            continue
         shown = [leaf for leaf in leaves if leaf == value or f"**{value}**" in leaf]
         assert len(shown) == 1, (title, value, shown)
 
@@ -415,13 +425,19 @@ def _samples(schema: dict, definitions: dict) -> list[object]:
         return [schema["const"]]
     if "enum" in schema:
         return list(schema["enum"])
+    if "anyOf" in schema:
+        return [v for option in schema["anyOf"] for v in _samples(option, definitions)]
     kind = schema.get("type")
+    if kind == "string" and "pattern" in schema:
+        return ["12px"]  # the one pattern the fixture uses: pixel sizes
     if kind == "boolean":
         return [True, False]
     if kind == "string":
         return ["https://example.invalid/x" if schema.get("format", "").startswith("uri") else "text"]
     if kind == "array":
         return [[]]
+    if kind == "number":
+        return [0, 2.5]
     raise AssertionError(f"no sample for {schema}")
 
 

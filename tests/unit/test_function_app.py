@@ -36,7 +36,7 @@ def test_there_is_exactly_one_function_app():
 
 
 def test_every_function_is_indexed(indexed_functions):
-    assert set(indexed_functions) == EVENT_GRID | set(HTTP) | set(APPROVAL) | {"outbox_sweep", "rollout_tick"}
+    assert set(indexed_functions) == EVENT_GRID | set(HTTP) | set(APPROVAL) | {"outbox_sweep", "rollout_tick", "drift_monitor"}
 
 
 def test_event_grid_functions_bind_one_event_grid_trigger(indexed_functions):
