@@ -266,6 +266,7 @@ MAX_STATUS_LIMIT = 500  # decisions one status answer lists
 
 @app.function_name("endpoint_page")
 @app.route(route="endpoints/{endpoint}/page", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@logs.invoked
 def endpoint_page(req: func.HttpRequest) -> func.HttpResponse:
     """One endpoint's page (lineage graph, rollout, traffic history, audit timeline, drift) for a signed-in person:
     anonymous at the Functions level so a card can link to it without a key; shared/pages.py checks the reader."""
@@ -356,6 +357,7 @@ def rollout_tick(timer: func.TimerRequest) -> None:
 
 @app.function_name("drift_monitor")
 @app.timer_trigger(schedule="0 */10 * * * *", arg_name="timer", run_on_startup=False)
+@logs.invoked
 def drift_monitor(timer: func.TimerRequest) -> None:
     """Every 10 minutes: check each serving deployment's last complete window (MLOPS_DRIFT_INTERVAL_MINUTES long)
     of collected data against its model's baseline, once per window (shared/drift/monitor.py)."""
