@@ -18,6 +18,7 @@ from shared import eventgrid
 from shared.errors import InvalidPayload, TransientError
 from shared.messages import AdvanceRollouts, DecideApproval, DriftDetected, RerunJob, RollBack, StartTraining
 from shared.redact import redact
+from shared.retry import EVENT_GRID_SECONDS, HTTP_SECONDS, ROLLOUT_TICK_SECONDS, SWEEP_SECONDS, within
 
 logger = logging.getLogger(__name__)
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -78,6 +79,7 @@ def _deliver(event: func.EventGridEvent) -> None:
 
 @app.function_name("on_blob_created")
 @app.event_grid_trigger(arg_name="event")
+@within(EVENT_GRID_SECONDS)  # one deadline per invocation (shared/retry.py)
 def on_blob_created(event: func.EventGridEvent) -> None:
     """A committed blob in the landing container → a data asset version → training."""
     _deliver(event)
@@ -85,6 +87,7 @@ def on_blob_created(event: func.EventGridEvent) -> None:
 
 @app.function_name("on_run_event")
 @app.event_grid_trigger(arg_name="event")
+@within(EVENT_GRID_SECONDS)  # one deadline per invocation (shared/retry.py)
 def on_run_event(event: func.EventGridEvent) -> None:
     """An Azure ML run finished → gate → register → roll out; or failed → alert, maybe retry."""
     _deliver(event)
@@ -92,6 +95,7 @@ def on_run_event(event: func.EventGridEvent) -> None:
 
 @app.function_name("on_model_event")
 @app.event_grid_trigger(arg_name="event")
+@within(EVENT_GRID_SECONDS)  # one deadline per invocation (shared/retry.py)
 def on_model_event(event: func.EventGridEvent) -> None:
     """ModelRegistered / ModelDeployed (ours or by hand) → the audit trail."""
     _deliver(event)
@@ -99,6 +103,7 @@ def on_model_event(event: func.EventGridEvent) -> None:
 
 @app.function_name("on_dataset_drift")
 @app.event_grid_trigger(arg_name="event")
+@within(EVENT_GRID_SECONDS)  # one deadline per invocation (shared/retry.py)
 def on_dataset_drift(event: func.EventGridEvent) -> None:
     """Azure ML dataset drift → rollback or retrain, by policy."""
     _deliver(event)
@@ -106,6 +111,7 @@ def on_dataset_drift(event: func.EventGridEvent) -> None:
 
 @app.function_name("on_custom_event")
 @app.event_grid_trigger(arg_name="event")
+@within(EVENT_GRID_SECONDS)  # one deadline per invocation (shared/retry.py)
 def on_custom_event(event: func.EventGridEvent) -> None:
     """Our own topic: MLOps.DataRegistered (assets registered by SDK/CLI), MLOps.DriftDetected (our monitor)."""
     _deliver(event)
@@ -183,6 +189,7 @@ def _run_command(command) -> func.HttpResponse:
 
 @app.function_name("reruns")
 @app.route(route="reruns", methods=["POST"])
+@within(HTTP_SECONDS)
 def reruns(req: func.HttpRequest) -> func.HttpResponse:
     """Retrain a data asset version ({asset, version}) or rerun a job ({job}); "force": true = a new attempt."""
     try:
@@ -208,6 +215,7 @@ def reruns(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.function_name("rollbacks")
 @app.route(route="rollbacks", methods=["POST"])
+@within(HTTP_SECONDS)
 def rollbacks(req: func.HttpRequest) -> func.HttpResponse:
     """Roll an endpoint back by hand: {endpoint, reason, to_deployment?}."""
     try:
@@ -222,6 +230,7 @@ def rollbacks(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.function_name("status")
 @app.route(route="status", methods=["GET"])
+@within(HTTP_SECONDS)
 def status(req: func.HttpRequest) -> func.HttpResponse:
     """Endpoints with their traffic split, recent decisions, running jobs."""
     from shared.views import status as snapshot
@@ -235,6 +244,7 @@ def status(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.function_name("monitor_alert")
 @app.route(route="alerts", methods=["POST"])
+@within(HTTP_SECONDS)
 def monitor_alert(req: func.HttpRequest) -> func.HttpResponse:
     """Azure Monitor alerts (common alert schema) from an action group webhook → DriftDetected."""
     return _alert(req)
@@ -242,6 +252,7 @@ def monitor_alert(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.function_name("monitor_alert_secure")
 @app.route(route="alerts/secure", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@within(HTTP_SECONDS)
 def monitor_alert_secure(req: func.HttpRequest) -> func.HttpResponse:
     """The same, from an action group's secure webhook: no key in the action group's readable configuration; an
     Entra ID token with the alerts app role instead (MLOPS_ALERT_AUTH=entra)."""
@@ -280,6 +291,7 @@ def _alert(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.function_name("rollout_tick")
 @app.timer_trigger(schedule="0 * * * * *", arg_name="timer", run_on_startup=False)
+@within(ROLLOUT_TICK_SECONDS)
 def rollout_tick(timer: func.TimerRequest) -> None:
     """Every minute: analyse each canary, advance, promote or abort it; expire approvals; retire deployments."""
     from datetime import datetime, timezone
@@ -335,6 +347,7 @@ def _approval_view(req: func.HttpRequest, message: str = "", status: int = 200) 
 
 @app.function_name("approval_page")
 @app.route(route="approvals/{approval_id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@within(HTTP_SECONDS)
 def approval_page(req: func.HttpRequest) -> func.HttpResponse:
     """The approval page a Teams card links to: the candidate against the stable, and the decision form."""
     return _approval_view(req)
@@ -342,6 +355,7 @@ def approval_page(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.function_name("approval_decision")
 @app.route(route="approvals/{approval_id}", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@within(HTTP_SECONDS)
 def approval_decision(req: func.HttpRequest) -> func.HttpResponse:
     """Approve or reject ({decision: approve|reject, reason}) as the person App Service Authentication signed in;
     a function key alone never approves."""
@@ -442,6 +456,7 @@ def replay_parked(rt, *, limit: int = 50, max_attempts: int = MAX_PARKED_ATTEMPT
 
 @app.function_name("outbox_sweep")
 @app.timer_trigger(schedule="0 */5 * * * *", arg_name="timer", run_on_startup=False)
+@within(SWEEP_SECONDS)
 def outbox_sweep(timer: func.TimerRequest) -> None:
     """Run parked alerts again, then deliver notifications still pending (e.g. Teams was down)."""
     replayed = replay_parked(runtime())

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from shared import retry
 from shared.domain import Alert, AuditRecord
 from shared.errors import PermanentError, TransientError
 from shared.messages import Message
@@ -203,18 +204,21 @@ class Bus:
                 f"unexpected {type(error).__name__} in {attempt} attempts, the last: {error}"))
         finally:
             _HELD.reset(scope)
-        self.ledger.complete(key, result.outcome, result.reason, token=token)
+        with retry.settling():  # the work is done: record it even if it used the whole deadline
+            self.ledger.complete(key, result.outcome, result.reason, token=token)
         logger.info("%s %s: %s %s", message.type, message.event_id, result.outcome, result.reason)
         done = Handled(result.outcome, result.reason, result.resources, result.follow_ups, message.type,
                        message.event_id, result.data)
         return [done, *children]
 
+    @retry.settles  # settled even when the deadline is spent (shared/retry.py)
     def _release(self, key: str, token: str | None, held: list[tuple[str, str | None]]) -> None:
         for sub_key, sub_token in reversed(held):
             self.ledger.release(sub_key, token=sub_token)
         held.clear()
         self.ledger.release(key, token=token)
 
+    @retry.settles  # settled even when the deadline is spent (shared/retry.py)
     def _fail(self, key: str, token: str | None, held: list[tuple[str, str | None]], message: Message,
               error: PermanentError) -> list[Handled]:
         reason = redact(str(error))
@@ -228,6 +232,7 @@ class Bus:
         return [Handled(error.outcome, reason, message=message.type, event_id=message.event_id,
                         data={"error": type(error).__name__})]
 
+    @retry.settles  # settled even when the deadline is spent (shared/retry.py)
     def _record_failure(self, key: str, event_id: str, event_type: str, error: PermanentError, *,
                         token: str | None = None, source: str = "") -> None:
         reason = redact(str(error))

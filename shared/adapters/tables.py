@@ -31,7 +31,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import random
 import threading
 import time
 import uuid
@@ -43,6 +42,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
 
+from shared import retry
 from shared.adapters.errors import translated
 from shared.domain import Alert, AuditRecord
 from shared.errors import Busy, InvalidPayload
@@ -179,8 +179,9 @@ def _now_iso() -> str:
 
 
 def _pause(attempt: int) -> None:
-    """A short jittered wait before re-reading after a lost race, so racers spread out."""
-    time.sleep(random.uniform(0, min(0.2, 0.005 * 2 ** attempt)))
+    """A short jittered wait before re-reading after a lost race, so racers spread out (the app's one policy:
+    shared/retry.py; never past the invocation's deadline)."""
+    retry.pause(attempt + 1, what="re-read after a lost ETag race")
 
 
 class _Table:
@@ -705,10 +706,11 @@ def _alert_json(alert: Alert) -> str:
 
 # --- construction from settings ------------------------------------------------------------------------
 
-# Retry settings for the Table clients: the SDK's default (10 retries, exponential) can outlast an Event Grid
-# delivery (30 s); three quick retries ride over a blip, and anything longer is Event Grid's job.
-CLIENT_OPTIONS: dict[str, Any] = {"retry_total": 3, "retry_backoff_factor": 0.4, "retry_backoff_max": 4,
-                                  "connection_timeout": 5, "read_timeout": 10}
+# The Table clients retry by the app's one policy (shared/retry.py: a few quick tries, never past the invocation's
+# deadline; the SDK's default of 10 exponential retries can outlast an Event Grid delivery). Anything longer is
+# Event Grid's job.
+def client_options() -> dict[str, Any]:
+    return {"retry_policy": retry.sdk_policy(), "connection_timeout": 5, "read_timeout": 10}
 
 
 def service_client(endpoint: str, credential: Any, **options: Any) -> TableServiceClient:
@@ -720,7 +722,7 @@ def service_client(endpoint: str, credential: Any, **options: Any) -> TableServi
                              "(identity-based access)", field="MLOPS_LEDGER__tableServiceUri")
     if not hasattr(credential, "get_token"):
         raise TypeError("the Table clients take a TokenCredential (managed identity), not a key")
-    return TableServiceClient(endpoint, credential=credential, **{**CLIENT_OPTIONS, **options})
+    return TableServiceClient(endpoint, credential=credential, **{**client_options(), **options})
 
 
 def build_stores(service: TableServiceClient, *, names: Mapping[str, str] | None = None, create: bool = True,
