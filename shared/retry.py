@@ -80,12 +80,14 @@ def deadline(seconds: float) -> Iterator[float]:
 
 
 def within(seconds: float) -> Callable:
-    """Decorator form of ``deadline`` for a function entry point (a trigger or a route)."""
+    """Decorator form of ``deadline`` for a function entry point (a trigger or a route). The wrapper keeps the
+    function's signature (the Functions worker indexes it) and its ``deadline_seconds`` can be changed."""
     def wrap(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
-            with deadline(seconds):
+            with deadline(run.deadline_seconds):
                 return fn(*args, **kwargs)
+        run.deadline_seconds = seconds
         return run
     return wrap
 
@@ -242,16 +244,18 @@ def pause(retry: int, *, base: float = 0.005, cap: float = 0.2, what: str = "") 
 
 # --- azure-core --------------------------------------------------------------------------------------------
 
-def sdk_policy(policy: Policy = DEFAULT, *, retry_posts: bool = False, call_seconds: float = CALL_SECONDS):
-    """An azure-core RetryPolicy that follows ``policy`` and the deadline (see DeadlineRetryPolicy)."""
-    return _sdk_policy_class()(policy=policy, retry_posts=retry_posts, call_seconds=call_seconds)
+def sdk_policy(policy: Policy = DEFAULT, *, retry_posts: bool = False, call_seconds: float = CALL_SECONDS,
+               base: type | None = None):
+    """An azure-core RetryPolicy that follows ``policy`` and the deadline (see DeadlineRetryPolicy). ``base`` is
+    the SDK's own RetryPolicy subclass when it has one (azure-data-tables: TablesRetryPolicy)."""
+    return _sdk_policy_class(base)(policy=policy, retry_posts=retry_posts, call_seconds=call_seconds)
 
 
 @functools.cache
-def _sdk_policy_class() -> type:
+def _sdk_policy_class(base: type | None = None) -> type:
     from azure.core.pipeline.policies import RetryPolicy
 
-    class DeadlineRetryPolicy(RetryPolicy):
+    class DeadlineRetryPolicy(base or RetryPolicy):
         """azure-core's RetryPolicy on the app's terms.
 
         azure-core's own sleeps any Retry-After in full (an hour, if the service says so, even on a 403 that
@@ -292,9 +296,19 @@ def _sdk_policy_class() -> type:
             if status not in TRANSIENT_STATUSES or not settings["total"]:
                 return False
             method = response.http_request.method.upper()
-            return self.retry_posts or method in settings["methods"] or status in (500, 503, 504)
+            # A 429 or 503 is the service refusing the request, so even a POST can be sent again.
+            return self.retry_posts or method in settings["methods"] or status in (429, 500, 503, 504)
+
+        def _is_method_retryable(self, settings: dict[str, Any], request: Any, response: Any = None) -> bool:
+            return True  # decided in increment(), which sees the error
 
         def increment(self, settings: dict[str, Any], response: Any = None, error: Any = None) -> bool:
+            from azure.core.exceptions import ServiceRequestError
+
+            method = str(getattr(getattr(response, "http_request", None), "method", "") or "").upper()
+            if error is not None and not self.retry_posts and method not in settings["methods"] \
+                    and not isinstance(error, ServiceRequestError):
+                return False  # a POST that may have reached the service is not sent twice
             if not super().increment(settings, response=response, error=error):
                 return False
             http = getattr(response, "http_response", None)

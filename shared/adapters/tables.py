@@ -706,11 +706,21 @@ def _alert_json(alert: Alert) -> str:
 
 # --- construction from settings ------------------------------------------------------------------------
 
-# The Table clients retry by the app's one policy (shared/retry.py: a few quick tries, never past the invocation's
-# deadline; the SDK's default of 10 exponential retries can outlast an Event Grid delivery). Anything longer is
-# Event Grid's job.
-def client_options() -> dict[str, Any]:
-    return {"retry_policy": retry.sdk_policy(), "connection_timeout": 5, "read_timeout": 10}
+# Timeouts of one request; shared/retry.py cuts them further to what is left of the invocation's deadline.
+CLIENT_OPTIONS: dict[str, Any] = {"connection_timeout": 5, "read_timeout": 10}
+
+
+def with_app_retries(service: TableServiceClient) -> TableServiceClient:
+    """Make the table clients ``service`` hands out retry by the app's one policy (shared/retry.py: a few quick
+    tries, never past the invocation's deadline) instead of the SDK's (10 exponential retries, Retry-After slept in
+    full, which can outlast an Event Grid delivery). azure-data-tables builds its TablesRetryPolicy itself and
+    takes no ``retry_policy``; get_table_client() passes the service's policy list on, so it is replaced there."""
+    from azure.data.tables._policies import TablesRetryPolicy
+
+    policies = service._policies  # noqa: SLF001 - the list get_table_client() builds each TableClient from
+    policies[:] = [retry.sdk_policy(base=TablesRetryPolicy) if isinstance(p, TablesRetryPolicy) else p
+                   for p in policies]
+    return service
 
 
 def service_client(endpoint: str, credential: Any, **options: Any) -> TableServiceClient:
@@ -722,7 +732,7 @@ def service_client(endpoint: str, credential: Any, **options: Any) -> TableServi
                              "(identity-based access)", field="MLOPS_LEDGER__tableServiceUri")
     if not hasattr(credential, "get_token"):
         raise TypeError("the Table clients take a TokenCredential (managed identity), not a key")
-    return TableServiceClient(endpoint, credential=credential, **{**client_options(), **options})
+    return with_app_retries(TableServiceClient(endpoint, credential=credential, **{**CLIENT_OPTIONS, **options}))
 
 
 def build_stores(service: TableServiceClient, *, names: Mapping[str, str] | None = None, create: bool = True,
