@@ -79,12 +79,16 @@ class HeldClaims:
         return state
 
     def complete(self, key: str, outcome: str, reason: str = "", *, token: str | None = None) -> bool:
+        with retry.settling():  # settled even when the deadline is spent; still held by the bus if it fails
+            done = self._ledger.complete(key, outcome, reason, token=token)
         _forget(key)
-        return self._ledger.complete(key, outcome, reason, token=token)
+        return done
 
     def release(self, key: str, *, token: str | None = None) -> bool:
+        with retry.settling():
+            done = self._ledger.release(key, token=token)
         _forget(key)
-        return self._ledger.release(key, token=token)
+        return done
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._ledger, name)
