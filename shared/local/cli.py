@@ -184,6 +184,11 @@ def local_stack(settings=None, *, host: str = "127.0.0.1", port: int = 0, key: s
     except BaseException:
         grid.close()
         raise
+    # Nothing of this home runs yet: claims still held belong to a host that crashed (kill -9); released now, they
+    # do not answer Busy to every redelivery until their lease runs out.
+    release = getattr(runtime.ledger, "release_abandoned", None)
+    if callable(release):
+        release()
     function_app.use_runtime(runtime)
     server.start()
     grid.endpoint_url = server.url  # the real port when port=0
