@@ -188,3 +188,17 @@ def test_kill_9_mid_storm_then_restart_and_redeliver_converges(tmp_path):
         "acked_before_kill": first["report"].events - len(first["report"].lost), "lost": len(again.lost),
         "run_events_redelivered": runs_delivered, "jobs_completed": len(by_version), "models": len(models),
         "approved": len(approved), "seconds": seconds})
+
+
+def test_a_restarted_local_host_releases_the_claims_a_crashed_run_left(tmp_path):
+    from shared.config import Settings
+    from shared.local.cli import local_stack
+    from shared.local.ledger import SqliteLedger
+
+    home = tmp_path / "home"
+    home.mkdir()
+    crashed = SqliteLedger(home / "ledger.db")
+    assert crashed.claim("e1/BlobCreated", event_type="BlobCreated") == "new"  # its host was killed holding it
+    with local_stack(Settings.from_env({"MLOPS_HOME": str(home)}), subscriptions=[]) as stack:
+        state = stack.runtime.ledger.claim("e1/BlobCreated", event_type="BlobCreated")
+        assert state == "new" and state.attempt == 2  # before: Busy for the rest of the 5-minute lease
