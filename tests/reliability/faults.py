@@ -82,3 +82,13 @@ def _response(request, status: int, headers: dict, data: bytes, **kwargs):
             response.read()
         return response
     return RequestsTransportResponse(request, internal, 4096)
+
+
+def route_table_waits(monkeypatch) -> None:
+    """azure-data-tables wraps the transport of every TableClient in a TransportWrapper whose sleep() is azure-core's
+    time.sleep, bypassing the transport's own: route it to the wrapped transport, so a FaultyTransport records the
+    retry waits (and sleeps only up to its ``max_sleep``) as FaultyAzureML does for Azure ML."""
+    from azure.data.tables._base_client import TransportWrapper
+
+    monkeypatch.setattr(TransportWrapper, "sleep", lambda self, duration: self._transport.sleep(duration),
+                        raising=False)

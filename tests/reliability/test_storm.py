@@ -21,7 +21,7 @@ from shared.local import wire
 from shared.local.host import LocalHost
 from tests.fakes.azureml_service import FakeCredential
 from tests.helpers import Recording
-from tests.reliability.faults import FaultyTransport
+from tests.reliability.faults import FaultyTransport, route_table_waits
 from tests.reliability.storm import FaultyAzureML, blob_events, deliver_storm, size, write_figures
 
 pytestmark = [pytest.mark.slow,
@@ -30,7 +30,8 @@ MODEL = "churn-model"
 
 
 @pytest.fixture
-def stack(azurite):
+def stack(azurite, monkeypatch):
+    route_table_waits(monkeypatch)  # retry waits recorded, not slept
     import function_app
 
     fake = FaultyAzureML(fault_rate=0.2)
