@@ -241,9 +241,11 @@ def tick(runtime) -> object:
     """One rollout controller tick, as the every-minute timer trigger runs it in Azure."""
     import uuid
 
+    from shared import retry
     from shared.messages import AdvanceRollouts
 
-    return runtime.bus.handle(AdvanceRollouts(event_id=f"tick-{uuid.uuid4()}"))
+    with retry.deadline(retry.ROLLOUT_TICK_SECONDS):  # the timer's own deadline, as function_app sets it
+        return runtime.bus.handle(AdvanceRollouts(event_id=f"tick-{uuid.uuid4()}"))
 
 
 def check_drift(runtime) -> list:

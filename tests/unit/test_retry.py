@@ -164,3 +164,20 @@ def test_every_trigger_and_route_runs_under_a_deadline():
     assert budgets["httpTrigger"] == {retry.HTTP_SECONDS}
     assert budgets["timerTrigger"] == {retry.ROLLOUT_TICK_SECONDS, retry.SWEEP_SECONDS}
     assert retry.EVENT_GRID_SECONDS + retry.SETTLE_SECONDS < 30
+
+
+def test_the_local_hosts_rollout_tick_runs_under_the_timers_deadline():
+    from shared.local.cli import tick
+
+    seen = []
+
+    class Bus:
+        def handle(self, message):
+            seen.append(retry.remaining())
+            return []
+
+    class Runtime:
+        bus = Bus()
+
+    tick(Runtime())
+    assert seen and retry.ROLLOUT_TICK_SECONDS - 1 < seen[0] <= retry.ROLLOUT_TICK_SECONDS
