@@ -209,7 +209,8 @@ class Bus:
         finally:
             _HELD.reset(scope)
         with retry.settling():  # the work is done: record it even if it used the whole deadline
-            self.ledger.complete(key, result.outcome, result.reason, token=token)
+            retry.call(lambda: self.ledger.complete(key, result.outcome, result.reason, token=token),
+                       what=f"complete {key}")
         logger.info("%s %s: %s %s", message.type, message.event_id, result.outcome, result.reason)
         done = Handled(result.outcome, result.reason, result.resources, result.follow_ups, message.type,
                        message.event_id, result.data)
@@ -217,10 +218,15 @@ class Bus:
 
     @retry.settles  # settled even when the deadline is spent (shared/retry.py)
     def _release(self, key: str, token: str | None, held: list[tuple[str, str | None]]) -> None:
-        for sub_key, sub_token in reversed(held):
-            self.ledger.release(sub_key, token=sub_token)
+        # Each claim is tried on its own, a few times: one that still cannot be released must not keep the others
+        # held. It is then taken over when its lease runs out (the error being raised asks for a redelivery).
+        for sub_key, sub_token in [*reversed(held), (key, token)]:
+            try:
+                retry.call(lambda k=sub_key, t=sub_token: self.ledger.release(k, token=t), what=f"release {sub_key}")
+            except TransientError as error:
+                logger.warning("could not release %s (taken over when its lease runs out): %s", sub_key,
+                               redact(str(error)))
         held.clear()
-        self.ledger.release(key, token=token)
 
     @retry.settles  # settled even when the deadline is spent (shared/retry.py)
     def _fail(self, key: str, token: str | None, held: list[tuple[str, str | None]], message: Message,
@@ -229,8 +235,9 @@ class Bus:
         for sub_key, sub_token in reversed(held):
             # A sub-claim (e.g. job:<name>:Completed) shares its message's fate: left "processing", its twin event
             # would meet Busy, and after the lease the whole step would run (and alert) again.
-            self.ledger.complete(sub_key, error.outcome, f"{message.type} {message.event_id}: {reason}"[:2000],
-                                 token=sub_token)
+            retry.call(lambda k=sub_key, t=sub_token: self.ledger.complete(
+                k, error.outcome, f"{message.type} {message.event_id}: {reason}"[:2000], token=t),
+                what=f"complete {sub_key}")
         held.clear()
         self._record_failure(key, message.event_id, message.type, error, token=token)
         return [Handled(error.outcome, reason, message=message.type, event_id=message.event_id,
@@ -241,7 +248,8 @@ class Bus:
                         token: str | None = None, source: str = "") -> None:
         reason = redact(str(error))
         logger.error("%s %s %s: %s", event_type, event_id, error.outcome, reason)
-        if self.ledger.complete(key, error.outcome, reason, token=token) is False:
+        if retry.call(lambda: self.ledger.complete(key, error.outcome, reason, token=token),
+                      what=f"complete {key}") is False:
             return  # no longer ours (a worker that took over settles it): no second audit record or alert
         self.audit.append(AuditRecord(event_id=event_id, message=event_type, decision=error.outcome,
                                       reason=reason, actor="automation",

@@ -242,6 +242,24 @@ def pause(retry: int, *, base: float = 0.005, cap: float = 0.2, what: str = "") 
     time.sleep(wait)
 
 
+def call(fn: Callable[[], Any], *, what: str = "", policy: Policy = DEFAULT) -> Any:
+    """``fn()``, tried again by ``policy`` when it raises a TransientError, within the deadline. For app-level steps
+    that must not be left half-done by one transient answer (settling a claim)."""
+    retries = 0
+    while True:
+        try:
+            return fn()
+        except DeadlineExceeded:
+            raise
+        except TransientError as error:
+            retries += 1
+            wait = policy.wait(retries, getattr(error, "retry_after", None))
+            if wait is None:
+                raise
+            logger.info("%s: %s; trying again in %.2fs", what or "call", error, wait)
+            time.sleep(wait)
+
+
 # --- azure-core --------------------------------------------------------------------------------------------
 
 def sdk_policy(policy: Policy = DEFAULT, *, retry_posts: bool = False, call_seconds: float = CALL_SECONDS,
@@ -331,5 +349,5 @@ def _sdk_policy_class(base: type | None = None) -> type:
 
 __all__ = ["CALL_SECONDS", "DEFAULT", "EVENT_GRID_SECONDS", "HTTP_SECONDS", "MAX_RETRY_AFTER_SECONDS",
            "ROLLOUT_TICK_SECONDS", "SETTLE_SECONDS", "SWEEP_SECONDS", "TRANSIENT_STATUSES", "DeadlineExceeded", "Policy",
-           "call_deadline", "check", "deadline", "deadline_at", "pause", "remaining", "retry_after_seconds",
+           "call", "call_deadline", "check", "deadline", "deadline_at", "pause", "remaining", "retry_after_seconds",
            "sdk_policy", "settles", "settling", "timeout", "within"]

@@ -144,3 +144,60 @@ def test_a_long_running_operation_is_left_to_finish_at_the_deadline_without_a_po
         assert len(arc.puts("/deployments/")) >= 2
     finally:
         arc.close()
+
+
+class FlakyLedger:
+    """A SqliteLedger whose release/complete answer a transient 503 the first ``failures`` times (per key)."""
+
+    def __init__(self, ledger, failures: int) -> None:
+        self._ledger, self.failures, self.seen = ledger, failures, {}
+
+    def _flaky(self, op: str, key: str) -> None:
+        n = self.seen[(op, key)] = self.seen.get((op, key), 0) + 1
+        if n <= self.failures:
+            from shared.errors import Throttled
+
+            raise Throttled(f"{op} {key}: HTTP 503: injected", retry_after=None)
+
+    def release(self, key, **kw):
+        self._flaky("release", key)
+        return self._ledger.release(key, **kw)
+
+    def complete(self, key, *args, **kw):
+        self._flaky("complete", key)
+        return self._ledger.complete(key, *args, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self._ledger, name)
+
+
+@pytest.mark.parametrize("failing", ["transient", "done"])
+def test_a_claim_is_settled_through_a_transient_fault_of_the_ledger_itself(tmp_path, failing):
+    """Before, one 503 on the release (or the completion) of a claim left it held: every redelivery met Busy
+    until its lease ran out (5 minutes), and the storm's deliverers gave the event up."""
+    from dataclasses import dataclass as _dc
+
+    from shared.bus import Bus, Handled
+    from shared.local.ledger import SqliteAuditLog, SqliteLedger
+    from shared.messages import Message
+
+    @_dc(frozen=True)
+    class Poke(Message):
+        pass
+
+    def handler(message):
+        if failing == "transient":
+            raise TransientError("Azure ML said 503")
+        return Handled("done", "ok")
+
+    ledger = FlakyLedger(SqliteLedger(tmp_path / "ledger.db"), failures=1)
+    bus = Bus({Poke: handler}, ledger=ledger, audit=SqliteAuditLog(tmp_path / "ledger.db"), notifier=Recording())
+    if failing == "transient":
+        with pytest.raises(TransientError, match="Azure ML"):
+            bus.handle(Poke(event_id="e-1"))
+        state = ledger.claim("e-1/Poke", event_type="Poke")  # the redelivery is not Busy
+        assert state == "new" and state.attempt == 2
+    else:
+        [result] = bus.handle(Poke(event_id="e-1"))
+        assert result.outcome == "done"
+        assert ledger.claim("e-1/Poke", event_type="Poke") == "done"
