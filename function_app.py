@@ -18,6 +18,14 @@ from shared import eventgrid, logs
 from shared.errors import InvalidPayload, TransientError
 from shared.messages import AdvanceRollouts, DecideApproval, DriftDetected, RerunJob, RollBack, StartTraining
 from shared.redact import redact
+from shared.retry import (
+    DRIFT_MONITOR_SECONDS,
+    EVENT_GRID_SECONDS,
+    HTTP_SECONDS,
+    ROLLOUT_TICK_SECONDS,
+    SWEEP_SECONDS,
+    within,
+)
 
 logger = logging.getLogger(__name__)
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
@@ -79,6 +87,7 @@ def _deliver(event: func.EventGridEvent) -> None:
 
 @app.function_name("on_blob_created")
 @app.event_grid_trigger(arg_name="event")
+@within(EVENT_GRID_SECONDS)  # one deadline per invocation (shared/retry.py)
 @logs.invoked
 def on_blob_created(event: func.EventGridEvent) -> None:
     """A committed blob in the landing container → a data asset version → training."""
@@ -87,6 +96,7 @@ def on_blob_created(event: func.EventGridEvent) -> None:
 
 @app.function_name("on_run_event")
 @app.event_grid_trigger(arg_name="event")
+@within(EVENT_GRID_SECONDS)  # one deadline per invocation (shared/retry.py)
 @logs.invoked
 def on_run_event(event: func.EventGridEvent) -> None:
     """An Azure ML run finished → gate → register → roll out; or failed → alert, maybe retry."""
@@ -95,6 +105,7 @@ def on_run_event(event: func.EventGridEvent) -> None:
 
 @app.function_name("on_model_event")
 @app.event_grid_trigger(arg_name="event")
+@within(EVENT_GRID_SECONDS)  # one deadline per invocation (shared/retry.py)
 @logs.invoked
 def on_model_event(event: func.EventGridEvent) -> None:
     """ModelRegistered / ModelDeployed (ours or by hand) → the audit trail."""
@@ -103,6 +114,7 @@ def on_model_event(event: func.EventGridEvent) -> None:
 
 @app.function_name("on_dataset_drift")
 @app.event_grid_trigger(arg_name="event")
+@within(EVENT_GRID_SECONDS)  # one deadline per invocation (shared/retry.py)
 @logs.invoked
 def on_dataset_drift(event: func.EventGridEvent) -> None:
     """Azure ML dataset drift → rollback or retrain, by policy."""
@@ -111,6 +123,7 @@ def on_dataset_drift(event: func.EventGridEvent) -> None:
 
 @app.function_name("on_custom_event")
 @app.event_grid_trigger(arg_name="event")
+@within(EVENT_GRID_SECONDS)  # one deadline per invocation (shared/retry.py)
 @logs.invoked
 def on_custom_event(event: func.EventGridEvent) -> None:
     """Our own topic: MLOps.DataRegistered (assets registered by SDK/CLI), MLOps.DriftDetected (our monitor)."""
@@ -199,6 +212,7 @@ def _run_command(command) -> func.HttpResponse:
 
 @app.function_name("reruns")
 @app.route(route="reruns", methods=["POST"])
+@within(HTTP_SECONDS)
 @logs.invoked
 def reruns(req: func.HttpRequest) -> func.HttpResponse:
     """Retrain a data asset version ({asset, version}) or rerun a job ({job}); "force": true = a new attempt."""
@@ -225,6 +239,7 @@ def reruns(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.function_name("rollbacks")
 @app.route(route="rollbacks", methods=["POST"])
+@within(HTTP_SECONDS)
 @logs.invoked
 def rollbacks(req: func.HttpRequest) -> func.HttpResponse:
     """Roll an endpoint back by hand: {endpoint, reason, to_deployment?}."""
@@ -240,6 +255,7 @@ def rollbacks(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.function_name("status")
 @app.route(route="status", methods=["GET"])
+@within(HTTP_SECONDS)
 @logs.invoked
 def status(req: func.HttpRequest) -> func.HttpResponse:
     """Endpoints with their traffic split, recent decisions, running jobs."""
@@ -266,6 +282,7 @@ MAX_STATUS_LIMIT = 500  # decisions one status answer lists
 
 @app.function_name("endpoint_page")
 @app.route(route="endpoints/{endpoint}/page", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@within(HTTP_SECONDS)
 @logs.invoked
 def endpoint_page(req: func.HttpRequest) -> func.HttpResponse:
     """One endpoint's page (lineage graph, rollout, traffic history, audit timeline, drift) for a signed-in person:
@@ -299,6 +316,7 @@ def _page(status: int, page: str) -> func.HttpResponse:
 
 @app.function_name("monitor_alert")
 @app.route(route="alerts", methods=["POST"])
+@within(HTTP_SECONDS)
 @logs.invoked
 def monitor_alert(req: func.HttpRequest) -> func.HttpResponse:
     """Azure Monitor alerts (common alert schema) from an action group webhook → DriftDetected."""
@@ -307,6 +325,7 @@ def monitor_alert(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.function_name("monitor_alert_secure")
 @app.route(route="alerts/secure", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@within(HTTP_SECONDS)
 @logs.invoked
 def monitor_alert_secure(req: func.HttpRequest) -> func.HttpResponse:
     """The same, from an action group's secure webhook: no key in the action group's readable configuration; an
@@ -346,6 +365,7 @@ def _alert(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.function_name("rollout_tick")
 @app.timer_trigger(schedule="0 * * * * *", arg_name="timer", run_on_startup=False)
+@within(ROLLOUT_TICK_SECONDS)
 @logs.invoked
 def rollout_tick(timer: func.TimerRequest) -> None:
     """Every minute: analyse each canary, advance, promote or abort it; expire approvals; retire deployments."""
@@ -357,6 +377,7 @@ def rollout_tick(timer: func.TimerRequest) -> None:
 
 @app.function_name("drift_monitor")
 @app.timer_trigger(schedule="0 */10 * * * *", arg_name="timer", run_on_startup=False)
+@within(DRIFT_MONITOR_SECONDS)
 @logs.invoked
 def drift_monitor(timer: func.TimerRequest) -> None:
     """Every 10 minutes: check each serving deployment's last complete window (MLOPS_DRIFT_INTERVAL_MINUTES long)
@@ -416,6 +437,7 @@ def _approval_view(req: func.HttpRequest, message: str = "", status: int = 200) 
 
 @app.function_name("approval_page")
 @app.route(route="approvals/{approval_id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+@within(HTTP_SECONDS)
 @logs.invoked
 def approval_page(req: func.HttpRequest) -> func.HttpResponse:
     """The approval page a Teams card links to: the candidate against the stable, and the decision form."""
@@ -424,6 +446,7 @@ def approval_page(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.function_name("approval_decision")
 @app.route(route="approvals/{approval_id}", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
+@within(HTTP_SECONDS)
 @logs.invoked
 def approval_decision(req: func.HttpRequest) -> func.HttpResponse:
     """Approve or reject ({decision: approve|reject, reason}) as the person App Service Authentication signed in;
@@ -525,6 +548,7 @@ def replay_parked(rt, *, limit: int = 50, max_attempts: int = MAX_PARKED_ATTEMPT
 
 @app.function_name("outbox_sweep")
 @app.timer_trigger(schedule="0 */5 * * * *", arg_name="timer", run_on_startup=False)
+@within(SWEEP_SECONDS)
 @logs.invoked
 def outbox_sweep(timer: func.TimerRequest) -> None:
     """Run parked alerts again, then deliver notifications still pending (e.g. Teams was down)."""

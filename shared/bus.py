@@ -6,7 +6,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
-from shared import logs
+from shared import logs, retry
 from shared.domain import Alert, AuditRecord
 from shared.errors import Conflict, InvalidPayload, NotFound, PermanentError, TransientError
 from shared.messages import Message
@@ -81,12 +81,16 @@ class HeldClaims:
         return state
 
     def complete(self, key: str, outcome: str, reason: str = "", *, token: str | None = None) -> bool:
+        with retry.settling():  # settled even when the deadline is spent; still held by the bus if it fails
+            done = self._ledger.complete(key, outcome, reason, token=token)
         _forget(key)
-        return self._ledger.complete(key, outcome, reason, token=token)
+        return done
 
     def release(self, key: str, *, token: str | None = None) -> bool:
+        with retry.settling():
+            done = self._ledger.release(key, token=token)
         _forget(key)
-        return self._ledger.release(key, token=token)
+        return done
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._ledger, name)
@@ -214,26 +218,36 @@ class Bus:
                 f"unexpected {type(error).__name__} in {attempt} attempts, the last: {error}"))
         finally:
             _HELD.reset(scope)
-        self.ledger.complete(key, result.outcome, result.reason, token=token)
+        with retry.settling():  # the work is done: record it even if it used the whole deadline
+            retry.call(lambda: self.ledger.complete(key, result.outcome, result.reason, token=token),
+                       what=f"complete {key}")
         logger.info("%s %s: %s %s", message.type, message.event_id, result.outcome, result.reason)
         done = Handled(result.outcome, result.reason, result.resources, result.follow_ups, message.type,
                        message.event_id, result.data)
         return [done, *children]
 
+    @retry.settles  # settled even when the deadline is spent (shared/retry.py)
     def _release(self, key: str, token: str | None, held: list[tuple[str, str | None]]) -> None:
-        for sub_key, sub_token in reversed(held):
-            self.ledger.release(sub_key, token=sub_token)
+        # Each claim is tried on its own, a few times: one that still cannot be released must not keep the others
+        # held. It is then taken over when its lease runs out (the error being raised asks for a redelivery).
+        for sub_key, sub_token in [*reversed(held), (key, token)]:
+            try:
+                retry.call(lambda k=sub_key, t=sub_token: self.ledger.release(k, token=t), what=f"release {sub_key}")
+            except TransientError as error:
+                logger.warning("could not release %s (taken over when its lease runs out): %s", sub_key,
+                               redact(str(error)))
         held.clear()
-        self.ledger.release(key, token=token)
 
+    @retry.settles  # settled even when the deadline is spent (shared/retry.py)
     def _fail(self, key: str, token: str | None, held: list[tuple[str, str | None]], message: Message,
               error: PermanentError) -> list[Handled]:
         reason = redact(str(error))
         for sub_key, sub_token in reversed(held):
             # A sub-claim (e.g. job:<name>:Completed) shares its message's fate: left "processing", its twin event
             # would meet Busy, and after the lease the whole step would run (and alert) again.
-            self.ledger.complete(sub_key, error.outcome, f"{message.type} {message.event_id}: {reason}"[:2000],
-                                 token=sub_token)
+            retry.call(lambda k=sub_key, t=sub_token: self.ledger.complete(
+                k, error.outcome, f"{message.type} {message.event_id}: {reason}"[:2000], token=t),
+                what=f"complete {sub_key}")
         held.clear()
         actor = str(getattr(message, "actor", "") or "automation")
         self._record_failure(key, message.event_id, message.type, error, token=token, actor=actor,
@@ -241,6 +255,7 @@ class Bus:
         return [Handled(error.outcome, reason, message=message.type, event_id=message.event_id,
                         data={"error": type(error).__name__})]
 
+    @retry.settles  # settled even when the deadline is spent (shared/retry.py)
     def _record_failure(self, key: str, event_id: str, event_type: str, error: PermanentError, *,
                         token: str | None = None, source: str = "", actor: str = "automation",
                         page: bool = True) -> None:
@@ -253,7 +268,8 @@ class Bus:
         else:
             logger.info("%s %s %s (answered to %s, not alerted): %s", event_type, event_id, error.outcome, actor,
                         reason)
-        if self.ledger.complete(key, error.outcome, reason, token=token) is False:
+        if retry.call(lambda: self.ledger.complete(key, error.outcome, reason, token=token),
+                      what=f"complete {key}") is False:
             return  # no longer ours (a worker that took over settles it): no second audit record or alert
         self.audit.append(AuditRecord(event_id=event_id, message=event_type, decision=error.outcome,
                                       reason=reason, actor=actor,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from datetime import datetime, timedelta, timezone
 
-from shared import logs, rollout
+from shared import logs, retry, rollout
 from shared.config import Settings
 from shared.domain import OWNER_TAG, OWNER_VALUE, Alert, AuditRecord, Endpoint
 from shared.errors import (
@@ -137,7 +137,8 @@ def _finish(ctx: Context, state: EndpointState, view: Endpoint | None) -> Endpoi
     except Exception:  # transient, or unforeseen (the bus retries those a bounded number of times)
         # Let the next delivery or tick go at it at once instead of waiting out this worker's lease.
         try:
-            ctx.states.save(replace(state, pending={**(state.pending or {}), "lease_until": ""}))
+            with retry.settling():  # even when the work used the whole deadline (shared/retry.py)
+                ctx.states.save(replace(state, pending={**(state.pending or {}), "lease_until": ""}))
         except MLOpsError as error:
             logger.warning("could not release %s on %s: %s", (state.pending or {}).get("action"), state.endpoint,
                            error)

@@ -13,14 +13,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
-from shared import logs
+from shared import logs, retry
 from shared.cards import build_card, message_payload, render_text
 from shared.domain import ALERT_KINDS, SEVERITIES, Alert
 from shared.errors import InvalidPayload, PermanentError, ServiceRejected, TransientError
@@ -353,8 +352,7 @@ class Outbox:
         self.window = dedupe_window_minutes * 60.0
         self.clock = clock
         self.monotonic = monotonic
-        self.retry_base = retry_base_seconds
-        self.retry_max = retry_max_seconds
+        self._policy = retry.Policy(base=retry_base_seconds, cap=retry_max_seconds)
         self.give_up_after = give_up_after
         self.batch = batch
         self._closers = list(closers)
@@ -434,7 +432,8 @@ class Outbox:
             self._flush_lock.release()
 
     def _flush(self, max_seconds: float) -> int:
-        deadline = self.monotonic() + max_seconds
+        left = retry.remaining()  # never past the invocation's deadline
+        deadline = self.monotonic() + (max_seconds if left is None else min(max_seconds, left))
         claim = getattr(self.store, "claim_due", None)
         due = claim(limit=self.batch, lease_seconds=max(60.0, 2 * max_seconds)) if claim \
             else self.store.pending(limit=self.batch)
@@ -515,8 +514,8 @@ class Outbox:
         return "delivered"
 
     def _retry_delay(self, attempts: int, retry_after: float) -> float:
-        ceiling = min(self.retry_max, self.retry_base * 2 ** attempts)
-        return max(retry_after, ceiling / 2 + random.random() * ceiling / 2)
+        """The app's one backoff (shared/retry.py) on the outbox's scale, never sooner than the target asked."""
+        return max(retry_after, self._policy.backoff(attempts + 1))
 
     def _forget(self, alert_id: int) -> None:
         """Drop in-process delivery records of an alert that is finished (durable stores keep their own)."""

@@ -9,7 +9,6 @@ azure-ai-ml is imported inside functions only: importing this module costs nothi
 """
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import threading
@@ -19,7 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from shared.adapters.errors import DEFAULT_BUDGET_SECONDS, translate, translated
+from shared import retry
+from shared.adapters.errors import translate, translated
 from shared.config import Settings
 from shared.domain import (
     OWNER_TAG,
@@ -80,55 +80,6 @@ COLLECTIONS = ("model_inputs", "model_outputs")  # the data collector's collecti
 COLLECTOR_ROLLING_RATE = "Hour"  # folders per hour: what shared/drift/collector.py lists
 
 
-def budget_retry_policy(budget_seconds: float = DEFAULT_BUDGET_SECONDS, **kwargs: Any):
-    """azure-core's RetryPolicy bounded by a per-call time budget (see ``_retry_policy_class``)."""
-    return _retry_policy_class()(budget_seconds=budget_seconds, **kwargs)
-
-
-@functools.cache
-def _retry_policy_class():
-    from azure.core.pipeline.policies import RetryPolicy
-
-    class BudgetRetryPolicy(RetryPolicy):
-        """azure-core's retry, except that one call never waits past ``budget_seconds``.
-
-        azure-core sleeps whatever Retry-After a 429/503 names (an hour, if the service says so) and retries up to
-        ten times. Here a Retry-After longer than what is left of the budget ends the retries at once, so the
-        throttled answer reaches the adapter (→ Throttled, with the service's wait) while the invocation still has
-        time; backoffs are capped by the same budget.
-        """
-
-        def __init__(self, *, budget_seconds: float, **kw: Any) -> None:
-            kw.setdefault("retry_total", 3)
-            kw.setdefault("retry_backoff_factor", 0.5)
-            kw.setdefault("retry_backoff_max", 4)
-            kw.setdefault("timeout", budget_seconds)
-            super().__init__(**kw)
-            self.budget_seconds = budget_seconds
-
-        def configure_retries(self, options):
-            settings = super().configure_retries(options)
-            settings["deadline"] = time.monotonic() + self.budget_seconds
-            return settings
-
-        def is_retry(self, settings, response) -> bool:
-            if not super().is_retry(settings, response):
-                return False
-            # The wait before the next try: the service's Retry-After, else the backoff once this failure counts.
-            wait = self.get_retry_after(response) or self.get_backoff_time(
-                {**settings, "history": [*settings["history"], None]})
-            # No time for it: stop here, so the service's own answer (429/5xx and its message) reaches the caller.
-            return wait < settings["deadline"] - time.monotonic()
-
-        def sleep(self, settings, transport, response=None) -> None:
-            left = max(0.0, settings["deadline"] - time.monotonic())
-            wait = (self.get_retry_after(response) if response is not None else None) or self.get_backoff_time(settings)
-            if min(wait, left) > 0:
-                transport.sleep(min(wait, left))
-
-    return BudgetRetryPolicy
-
-
 def data_collector():
     """Azure ML's data collector on ``model_inputs`` and ``model_outputs`` of a deployment (docs/drift.md).
 
@@ -174,7 +125,7 @@ def build_ml_client(settings: Settings, credential, **kwargs: Any):
         if not value:
             raise InvalidPayload(f"{name} must be set for the azure backend", field=name)
     kwargs.setdefault("cloud", settings.azure_cloud)  # ARM and studio hosts of Azure Government / China
-    kwargs.setdefault("retry_policy", budget_retry_policy())
+    kwargs.setdefault("retry_policy", retry.sdk_policy())
     kwargs.setdefault("show_progress", False)  # no progress bars on a Function App's stderr
     kwargs.setdefault("enable_telemetry", False)
     return MLClient(credential, settings.subscription_id, settings.resource_group, settings.workspace, **kwargs)
@@ -246,7 +197,7 @@ class AzureMLWorkspace:
     """The Workspace and RunMetrics ports on an Azure ML workspace, through azure-ai-ml's MLClient."""
 
     def __init__(self, ml_client, settings: Settings, *, credential=None, transport=None,
-                 budget_seconds: float = DEFAULT_BUDGET_SECONDS, lro_timeout: float | None = None) -> None:
+                 budget_seconds: float = retry.CALL_SECONDS, lro_timeout: float | None = None) -> None:
         _quiet_polling()
         self.ml = ml_client
         self.settings = settings
@@ -264,7 +215,9 @@ class AzureMLWorkspace:
     # --- plumbing ------------------------------------------------------------------------------------
 
     def _deadline(self) -> float:
-        return time.monotonic() + self.budget_seconds
+        """The instant this call must end by: the invocation's deadline (shared/retry.py), never more than
+        ``budget_seconds`` from now."""
+        return retry.call_deadline(self.budget_seconds)
 
     @property
     def _ws_path(self) -> str:
@@ -275,7 +228,7 @@ class AzureMLWorkspace:
     def _wait(self, poller, what: str, deadline: float):
         """The finished operation's result; TransientError when it is still running at the time limit."""
         limit = max(0.0, min(self.lro_timeout, deadline - time.monotonic()))
-        with translated(what, deadline=deadline):
+        with translated(what):
             poller.wait(timeout=limit)
             if poller.done():
                 return poller.result()
@@ -322,7 +275,7 @@ class AzureMLWorkspace:
             entity = Data(name=name, version=version, path=uri, type=kind, tags=_tags(tags),
                           description=f"registered by {OWNER_VALUE}")
             try:
-                with translated(f"register data {name}:{version}", deadline=deadline):
+                with translated(f"register data {name}:{version}"):
                     created = self.ml.data.create_or_update(entity)
                 logger.info("registered data %s:%s at %s", name, version, uri)
                 return self._asset(created)
@@ -338,7 +291,7 @@ class AzureMLWorkspace:
 
     def _find_data(self, name: str, version: str, deadline: float):
         try:
-            with translated(f"get data {name}:{version}", deadline=deadline):
+            with translated(f"get data {name}:{version}"):
                 return self.ml.data.get(name, version=version)
         except NotFound:
             return None
@@ -358,7 +311,7 @@ class AzureMLWorkspace:
         except (AzureError, TimeoutError, ConnectionError) as exc:  # what translated() takes, so none escapes raw
             if _missing(exc):
                 return None
-            raise translate(exc, what=f"get latest data {name}", deadline=self._deadline()) from exc
+            raise translate(exc, what=f"get latest data {name}") from exc
         return self._asset(entity)
 
     def _asset(self, entity) -> DataAsset:
@@ -382,7 +335,7 @@ class AzureMLWorkspace:
             raise NotFound(f"data asset {spec.asset}:{spec.data_version} does not exist")
         job = self._command_job(spec, data)
         try:
-            with translated(f"submit job {spec.name}", deadline=deadline):
+            with translated(f"submit job {spec.name}"):
                 created = self.ml.jobs.create_or_update(job)
         except (Conflict, ServiceRejected) as error:
             # A create that raced another worker's: the job exists now, so that one is the answer.
@@ -445,7 +398,7 @@ class AzureMLWorkspace:
 
     def _find_job(self, name: str, deadline: float):
         try:
-            with translated(f"get job {name}", deadline=deadline):
+            with translated(f"get job {name}"):
                 return self.ml.jobs.get(name)
         except NotFound:
             return None
@@ -465,7 +418,7 @@ class AzureMLWorkspace:
         tags = _tags(tags)
         # The service filters by one tag key (Jobs_List "tag"); values and the other keys are matched here.
         query = {"tag": next(iter(tags))} if tags else {}
-        with translated("list jobs", deadline=self._deadline()):
+        with translated("list jobs"):
             found = [j for j in self.ml.jobs.list(**query) if j is not None]
         jobs = [self._job(j) for j in found]
         jobs = [j for j in jobs if (wanted is None or j.status in wanted)
@@ -529,7 +482,7 @@ class AzureMLWorkspace:
                 if self._credential is None:
                     raise PermanentError("the Azure ML adapter needs a credential for run metrics")
                 policies = [HeadersPolicy(), UserAgentPolicy(sdk_moniker="mlops-reflex"),
-                            budget_retry_policy(self.budget_seconds),
+                            retry.sdk_policy(call_seconds=self.budget_seconds),
                             BearerTokenCredentialPolicy(self._credential, self._arm_scope()),
                             NetworkTraceLoggingPolicy()]
                 kwargs = {"transport": self._transport} if self._transport is not None else {}
@@ -541,7 +494,7 @@ class AzureMLWorkspace:
         from azure.core.rest import HttpRequest
 
         request = HttpRequest("GET", url, params=dict(params), headers={"Accept": "application/json"})
-        with translated(what, deadline=deadline):
+        with translated(what):
             response = self._pipeline().send_request(request)
             if response.status_code == 404:
                 raise ResourceNotFoundError(response=response)
@@ -553,7 +506,7 @@ class AzureMLWorkspace:
         with self._lock:
             if self._urls:
                 return self._urls
-        with translated(f"get workspace {self.settings.workspace}", deadline=deadline):
+        with translated(f"get workspace {self.settings.workspace}"):
             ws = self.ml.workspaces.get(self.settings.workspace)
         urls = {"mlflow": (ws.mlflow_tracking_uri or "").replace("azureml://", "https://", 1).rstrip("/"),
                 "discovery": ws.discovery_url or ""}
@@ -605,7 +558,7 @@ class AzureMLWorkspace:
                                 tags={**_tags(spec.tags), TAG_JOB: spec.job_name},
                                 description=spec.description or None, properties={"mlops_job": spec.job_name})
             try:
-                with translated(f"register model {spec.name}:{version}", deadline=deadline):
+                with translated(f"register model {spec.name}:{version}"):
                     created = self.ml.models.create_or_update(entity)
             except PermanentError:
                 # Another job took this number between our read and our PUT: the service answers 409, or
@@ -625,14 +578,14 @@ class AzureMLWorkspace:
 
     def _model_versions(self, name: str, deadline: float) -> list:
         try:
-            with translated(f"list models {name}", deadline=deadline):
+            with translated(f"list models {name}"):
                 return list(self.ml.models.list(name=name))
         except NotFound:
             return []
 
     def _find_model(self, name: str, version: str, deadline: float):
         try:
-            with translated(f"get model {name}:{version}", deadline=deadline):
+            with translated(f"get model {name}:{version}"):
                 return self.ml.models.get(name, version=version)
         except NotFound:
             return None
@@ -656,7 +609,7 @@ class AzureMLWorkspace:
         if merged == _tags(entity.tags):
             return self._model(entity)
         entity.tags = merged
-        with translated(f"tag model {name}:{version}", deadline=deadline):
+        with translated(f"tag model {name}:{version}"):
             updated = self.ml.models.create_or_update(entity)
         return self._model(updated)
 
@@ -669,13 +622,13 @@ class AzureMLWorkspace:
 
     def _find_endpoint(self, name: str, deadline: float):
         try:
-            with translated(f"get endpoint {name}", deadline=deadline):
+            with translated(f"get endpoint {name}"):
                 return self.ml.online_endpoints.get(name)
         except NotFound:
             return None
 
     def _deployments(self, endpoint: str, deadline: float) -> list:
-        with translated(f"list deployments of {endpoint}", deadline=deadline):
+        with translated(f"list deployments of {endpoint}"):
             return list(self.ml.online_deployments.list(endpoint_name=endpoint))
 
     def get_endpoint(self, name: str) -> Endpoint | None:
@@ -687,7 +640,7 @@ class AzureMLWorkspace:
 
     def list_endpoints(self) -> list[Endpoint]:
         deadline = self._deadline()
-        with translated("list endpoints", deadline=deadline):
+        with translated("list endpoints"):
             found = list(self.ml.online_endpoints.list())
         return [self._endpoint(e, self._deployments(e.name, deadline)) for e in found]
 
@@ -809,7 +762,7 @@ class AzureMLWorkspace:
         self._not_busy(f"deployment {endpoint}/{deployment}", current.provisioning_state)
         what = f"delete deployment {endpoint}/{deployment}"
         try:
-            with translated(what, deadline=deadline):
+            with translated(what):
                 poller = self.ml.online_deployments.begin_delete(name=current.name, endpoint_name=endpoint)
             self._wait(poller, what, deadline)
         except NotFound:
@@ -821,7 +774,7 @@ class AzureMLWorkspace:
         """Start a create-or-update and wait for it. A 409 here means another operation on the endpoint is still
         running (our reads already ruled out the rest), which is worth retrying, not a permanent conflict."""
         try:
-            with translated(what, deadline=deadline):
+            with translated(what):
                 poller = begin(entity)
             return self._wait(poller, what, deadline)
         except Conflict as error:

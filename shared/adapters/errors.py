@@ -1,58 +1,21 @@
 """Translate azure-core / SDK exceptions into the app's error tree (shared/errors.py).
 
 Rules (issue #4): 429, 503, 5xx, connection failures, timeouts and a token the credential could not get (no HTTP
-status) are TransientError (Event Grid redelivers); a Retry-After the service sent is kept, capped to what is left
-of the function's time budget; any other 4xx is a PermanentError carrying the service's own message (404 → NotFound,
+status) are TransientError (Event Grid redelivers); the Retry-After the service sent is kept (shared/retry.py reads
+it and decides whether it is waited out in-process); any other 4xx is a PermanentError carrying the service's own message (404 → NotFound,
 409/412 → Conflict, the rest ServiceRejected).
 """
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import logging
-import math
-import time
-from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from collections.abc import Iterator
 
+from shared import retry
 from shared.errors import Conflict, MLOpsError, NotFound, ServiceRejected, Throttled, TransientError
+from shared.retry import TRANSIENT_STATUSES, retry_after_seconds
 
 logger = logging.getLogger(__name__)
-
-# Azure Functions Flex Consumption's default functionTimeout is 30 min, but an Event Grid delivery gives up after
-# 30 s anyway, so waiting longer in-process than this never helps: the event comes back on Event Grid's schedule.
-DEFAULT_BUDGET_SECONDS = 20.0
-MAX_RETRY_AFTER_SECONDS = 3600.0
-TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-
-
-def retry_after_seconds(headers: Mapping[str, str] | None, *, now: datetime | None = None) -> float | None:
-    """Seconds the service asked us to wait: ``retry-after-ms`` / ``x-ms-retry-after-ms`` (Azure), then
-    ``Retry-After`` as seconds or as an HTTP date. None when absent or unreadable; capped at an hour."""
-    if not headers:
-        return None
-    lower = {str(k).lower(): str(v) for k, v in headers.items()}
-    for name, scale in (("retry-after-ms", 1000.0), ("x-ms-retry-after-ms", 1000.0), ("retry-after", 1.0)):
-        raw = lower.get(name)
-        if raw is None:
-            continue
-        try:
-            value = float(raw) / scale
-        except ValueError:
-            if scale != 1.0:
-                continue
-            try:
-                when = email.utils.parsedate_to_datetime(raw)
-            except (TypeError, ValueError):
-                continue
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=timezone.utc)
-            value = (when - (now or datetime.now(timezone.utc))).total_seconds()
-        if math.isnan(value) or math.isinf(value):
-            continue
-        return min(max(value, 0.0), MAX_RETRY_AFTER_SECONDS)
-    return None
-
 
 def service_message(exc: BaseException) -> str:
     """The service's own message: the ``error.message`` of an ARM/OData error body when present."""
@@ -65,9 +28,8 @@ def service_message(exc: BaseException) -> str:
     return str(message).strip().splitlines()[0] if str(message).strip() else type(exc).__name__
 
 
-def translate(exc: BaseException, *, what: str = "", deadline: float | None = None) -> MLOpsError:
-    """The app error for an SDK exception. ``what`` names the call (e.g. "get job train-x"); ``deadline`` is a
-    ``time.monotonic()`` instant after which this invocation must be done, so a Retry-After never outlives it."""
+def translate(exc: BaseException, *, what: str = "") -> MLOpsError:
+    """The app error for an SDK exception. ``what`` names the call (e.g. "get job train-x")."""
     from azure.core import exceptions as az
 
     if isinstance(exc, MLOpsError):
@@ -97,8 +59,6 @@ def translate(exc: BaseException, *, what: str = "", deadline: float | None = No
     message = f"{prefix}HTTP {status}: {service_message(exc)}"
     if status in TRANSIENT_STATUSES or status >= 500:
         wait = retry_after_seconds(getattr(response, "headers", None))
-        if wait is not None and deadline is not None:
-            wait = max(0.0, min(wait, deadline - time.monotonic()))
         if status in (429, 503):
             return Throttled(message, retry_after=wait)
         return TransientError(message)
@@ -110,15 +70,19 @@ def translate(exc: BaseException, *, what: str = "", deadline: float | None = No
 
 
 @contextlib.contextmanager
-def translated(what: str, *, deadline: float | None = None) -> Iterator[None]:
-    """``with translated("create job x"):`` re-raises azure-core errors (and timeouts) as the app's errors."""
+def translated(what: str) -> Iterator[None]:
+    """``with translated("create job x"):`` re-raises azure-core errors (and timeouts) as the app's errors. The
+    call is not started once the invocation's deadline is spent (retry.DeadlineExceeded, transient)."""
     from azure.core.exceptions import AzureError
 
+    retry.check(what)
     try:
         yield
     except MLOpsError:
         raise
     except (AzureError, TimeoutError, ConnectionError) as exc:
-        err = translate(exc, what=what, deadline=deadline)
+        err = translate(exc, what=what)
+        if isinstance(err, TransientError) and retry.remaining() == 0:
+            err = retry.DeadlineExceeded(f"{err} (the invocation's deadline is spent)")
         logger.debug("%s failed: %s -> %s", what, type(exc).__name__, type(err).__name__)
         raise err from exc

@@ -4,12 +4,11 @@ infra/app/eventgrid-topic.bicep declares ``inputSchema: 'EventGridSchema'`` and 
 the publisher sends EventGridEvent objects (id, subject, eventType, eventTime, dataVersion, data) with a
 Microsoft Entra token (EventGrid Data Sender role), never a key. shared/eventgrid.py parses what arrives.
 
-Retries: azure-core's RetryPolicy would sleep whatever Retry-After a 429 names (uncapped) and retries POST on
-500/503/504, which can outlast an Event Grid delivery (30 s). So the SDK's retries are off (``retry_total=0``)
-and ``publish`` retries itself: at most ``retries`` more tries, short exponential backoff, a Retry-After honoured
-only when it is at most ``max_wait`` seconds and fits the time budget; otherwise the error is raised (Throttled
-keeps the Retry-After, capped to the budget) and the caller's event is redelivered. A retried publish reuses the
-event id, so subscribers (the ledger) see a duplicate, never a second event.
+Retries: the SDK's own are off (``retry_total=0``) and ``publish`` retries by the app's one policy
+(shared/retry.py): at most ``retries`` more tries, short jittered exponential backoff, a Retry-After honoured only
+when it is at most ``max_wait`` seconds and fits the time budget and the invocation's deadline; otherwise the error
+is raised (Throttled keeps the service's Retry-After) and the caller's event is redelivered. A retried publish
+reuses the event id, so subscribers (the ledger) see a duplicate, never a second event.
 """
 from __future__ import annotations
 
@@ -21,7 +20,8 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from shared.adapters.errors import DEFAULT_BUDGET_SECONDS, translated
+from shared import retry
+from shared.adapters.errors import translated
 from shared.errors import InvalidPayload, Throttled, TransientError
 
 logger = logging.getLogger(__name__)
@@ -55,14 +55,14 @@ class EventGridPublisher:
     tests need not wait.
     """
 
-    def __init__(self, client: Any, *, budget_seconds: float = DEFAULT_BUDGET_SECONDS, retries: int = 2,
+    def __init__(self, client: Any, *, budget_seconds: float = retry.CALL_SECONDS, retries: int = 2,
                  backoff_seconds: float = 0.25, max_wait_seconds: float = 2.0,
                  sleep: Callable[[float], None] = time.sleep, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._client = client
         self.budget = budget_seconds
         self.retries = retries
-        self.backoff = backoff_seconds
-        self.max_wait = max_wait_seconds
+        self.policy = retry.Policy(attempts=retries + 1, base=backoff_seconds, cap=max(backoff_seconds, 4.0),
+                                   max_retry_after=max_wait_seconds)
         self._sleep = sleep
         self._monotonic = monotonic
 
@@ -98,37 +98,23 @@ class EventGridPublisher:
         """Send one event; ``event_id`` fixes its id (a retried check then repeats the same event, which the
         subscribers' ledger skips as a duplicate), otherwise a new UUID."""
         event = self.event(event_type, subject, data, event_id=event_id)
-        deadline = self._monotonic() + self.budget
+        started = self._monotonic()
         attempt = 0
         while True:
             try:
-                # No deadline here: _wait must compare the Retry-After the service sent, not one already cut down
-                # to the budget (which would "fit" and be waited out, retrying before the service said to).
                 with translated(f"publish {event_type} {event.id}"):
-                    self._client.send(event, retry_total=0)
+                    self._client.send(event, retry_total=0, timeout=retry.timeout(self.budget))
             except TransientError as error:
-                wait = self._wait(error, attempt, deadline)
+                attempt += 1
+                after = error.retry_after if isinstance(error, Throttled) else None
+                wait = self.policy.wait(attempt, after, left=self.budget - (self._monotonic() - started))
                 if wait is None:
-                    if isinstance(error, Throttled) and error.retry_after is not None:
-                        error.retry_after = max(0.0, min(error.retry_after, deadline - self._monotonic()))
                     raise
                 logger.info("publish %s %s: %s; trying again in %.2fs", event_type, event.id, error, wait)
                 self._sleep(wait)
-                attempt += 1
                 continue
             logger.info("published %s %s (%s)", event_type, event.id, subject)
             return str(event.id)
-
-    def _wait(self, error: TransientError, attempt: int, deadline: float) -> float | None:
-        """Seconds to wait before the next try, or None to give up and raise."""
-        left = deadline - self._monotonic()
-        if attempt >= self.retries:
-            return None
-        if isinstance(error, Throttled) and error.retry_after is not None:
-            wait = error.retry_after
-            return wait if wait <= min(self.max_wait, left) else None
-        wait = self.backoff * 2 ** attempt
-        return wait if wait < left else None
 
     def close(self) -> None:
         self._client.close()

@@ -29,7 +29,8 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
-from shared.adapters.errors import DEFAULT_BUDGET_SECONDS, TRANSIENT_STATUSES, translated
+from shared import retry
+from shared.adapters.errors import translated
 from shared.domain import Health
 from shared.errors import InvalidPayload, ServiceRejected
 
@@ -110,26 +111,8 @@ def metrics_audience(metrics_endpoint: str) -> str:
     return f"https://{rest}"
 
 
-def read_retry_policy(*, retry_total: int = 2, max_retry_after: float = 5.0, budget_seconds: float):
-    """An azure-core RetryPolicy for read-only calls that stays inside the invocation's budget.
-
-    azure-core's default retries 10 times and sleeps any Retry-After in full (even an hour, even on a 403 that
-    carries one), and never retries a POST on 429. Our POSTs are queries (safe to repeat), so: retry 408/429/5xx
-    whatever the method, at most ``retry_total`` times, and only when the service asks for no more than
-    ``max_retry_after`` seconds. A longer wait is left to Event Grid: the error is raised as Throttled, carrying the
-    Retry-After.
-    """
-    from azure.core.pipeline.policies import RetryPolicy
-
-    class _ReadRetryPolicy(RetryPolicy):
-        def is_retry(self, settings: dict[str, Any], response: Any) -> bool:
-            if response.http_response.status_code not in TRANSIENT_STATUSES or not settings["total"]:
-                return False
-            wait = self.get_retry_after(response)
-            return wait is None or wait <= max_retry_after
-
-    return _ReadRetryPolicy(retry_total=retry_total, retry_backoff_factor=0.5, retry_backoff_max=4,
-                            timeout=max(1, int(budget_seconds)))
+# Monitor queries are POSTs that are safe to repeat: retried on 408/429 too, within the app's one policy.
+READ_POLICY = retry.Policy(attempts=3, max_retry_after=5.0)
 
 
 @dataclass(frozen=True)
@@ -145,7 +128,7 @@ class AzureMonitor:
     def __init__(self, credential: Any, *, workspace_id: str = "", logs_endpoint: str = "",
                  metrics_endpoint: str = "", subscription_id: str = "", resource_group: str = "",
                  workspace: str = "", transport: Any = None, clock: Callable[[], datetime] | None = None,
-                 budget_seconds: float = DEFAULT_BUDGET_SECONDS, retry_total: int = 2) -> None:
+                 budget_seconds: float = retry.CALL_SECONDS, retry_total: int = 2) -> None:
         self.credential = credential
         self.workspace_id = workspace_id.strip()
         self.logs_endpoint = (logs_endpoint or "").strip()
@@ -218,6 +201,10 @@ class AzureMonitor:
             if client is not None:
                 client.close()
 
+    def _policy(self) -> Any:
+        return retry.sdk_policy(retry.Policy(attempts=self.retry_total + 1, max_retry_after=READ_POLICY.max_retry_after),
+                                retry_posts=True, call_seconds=self.budget_seconds)
+
     # --- Log Analytics -----------------------------------------------------------------------------------
 
     def _logs_client(self) -> Any:
@@ -227,8 +214,7 @@ class AzureMonitor:
 
                 # The client strips a trailing /v1 and uses the endpoint as the token audience, so a sovereign cloud
                 # needs only MLOPS_LOGS_ENDPOINT (e.g. https://api.loganalytics.azure.cn/v1).
-                kwargs: dict[str, Any] = {"retry_policy": read_retry_policy(
-                    retry_total=self.retry_total, budget_seconds=self.budget_seconds)}
+                kwargs: dict[str, Any] = {"retry_policy": self._policy()}
                 if self.logs_endpoint:
                     kwargs["endpoint"] = self.logs_endpoint
                 if self.transport is not None:
@@ -242,12 +228,11 @@ class AzureMonitor:
 
         query = traffic_query(endpoint, deployment, window.start, window.end, self.workspace)
         what = f"query {TRAFFIC_TABLE} for {endpoint}" + (f"/{deployment}" if deployment else "")
-        # No deadline: nothing here waits out a long Retry-After, so Throttled carries the service's own value.
         with translated(what):
             try:
                 result = self._logs_client().query_workspace(
                     self.workspace_id, query, timespan=(window.start, window.end),
-                    server_timeout=max(1, int(self.budget_seconds)))
+                    server_timeout=max(1, int(retry.timeout(self.budget_seconds))))
             except HttpResponseError as exc:
                 if _table_missing(exc):  # not an AzureError any more: passes through translated() untouched
                     raise _TableMissing(f"Log Analytics has no {TRAFFIC_TABLE} table") from exc
@@ -284,8 +269,7 @@ class AzureMonitor:
                 from azure.monitor.querymetrics import MetricsClient
 
                 kwargs: dict[str, Any] = {"audience": metrics_audience(self.metrics_endpoint),
-                                          "retry_policy": read_retry_policy(retry_total=self.retry_total,
-                                                                            budget_seconds=self.budget_seconds)}
+                                          "retry_policy": self._policy()}
                 if self.transport is not None:
                     kwargs["transport"] = self.transport
                 self._metrics = MetricsClient(self.metrics_endpoint, self.credential, **kwargs)
@@ -396,4 +380,4 @@ def _weighted_mean(metric: Any, weights: dict[datetime, float]) -> float | None:
 
 
 __all__ = ["AzureMonitor", "check_endpoint_name", "endpoint_resource_id", "kql_string", "metrics_audience",
-           "read_retry_policy", "traffic_query"]
+           "traffic_query"]

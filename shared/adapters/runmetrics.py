@@ -23,8 +23,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from shared.adapters.errors import DEFAULT_BUDGET_SECONDS, translated
-from shared.adapters.monitor import read_retry_policy
+from shared import retry
+from shared.adapters.errors import translated
+from shared.adapters.monitor import READ_POLICY
 from shared.errors import InvalidPayload, TransientError
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class MlflowRunMetrics:
     returns it (called once, on first use, so wiring does no I/O)."""
 
     def __init__(self, tracking_uri: str | Callable[[], str | None], credential: Any, *, scope: str | None = None,
-                 transport: Any = None, retry_total: int = 3, budget_seconds: float = DEFAULT_BUDGET_SECONDS,
+                 transport: Any = None, retry_total: int = 3, budget_seconds: float = retry.CALL_SECONDS,
                  page_size: int = 1000, max_pages: int = 50) -> None:
         self._tracking_uri = tracking_uri
         self.credential = credential
@@ -173,7 +174,9 @@ class MlflowRunMetrics:
 
                 policies = [RequestIdPolicy(), HeadersPolicy({"Accept": "application/json"}),
                             UserAgentPolicy(sdk_moniker="mlops-reflex-runmetrics"),
-                            read_retry_policy(retry_total=self.retry_total, budget_seconds=self.budget_seconds),
+                            retry.sdk_policy(retry.Policy(attempts=self.retry_total + 1,
+                                                          max_retry_after=READ_POLICY.max_retry_after),
+                                             retry_posts=True, call_seconds=self.budget_seconds),
                             BearerTokenCredentialPolicy(self.credential, self.scope or scope_for(base)),
                             HttpLoggingPolicy()]
                 kwargs = {"transport": self.transport} if self.transport is not None else {}

@@ -31,7 +31,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import random
 import threading
 import time
 import uuid
@@ -43,6 +42,7 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, TableTransactionError, UpdateMode
 
+from shared import retry
 from shared.adapters.errors import translated
 from shared.domain import Alert, AuditRecord
 from shared.errors import Busy, InvalidPayload
@@ -179,8 +179,9 @@ def _now_iso() -> str:
 
 
 def _pause(attempt: int) -> None:
-    """A short jittered wait before re-reading after a lost race, so racers spread out."""
-    time.sleep(random.uniform(0, min(0.2, 0.005 * 2 ** attempt)))
+    """A short jittered wait before re-reading after a lost race, so racers spread out (the app's one policy:
+    shared/retry.py; never past the invocation's deadline)."""
+    retry.pause(attempt + 1, what="re-read after a lost ETag race")
 
 
 class _Table:
@@ -718,10 +719,21 @@ def _alert_json(alert: Alert) -> str:
 
 # --- construction from settings ------------------------------------------------------------------------
 
-# Retry settings for the Table clients: the SDK's default (10 retries, exponential) can outlast an Event Grid
-# delivery (30 s); three quick retries ride over a blip, and anything longer is Event Grid's job.
-CLIENT_OPTIONS: dict[str, Any] = {"retry_total": 3, "retry_backoff_factor": 0.4, "retry_backoff_max": 4,
-                                  "connection_timeout": 5, "read_timeout": 10}
+# Timeouts of one request; shared/retry.py cuts them further to what is left of the invocation's deadline.
+CLIENT_OPTIONS: dict[str, Any] = {"connection_timeout": 5, "read_timeout": 10}
+
+
+def with_app_retries(service: TableServiceClient) -> TableServiceClient:
+    """Make the table clients ``service`` hands out retry by the app's one policy (shared/retry.py: a few quick
+    tries, never past the invocation's deadline) instead of the SDK's (10 exponential retries, Retry-After slept in
+    full, which can outlast an Event Grid delivery). azure-data-tables builds its TablesRetryPolicy itself and
+    takes no ``retry_policy``; get_table_client() passes the service's policy list on, so it is replaced there."""
+    from azure.data.tables._policies import TablesRetryPolicy
+
+    policies = service._policies  # noqa: SLF001 - the list get_table_client() builds each TableClient from
+    policies[:] = [retry.sdk_policy(base=TablesRetryPolicy) if isinstance(p, TablesRetryPolicy) else p
+                   for p in policies]
+    return service
 
 
 def service_client(endpoint: str, credential: Any, **options: Any) -> TableServiceClient:
@@ -733,7 +745,7 @@ def service_client(endpoint: str, credential: Any, **options: Any) -> TableServi
                              "(identity-based access)", field="MLOPS_LEDGER__tableServiceUri")
     if not hasattr(credential, "get_token"):
         raise TypeError("the Table clients take a TokenCredential (managed identity), not a key")
-    return TableServiceClient(endpoint, credential=credential, **{**CLIENT_OPTIONS, **options})
+    return with_app_retries(TableServiceClient(endpoint, credential=credential, **{**CLIENT_OPTIONS, **options}))
 
 
 def build_stores(service: TableServiceClient, *, names: Mapping[str, str] | None = None, create: bool = True,

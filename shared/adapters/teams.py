@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from shared.adapters.errors import retry_after_seconds
+from shared import retry
 from shared.errors import ServiceRejected, Throttled, TransientError
 
 logger = logging.getLogger(__name__)
@@ -28,8 +28,6 @@ DEFAULT_WINDOWS: tuple[tuple[int, float], ...] = ((60, 30.0),)
 # Windows are measured a little longer than nominal so that network jitter between our clock and Teams' clock
 # cannot squeeze one request too many into a window on their side.
 _WINDOW_SAFETY = 1.05
-# A Retry-After longer than this is read as this: the outbox keeps the alert and tries again later anyway.
-MAX_RETRY_AFTER = 3600.0
 
 
 def fingerprint(url: str) -> str:
@@ -161,8 +159,9 @@ class TeamsWebhook:
         self.limiter = RateLimiter(max_per_second, windows, clock=clock)
         self.max_attempts = max(1, max_attempts)
         self.time_budget = time_budget
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
+        # The app's one retry policy (shared/retry.py); any Retry-After is honoured when it fits the time left.
+        self.policy = retry.Policy(attempts=self.max_attempts, base=backoff_base, cap=backoff_max,
+                                   max_retry_after=retry.MAX_RETRY_AFTER_SECONDS)
         self.timeout = timeout
         self.clock = clock
         self.sleep = sleep
@@ -179,7 +178,10 @@ class TeamsWebhook:
         # The explicit charset matters: without it the connector counts the body as UTF-16, halving the size limit.
         headers = {"Content-Type": "application/json; charset=utf-8"}
         started = self.clock()
-        end = started + (self.time_budget if time_budget is None else min(time_budget, self.time_budget))
+        retry.check(f"Teams webhook {fp}")
+        # Within the caller's budget, the instance's, and the invocation's deadline, whichever ends first.
+        budgets = [b for b in (time_budget, self.time_budget, retry.remaining()) if b is not None]
+        end = started + min(budgets)
         last = "no attempt made"
         retry_after: float | None = None
         for attempt in range(1, self.max_attempts + 1):
@@ -222,7 +224,7 @@ class TeamsWebhook:
                                               f"HTTP error {inner}: {text[:300]}", status=inner)
                     last = f"HTTP {status} reporting HTTP error {inner}"
                 elif status == 429 or status == 408 or status >= 500:
-                    retry_after = _retry_after(response.headers.get("Retry-After"))
+                    retry_after = retry.retry_after_seconds(dict(response.headers))
                     last = f"HTTP {status}" + (f" (Retry-After {retry_after:g}s)" if retry_after is not None else "")
                     if retry_after is not None:
                         self.limiter.hold(fp, self.clock() + retry_after)
@@ -231,11 +233,9 @@ class TeamsWebhook:
                                           status=status)
             if attempt == self.max_attempts:
                 break
-            delay = self._backoff(attempt)
-            if retry_after is not None:
-                delay = max(delay, retry_after)
-            if self.clock() + delay > end:
-                logger.info("Teams webhook %s: %s; next try (in %.2fs) is past the time budget", fp, last, delay)
+            delay = self.policy.wait(attempt, retry_after, left=end - self.clock(), rand=self.jitter)
+            if delay is None:
+                logger.info("Teams webhook %s: %s; no time for another try within the time budget", fp, last)
                 break
             logger.info("Teams webhook %s: %s; retry %d in %.2fs", fp, last, attempt + 1, delay)
             self.sleep(delay)
@@ -243,17 +243,3 @@ class TeamsWebhook:
         if retry_after is not None or "429" in last:
             raise Throttled(message, retry_after=retry_after)
         raise TransientError(message)
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with "equal jitter": half fixed, half random, so retries spread out."""
-        ceiling = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1))
-        return ceiling / 2 + self.jitter() * ceiling / 2
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds (a number or an HTTP date), within 0..MAX_RETRY_AFTER; None when unreadable. Read
-    by the app's one Retry-After parser (shared.adapters.errors.retry_after_seconds)."""
-    if not value:
-        return None
-    seconds = retry_after_seconds({"Retry-After": value.strip()})
-    return None if seconds is None else min(MAX_RETRY_AFTER, seconds)

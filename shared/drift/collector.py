@@ -172,6 +172,11 @@ def container_client(account_url: str, container: str, credential, **options):
     azure-storage-blob asks it for ``STORAGE_SCOPE``. Pass ``max_chunk_get_size`` to bound each ranged read."""
     from azure.storage.blob import ContainerClient
 
+    from shared import retry
+
+    # The app's one retry policy and the invocation's deadline, not azure-storage-blob's own ExponentialRetry
+    # (15 s and longer between tries, Retry-After ignored), which could sleep far past a timer's deadline.
+    options.setdefault("retry_policy", retry.storage_policy())
     options.setdefault("max_single_get_size", 4 * 1024 * 1024)
     options.setdefault("max_chunk_get_size", 4 * 1024 * 1024)
     return ContainerClient(account_url, container, credential=credential, **options)

@@ -186,6 +186,11 @@ def local_stack(settings=None, *, host: str = "127.0.0.1", port: int = 0, key: s
     except BaseException:
         grid.close()
         raise
+    # Nothing of this home runs yet: claims still held belong to a host that crashed (kill -9); released now, they
+    # do not answer Busy to every redelivery until their lease runs out.
+    release = getattr(runtime.ledger, "release_abandoned", None)
+    if callable(release):
+        release()
     function_app.use_runtime(runtime)
     server.start()
     grid.endpoint_url = server.url  # the real port when port=0
@@ -238,9 +243,11 @@ def tick(runtime) -> object:
     """One rollout controller tick, as the every-minute timer trigger runs it in Azure."""
     import uuid
 
+    from shared import retry
     from shared.messages import AdvanceRollouts
 
-    return runtime.bus.handle(AdvanceRollouts(event_id=f"tick-{uuid.uuid4()}"))
+    with retry.deadline(retry.ROLLOUT_TICK_SECONDS):  # the timer's own deadline, as function_app sets it
+        return runtime.bus.handle(AdvanceRollouts(event_id=f"tick-{uuid.uuid4()}"))
 
 
 def check_drift(runtime) -> list:

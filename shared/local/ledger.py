@@ -146,6 +146,17 @@ class SqliteLedger:
             return False
         return True
 
+    def release_abandoned(self) -> int:
+        """Release every claim still held: called by the local host when it starts, when no worker of this ledger
+        can be running, so the claims of a host that crashed (kill -9) do not answer Busy until their lease runs
+        out. Their holders cannot settle them any more (fencing); the next delivery takes each over."""
+        cur = self._db.connect().execute(
+            "UPDATE processed SET lease_until = 0, holder = '', updated_at = ? WHERE outcome = ? AND lease_until > ?",
+            (_utcnow().isoformat(), PROCESSING, self._clock()))
+        if cur.rowcount:
+            logger.warning("released %d claim(s) a previous run of the host left held", cur.rowcount)
+        return cur.rowcount
+
     def release(self, key: str, *, token: str | None = None) -> bool:
         # The row stays, as an expired claim: the next claim takes it over and counts one more attempt.
         sql = "UPDATE processed SET lease_until = 0, holder = '', updated_at = ? WHERE key = ? AND outcome = ?"

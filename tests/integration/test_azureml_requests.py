@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from shared import retry
 from shared.adapters.azureml import (
     MODEL_OUTPUT,
     TRAIN_COMMAND,
     TRAINING_CODE,
     TRAINING_IMAGE,
     AzureMLWorkspace,
-    budget_retry_policy,
     build_workspace,
 )
 from shared.config import Settings
@@ -717,7 +717,7 @@ def test_a_short_retry_after_is_honoured_by_the_sdk_and_the_call_succeeds(ws, fa
 
 
 def test_throttling_never_spins_past_the_time_budget(fake):
-    ws = build_workspace(_settings(fake), FakeCredential(), transport=fake, retry_policy=budget_retry_policy(1.0))
+    ws = build_workspace(_settings(fake), FakeCredential(), transport=fake, retry_policy=retry.sdk_policy(call_seconds=1.0))
     fake.fail_next(429, method="GET", retry_after=0.3, times=50)
     started = time.monotonic()
     with pytest.raises(Throttled):
@@ -727,7 +727,7 @@ def test_throttling_never_spins_past_the_time_budget(fake):
 
 
 def test_server_errors_are_retried_within_the_budget_then_transient(fake):
-    policy = budget_retry_policy(1.0, retry_backoff_factor=0.1)  # waits 0, 0.2 and 0.4 s between the tries
+    policy = retry.sdk_policy(retry.Policy(base=0.1), call_seconds=1.0)  # waits at most 0.1, 0.2 and 0.4 s
     ws = build_workspace(_settings(fake), FakeCredential(), transport=fake, retry_policy=policy)
     fake.fail_next(500, method="GET", times=50, message="Internal server error")
     started = time.monotonic()
@@ -740,13 +740,14 @@ def test_server_errors_are_retried_within_the_budget_then_transient(fake):
 
 
 def test_backoff_that_would_outlast_the_budget_is_not_started(fake):
-    ws = build_workspace(_settings(fake), FakeCredential(), transport=fake, retry_policy=budget_retry_policy(1.0))
+    policy = retry.sdk_policy(retry.Policy(base=2.0), call_seconds=1.0)
+    ws = build_workspace(_settings(fake), FakeCredential(), transport=fake, retry_policy=policy)
     fake.fail_next(503, method="GET", times=50, message="Service unavailable")
     started = time.monotonic()
     with pytest.raises(Throttled, match="Service unavailable"):
         ws.get_model("churn-model", "1")
-    # Backoffs 0 then 1.0 s: the second would reach the 1 s budget, so the 503 is answered after two tries.
-    assert time.monotonic() - started < 0.5 and len(fake.find("GET")) == 2
+    # The first backoff (1 to 2 s) would reach the 1 s budget, so the 503 is answered after one try.
+    assert time.monotonic() - started < 0.5 and len(fake.find("GET")) == 1
 
 
 def test_a_404_is_not_found(ws, fake):

@@ -1,7 +1,9 @@
 """Duplicate / out-of-order storm with transient faults (issue 11, reliability suite).
 
 Many data versions and runs, 30 % duplicates, shuffled, 8 concurrent deliverers through the local host, into the
-azure backend (real adapters and SDK clients) whose Azure ML service answers 20 % of requests with a 503 or a 429.
+azure backend (real adapters and SDK clients) whose Azure ML service answers 20 % of requests with a 503 or a 429,
+and whose Table Storage (ledger, audit, outbox, endpoint states on Azurite) fails 20 % of requests in the SDK's
+transport with a 503, a 429 or a refused connection.
 Afterwards the effects are counted: one job per data version, one registered model per approved run, no claim
 left processing, zero lost events, and the only 5xx answers are the deliberate transient ones."""
 from __future__ import annotations
@@ -12,13 +14,14 @@ import uuid
 
 import pytest
 
-from shared.adapters.tables import build_stores
+from shared.adapters.tables import build_stores, with_app_retries
 from shared.bootstrap import build
 from shared.config import Settings
 from shared.local import wire
 from shared.local.host import LocalHost
 from tests.fakes.azureml_service import FakeCredential
 from tests.helpers import Recording
+from tests.reliability.faults import FaultyTransport, route_table_waits
 from tests.reliability.storm import FaultyAzureML, blob_events, deliver_storm, size, write_figures
 
 pytestmark = [pytest.mark.slow,
@@ -27,13 +30,16 @@ MODEL = "churn-model"
 
 
 @pytest.fixture
-def stack(azurite):
+def stack(azurite, monkeypatch):
+    route_table_waits(monkeypatch)  # retry waits recorded, not slept
     import function_app
 
     fake = FaultyAzureML(fault_rate=0.2)
     suffix = uuid.uuid4().hex[:12]
-    stores = build_stores(azurite.service(), names={"ledger": f"ledger{suffix}", "audit": f"audit{suffix}",
-                                                    "outbox": f"outbox{suffix}", "states": f"state{suffix}"})
+    tables = FaultyTransport(fault_rate=0.0)  # the tables are created without faults, then 20 % of requests fail
+    names = {"ledger": f"ledger{suffix}", "audit": f"audit{suffix}", "outbox": f"outbox{suffix}",
+             "states": f"state{suffix}"}
+    stores = build_stores(with_app_retries(azurite.service(transport=tables)), names=names)
     settings = Settings(
         backend="azure", subscription_id=fake.subscription_id, resource_group=fake.resource_group,
         workspace=fake.workspace, datastore="landing", landing_container="landing",
@@ -42,6 +48,8 @@ def stack(azurite):
     runtime = build(settings, credential=FakeCredential(), transport=fake, notifier=notifier, **stores)
     function_app.use_runtime(runtime)
     host = LocalHost(function_app.app, port=0).start()
+    tables.fault_rate = 0.2
+    fake.tables = tables
     try:
         yield host, runtime, fake, notifier
     finally:
@@ -74,6 +82,7 @@ def test_a_duplicated_shuffled_concurrent_storm_with_faults_takes_effect_exactly
                        wire.run_status_changed(name, "Completed", experiment="churn", tags=tags)]
     runs = deliver_storm(host.url, host.key, "on_run_event", run_events, seed=8)
     assert runs.lost == []
+    fake.tables.fault_rate = 0.0  # the counting below reads the tables without faults
 
     models = {r.path.rsplit("/", 1)[-1] for r in fake.find("PUT", f"/models/{MODEL}/versions/")
               if 200 <= r.status < 300}
@@ -98,7 +107,9 @@ def test_a_duplicated_shuffled_concurrent_storm_with_faults_takes_effect_exactly
         "runs": len(jobs), "jobs_created": len(jobs), "jobs_expected": versions,
         "models_registered": len(models), "models_expected": len(approved_jobs),
         "audit_repeats": len(approved) - len(approved_jobs),
-        "faults_injected": fake.injected, "fault_rate": fake.fault_rate, "lost": len(data.lost) + len(runs.lost),
+        "faults_injected": fake.injected, "fault_rate": fake.fault_rate,
+        "table_faults_injected": fake.tables.total_injected, "table_requests": fake.tables.requests,
+        "table_faults_by_kind": dict(fake.tables.injected), "lost": len(data.lost) + len(runs.lost),
         "transient_5xx_answers": five_xx, "ledger_duplicates_counted": stats.get("duplicates", 0),
         "seconds": round(data.seconds + runs.seconds, 1)},
         scale=f"{versions} data versions" if os.environ.get("RELIABILITY_STORM_VERSIONS") else None)

@@ -11,7 +11,7 @@ import time
 import httpx
 import pytest
 
-from shared.adapters.teams import RateLimiter, _retry_after
+from shared.adapters.teams import RateLimiter
 from shared.config import Settings
 from shared.domain import ALERT_KINDS, SEVERITIES, Alert
 from shared.errors import InvalidPayload, ServiceRejected, Throttled, TransientError
@@ -25,6 +25,7 @@ from shared.notify import (
     incident_step,
     is_failure,
 )
+from shared.retry import retry_after_seconds
 from tests.helpers import EpochClock, Recorder
 
 A = "https://example.invalid/workflows/a/triggers/manual/paths/invoke?sig=SECRET-A"
@@ -433,7 +434,7 @@ def test_limiter_holds_a_url_after_retry_after():
                                          ("inf", None), ("nan", None), ("soon", None), ("", None), (None, None),
                                          ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)])
 def test_retry_after_is_read_bounded_and_never_forever(raw, seconds):
-    assert _retry_after(raw) == seconds
+    assert retry_after_seconds(raw) == seconds
 
 
 class SlotOnlyLater(Recorder):
