@@ -374,7 +374,7 @@ def dead_letter_account_url(ledger_table_uri: str) -> str:
 def _local_cli(args: list[str]) -> int:
     from shared.local import cli
 
-    return cli.main(args)
+    return cli.main(args, configure_logging=False)  # mlops set up its own logging (main)
 
 
 def _target_args(url: str | None, key: str | None) -> list[str]:

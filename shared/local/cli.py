@@ -21,14 +21,16 @@ DEFAULT_PORT = 7071
 RUNTIME_FILE = "local-host.json"
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, configure_logging: bool = True) -> int:
+    """``configure_logging=False`` when another command line (``mlops``) runs a command and owns the logging."""
     parser = _parser()
     args = parser.parse_args(argv)
     from shared import logs
 
-    # JSON lines with the invocation, event and chain ids (docs/observability.md)
-    logs.setup_local(logging.DEBUG if args.verbose else logging.INFO)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the story
+    if configure_logging:
+        # JSON lines with the invocation, event and chain ids (docs/observability.md)
+        logs.setup_local(logging.DEBUG if args.verbose else logging.INFO)
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the story
     try:
         return args.run(args)
     except (subs.SubscriptionError, FileNotFoundError, ValueError) as error:
