@@ -18,6 +18,7 @@ import inspect
 import json
 import logging
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
@@ -135,9 +136,26 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A StreamHandler bound to the current ``sys.stderr`` rather than the one at construction."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def setup_local(level: int = logging.INFO, stream: IO[str] | None = None) -> logging.Handler:
-    """JSON lines on ``stream`` (stderr) for the whole process: the local host and the CLI."""
-    handler = logging.StreamHandler(stream)
+    """JSON lines on ``stream`` (stderr) for the whole process: the local host and the CLI. Without a ``stream``
+    each line goes to whatever ``sys.stderr`` is when it is written, so a stream swapped in and closed again (a
+    command run in-process, a test runner) never leaves the handler writing to a closed file."""
+    handler = logging.StreamHandler(stream) if stream is not None else _CurrentStderr()
     handler.setFormatter(JsonFormatter())
     handler.addFilter(ContextFilter())
     root = logging.getLogger()

@@ -8,13 +8,14 @@ import httpx
 import pytest
 
 from shared import retry
+from shared.adapters.events import EventGridPublisher
 from shared.adapters.teams import TeamsWebhook
 from shared.domain import Alert
 from shared.errors import TransientError
 from shared.local.outbox import SqliteOutbox
 from shared.notify import Outbox, Router
 from tests.helpers import Recorder
-from tests.integration.test_eventgrid_publisher import publisher
+from tests.integration.test_eventgrid_publisher import SETTINGS, CannedTransport, FakeCredential, publisher
 from tests.integration.test_teams_delivery import Hook, Reply, path_of
 
 
@@ -41,15 +42,27 @@ def test_the_teams_webhook_stops_retrying_at_the_deadline():
 
 
 def test_the_publisher_starts_nothing_once_the_deadline_is_spent_and_waits_no_longer_than_it():
-    pub, transport, _, clock = publisher(*[(503, {}, b"")] * 5, retries=4, backoff_seconds=0.3)
+    pub, transport, _, _ = publisher(*[(503, {}, b"")] * 5, retries=4, backoff_seconds=0.3)
     with retry.deadline(0.01):
         time.sleep(0.02)
         with pytest.raises(retry.DeadlineExceeded):
             pub.publish("MLOps.DriftDetected", "s", {"endpoint": "e"})
     assert transport.requests == []
+    # Real sleeps this time: the deadline is wall-clock time, so a clock that only pretends to sleep cannot use it up.
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        time.sleep(seconds)
+
+    transport = CannedTransport(*[(503, {}, b"")] * 5)
+    pub = EventGridPublisher.from_settings(SETTINGS, FakeCredential(), transport=transport, sleep=sleep,
+                                           retries=4, backoff_seconds=0.3)
+    started = time.monotonic()
     with retry.deadline(0.5), pytest.raises(TransientError):
         pub.publish("MLOps.DriftDetected", "s", {"endpoint": "e"})
-    assert sum(clock.slept) < 0.5 and len(transport.requests) < 5  # 4 retries 0.15-2.4 s apart do not fit
+    assert time.monotonic() - started < 0.5 + 0.3  # one in-flight request may finish past it
+    assert sum(slept) < 0.5 and len(transport.requests) < 5  # 4 retries 0.15-2.4 s apart do not fit
 
 
 def test_the_outbox_flush_defers_what_the_deadline_leaves_no_time_for(tmp_path):

@@ -132,3 +132,32 @@ def test_every_trigger_declares_an_unannotated_context_the_worker_can_pass():
         assert list(params)[-1] == "context" and f.arg_name in params, f.name
         hints = typing.get_type_hints(f.call)
         assert "context" not in hints and hints[f.arg_name].__module__.startswith("azure.functions"), f.name
+
+
+def test_local_json_lines_follow_stderr_when_it_is_swapped_and_closed(monkeypatch):
+    """A command run in-process (mlops → the local command line, a test runner's capture) swaps sys.stderr and
+    closes it afterwards: the process's handler must not keep writing into the closed stream."""
+    import io
+    import logging
+
+    from shared import logs
+
+    root = logging.getLogger()
+    before = list(root.handlers), root.level
+    first = io.StringIO()
+    monkeypatch.setattr("sys.stderr", first)
+    handler = logs.setup_local(logging.INFO)
+    try:
+        logging.getLogger("shared.test").info("one")
+        first.close()
+        second = io.StringIO()
+        monkeypatch.setattr("sys.stderr", second)
+        logging.getLogger("shared.test").info("two")
+        text = second.getvalue()
+        assert "Logging error" not in text
+        lines = [json.loads(line) for line in text.splitlines()]
+        assert [line["message"] for line in lines] == ["two"]
+    finally:
+        root.removeHandler(handler)
+        root.handlers[:] = before[0]
+        root.setLevel(before[1])
