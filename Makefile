@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo serve test test-fast reliability bench lint clean
+.PHONY: setup demo serve check-config test test-fast reliability bench lint clean
 
 $(STAMP): requirements.txt pyproject.toml package.json
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,13 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m shared.local.demo
 
+PORT ?= 7071
 serve: $(STAMP)
-	$(PY) -m shared.local serve
+	@$(PY) -m shared.local serve --port $(PORT)
+
+# Every MLOPS_* setting checked at once (exit 2 when one must be fixed).
+check-config: $(STAMP)
+	@$(PY) -m shared.local check-config
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
