@@ -305,7 +305,7 @@ def _contract(r: _Reader) -> Contract:
         r.fail("MLOPS_ID_COLUMNS", f"MLOPS_ID_COLUMNS names the label column {label!r}: an id column is ignored")
     if label in features or set(features) & set(ids):
         r.fail("MLOPS_FEATURE_COLUMNS", "MLOPS_FEATURE_COLUMNS must not name the label or an id column, not "
-                                        f"{', '.join(sorted((set(features) & ({label} | set(ids)))))}")
+                                        f"{', '.join(sorted(set(features) & ({label} | set(ids))))}")
     return Contract(label=label, id_columns=ids, features=features,
                     min_rows=r.int("MLOPS_MIN_ROWS", d.min_rows, lo=2))
 
