@@ -17,6 +17,13 @@ from shared.errors import InvalidPayload
 logger = logging.getLogger(__name__)
 
 
+def _total_size(properties) -> int | None:
+    """The whole blob's size: a ranged download's ``size`` is the range's, its Content-Range ends with the total."""
+    content_range = getattr(properties, "content_range", None) or ""
+    total = content_range.rpartition("/")[2]
+    return int(total) if total.isdigit() else getattr(properties, "size", None)
+
+
 class BlobLandingReader:
     """``head(url)`` for blob URLs of the landing container; ``options`` reach every client (transport, ...)."""
 
@@ -41,7 +48,7 @@ class BlobLandingReader:
         with translated(f"reading the head of {client.blob_name}"):
             stream = client.download_blob(offset=0, length=max_bytes)
             data = stream.readall()
-            size = stream.properties.size
+            size = _total_size(stream.properties)
         logger.info("read %d of %s bytes of %s", len(data), size, client.blob_name)
         return Head(name=client.blob_name, data=data, size=size)
 

@@ -6,6 +6,8 @@ reach the service, exactly once over duplicated events, and a rollback that leav
 """
 from __future__ import annotations
 
+import csv
+import io
 import uuid
 
 import pytest
@@ -17,6 +19,8 @@ from shared.adapters.tables import TableAuditLog, TableLedger, build_stores
 from shared.adapters.wiring import build_azure
 from shared.bootstrap import Runtime, build
 from shared.config import Settings
+from shared.datacontract import Head
+from shared.local.churn import generate
 from shared.local import wire
 from shared.local.clock import SimClock
 from tests.fakes.azureml_service import FakeAzureML, FakeCredential
@@ -24,6 +28,18 @@ from tests.helpers import Recording
 
 pytestmark = pytest.mark.filterwarnings("ignore::marshmallow.warnings.RemovedInMarshmallow4Warning")
 ENDPOINT, MODEL = "churn-endpoint", "churn-model"
+
+
+class GeneratedLanding:
+    """The data contract's reader for landed blobs, answering with a generated churn table."""
+
+    def head(self, path: str, max_bytes: int = 0) -> Head:
+        out = io.StringIO()
+        rows = generate(100, seed=1)
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        return Head(name=path.rsplit("/", 1)[-1], data=out.getvalue().encode(), size=len(out.getvalue()))
 
 
 class AzureArc:
@@ -38,8 +54,10 @@ class AzureArc:
             ledger_table_uri="https://mlopsapp.table.core.windows.net/").with_policy(min_primary=0.7)
         self.notifier = Recording()
         self.clock = SimClock()
+        # The landed blobs exist nowhere (the fake serves Azure ML only): their heads come from the generator. The
+        # blob reader itself is tested against Azurite (tests/integration/test_landing_blob.py).
         self.rt = build(self.settings, credential=FakeCredential(), transport=self.fake, notifier=self.notifier,
-                        clock=self.clock, **stores)
+                        clock=self.clock, landing=GeneratedLanding(), **stores)
 
     def deliver(self, event: dict) -> list:
         return self.rt.bus.handle(eventgrid.to_message(event, landing_container="landing"))
@@ -121,6 +139,8 @@ def test_landed_data_trains_registers_and_rolls_back_on_azure_exactly_once(arc):
     [data_put] = arc.puts("/data/churn/versions/1")
     assert data_put.json["properties"]["dataUri"] == "azureml://datastores/landing/paths/churn/1/churn.csv"
     assert body["tags"]["mlops_trigger_event"] == first["id"] and body["tags"]["mlops_owner"] == "mlops-automation"
+    # the data contract's columns reach train.py as arguments (the job reads no settings of its own)
+    assert "--output ${{outputs.output}} --label churn --id-columns customer_id && cp" in body["command"]
 
     done = arc.finish("train-churn-v1-a1", auc=0.80, logloss=0.45)
     arc.deliver(done)
