@@ -20,8 +20,8 @@ from shared.adapters.wiring import build_azure
 from shared.bootstrap import Runtime, build
 from shared.config import Settings
 from shared.datacontract import Head
-from shared.local.churn import generate
 from shared.local import wire
+from shared.local.churn import generate
 from shared.local.clock import SimClock
 from tests.fakes.azureml_service import FakeAzureML, FakeCredential
 from tests.helpers import Recording

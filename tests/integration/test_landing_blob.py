@@ -10,7 +10,13 @@ from shared.adapters.landing import BlobLandingReader
 from shared.datacontract import Contract, ContractViolation, validate
 from shared.errors import NotFound
 from shared.local.churn import generate
-from tests.integration.azurite import AZURITE_BLOB, STORAGE_SCOPE, StaticTokenCredential, start_azurite, unsigned_storage_token
+from tests.integration.azurite import (
+    AZURITE_BLOB,
+    STORAGE_SCOPE,
+    StaticTokenCredential,
+    start_azurite,
+    unsigned_storage_token,
+)
 from tests.unit.test_datacontract import table
 
 
