@@ -40,9 +40,9 @@ reliability: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# Cold start and throughput into docs/benchmarks.md, then the drift benchmark into docs/benchmarks-drift.md.
 bench: $(STAMP)
-	$(PY) bench/coldstart.py
-	$(PY) bench/throughput.py
+	$(PY) bench/report.py
 	$(PIP) install --quiet $$($(PY) -c "import tomllib;print(' '.join(repr(d) for d in tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['bench']))" | tr -d "'")
 	$(PY) bench/drift.py
 
