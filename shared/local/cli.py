@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -204,6 +205,8 @@ def serve_command(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must be from 0 to 65535, not {args.port}")
     try:
+        if args.port:
+            _check_port(args.host, args.port)  # before anything is built or logged: a busy port is one line
         stack = local_stack(settings, host=args.host, port=args.port, key=args.key,
                             subscriptions=subs.load(args.subscriptions), dead_letter_dir=args.dead_letter_dir,
                             max_attempts=args.max_attempts, backoff=args.backoff,
@@ -239,6 +242,15 @@ def serve_command(args: argparse.Namespace) -> int:
         runtime_file.unlink(missing_ok=True)
     print(f"stats: {json.dumps(stack.grid.stats())}")
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """Raise OSError if ``host:port`` cannot be listened on (bound as the host's server binds, SO_REUSEADDR)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
 
 
 def _interrupt(signum, frame) -> None:
@@ -341,7 +353,8 @@ def land_command(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"no such file: {source}")
         try:
             report = datacontract.validate(datacontract.read_file(source), settings.contract, asset=args.asset,
-                                           version=args.version)
+                                           version=args.version,
+                                           taken=_registered_versions(settings.home / WORKSPACE_DIR, args.asset))
         except datacontract.ContractViolation as error:
             print(f"refused: {error}", file=sys.stderr)
             return 1
@@ -366,6 +379,17 @@ def land_command(args: argparse.Namespace) -> int:
           + (f" (ignored id columns: {', '.join(report.ignored)})" if report.ignored else ""))
     print(f"watch it: curl -s -H 'x-functions-key: <key>' {url}/api/status")
     return 0
+
+
+def _registered_versions(root: Path, asset: str) -> list[str]:
+    """The data versions of ``asset`` the local workspace has registered (read-only; none if it has no database)."""
+    import sqlite3
+
+    db = root / "workspace.db"
+    if not db.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as conn:
+        return [row[0] for row in conn.execute("SELECT version FROM data_assets WHERE name = ?", (asset,))]
 
 
 def _verdict(url: str, key: str, event_id: str) -> dict | None:

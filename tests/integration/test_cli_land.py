@@ -121,3 +121,7 @@ def test_a_conflicting_second_file_for_a_registered_version_exits_1_with_the_app
     assert cli.main(["land", "churn", "1", str(write_csv(tmp_path / "b.csv", rows=300, seed=2)), *args]) == 1
     err = capsys.readouterr().err
     assert err.startswith("failed: data churn:1 already points at") and "register" in err
+    # a refused file's next version counts the versions already registered: 0 → 2, since 1 is taken
+    rows = [{**r, "account_id": f"A{i}"} for i, r in enumerate(generate(100, seed=1))]
+    assert cli.main(["land", "churn", "0", str(write_rows(tmp_path / "ids.csv", rows)), *args]) == 1
+    assert "land the fixed file as churn/2/ids.csv" in capsys.readouterr().err
