@@ -245,14 +245,15 @@ class LocalLandingReader:
     def head(self, path: str, max_bytes: int = MAX_HEAD_BYTES) -> Head:
         local = Path(self.resolve(path) if callable(self.resolve) else path)
         if local.is_dir():
-            local = _first_file(p for p in local.rglob("*") if p.is_file())
+            local = _first_file(local, (p for p in local.rglob("*") if p.is_file()))
         with local.open("rb") as fh:
             data = fh.read(max_bytes)
         return Head(name=local.name, data=data, size=local.stat().st_size)
 
 
-def _first_file(files: Iterable[Path]) -> Path:
-    found = sorted(p for p in files if not any(part.startswith(("_", ".")) for part in p.parts[-1:]))
+def _first_file(folder: Path, files: Iterable[Path]) -> Path:
+    """The first data file under ``folder`` by name; hidden and scratch files and folders (``_``, ``.``) skipped."""
+    found = sorted(p for p in files if not any(part.startswith(("_", ".")) for part in p.relative_to(folder).parts))
     if not found:
         raise InvalidPayload("the landed folder holds no data file", field="data")
     return found[0]

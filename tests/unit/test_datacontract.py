@@ -122,3 +122,14 @@ def test_missing_configured_features_and_a_ragged_line():
 ])
 def test_next_version(version, taken, expected):
     assert next_version(version, taken) == expected
+
+
+def test_a_local_folder_is_read_through_its_first_data_file_skipping_scratch_folders(tmp_path):
+    folder = tmp_path / "churn" / "2026-11-01"
+    (folder / "_temporary" / "0").mkdir(parents=True)
+    (folder / "_temporary" / "0" / "part-0000.csv").write_bytes(b"junk")
+    (folder / "_SUCCESS").write_bytes(b"")
+    (folder / "part-0001.csv").write_bytes(table(generate(50, seed=1)))
+    head = read_file(folder)
+    assert head.name == "part-0001.csv"
+    assert validate(head, C, asset="churn", version="2026-11-01").rows == 50
