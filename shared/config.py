@@ -118,7 +118,7 @@ class Settings:
     status_url: str = ""  # public URL of GET /api/status, for links in alerts
     # Teams
     teams_webhook_url: str = ""
-    teams_routes: str = ""  # JSON routing table, see README
+    teams_routes: str = ""  # JSON routing table, see docs/teams.md
     teams_failures_only: bool = False
     # Approvals (App Service Authentication in front of the app)
     approvers: tuple[str, ...] = ()  # user names, "group:<object id>" or "role:<app role>" allowed to approve
