@@ -160,7 +160,7 @@ def check(head: Head, contract: Contract) -> tuple[Report | None, list[Problem]]
     rows = [r for r in rows if any(cell.strip() for cell in r)]
     if not rows:
         return None, [Problem("the file is empty", "land a CSV with a header row and data rows")]
-    header = [c.strip() for c in rows[0]]
+    header = list(rows[0])  # as train.py's csv.DictReader reads it: " churn" is not "churn"
     body = rows[1:]
     problems: list[Problem] = []
     dupes = sorted({c for c in header if header.count(c) > 1})
@@ -168,7 +168,7 @@ def check(head: Head, contract: Contract) -> tuple[Report | None, list[Problem]]
         problems.append(Problem(f"the header repeats column(s) {', '.join(dupes)}", "give every column its own name"))
     if contract.label not in header:
         problems.append(Problem(
-            f"no label column {contract.label!r} (columns: {', '.join(header[:20])}"
+            f"no label column {contract.label!r} (columns: {', '.join(map(repr, header[:20]))}"
             f"{', ...' if len(header) > 20 else ''})",
             f"name the 0/1 outcome column {contract.label!r}, or set MLOPS_LABEL_COLUMN to its name"))
     ragged = next((i + 2 for i, r in enumerate(body) if len(r) != len(header)), None)

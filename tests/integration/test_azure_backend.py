@@ -6,8 +6,6 @@ reach the service, exactly once over duplicated events, and a rollback that leav
 """
 from __future__ import annotations
 
-import csv
-import io
 import uuid
 
 import pytest
@@ -19,27 +17,13 @@ from shared.adapters.tables import TableAuditLog, TableLedger, build_stores
 from shared.adapters.wiring import build_azure
 from shared.bootstrap import Runtime, build
 from shared.config import Settings
-from shared.datacontract import Head
 from shared.local import wire
-from shared.local.churn import generate
 from shared.local.clock import SimClock
 from tests.fakes.azureml_service import FakeAzureML, FakeCredential
-from tests.helpers import Recording
+from tests.helpers import GeneratedLanding, Recording
 
 pytestmark = pytest.mark.filterwarnings("ignore::marshmallow.warnings.RemovedInMarshmallow4Warning")
 ENDPOINT, MODEL = "churn-endpoint", "churn-model"
-
-
-class GeneratedLanding:
-    """The data contract's reader for landed blobs, answering with a generated churn table."""
-
-    def head(self, path: str, max_bytes: int = 0) -> Head:
-        out = io.StringIO()
-        rows = generate(100, seed=1)
-        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-        return Head(name=path.rsplit("/", 1)[-1], data=out.getvalue().encode(), size=len(out.getvalue()))
 
 
 class AzureArc:
@@ -54,8 +38,6 @@ class AzureArc:
             ledger_table_uri="https://mlopsapp.table.core.windows.net/").with_policy(min_primary=0.7)
         self.notifier = Recording()
         self.clock = SimClock()
-        # The landed blobs exist nowhere (the fake serves Azure ML only): their heads come from the generator. The
-        # blob reader itself is tested against Azurite (tests/integration/test_landing_blob.py).
         self.rt = build(self.settings, credential=FakeCredential(), transport=self.fake, notifier=self.notifier,
                         clock=self.clock, landing=GeneratedLanding(), **stores)
 

@@ -133,3 +133,8 @@ def test_a_local_folder_is_read_through_its_first_data_file_skipping_scratch_fol
     head = read_file(folder)
     assert head.name == "part-0001.csv"
     assert validate(head, C, asset="churn", version="2026-11-01").rows == 50
+
+
+def test_header_names_are_read_exactly_as_training_reads_them():
+    data = table(generate(50, seed=8)).replace(b",churn\n", b", churn\n", 1)
+    assert "no label column 'churn' (columns: 'customer_id'" in refused(data) and "' churn'" in refused(data)
