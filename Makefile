@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo serve test test-fast reliability bench lint clean
+.PHONY: setup demo serve check-config test test-fast reliability bench lint clean
 
 $(STAMP): requirements.txt pyproject.toml package.json
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,13 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m shared.local.demo
 
+PORT ?= 7071
 serve: $(STAMP)
-	$(PY) -m shared.local serve
+	@$(PY) -m shared.local serve --port $(PORT)
+
+# Every MLOPS_* setting checked at once (exit 2 when one must be fixed).
+check-config: $(STAMP)
+	@$(PY) -m shared.local check-config
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -36,9 +41,9 @@ reliability: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# Cold start and throughput into docs/benchmarks.md, then the drift benchmark into docs/benchmarks-drift.md.
 bench: $(STAMP)
-	$(PY) bench/coldstart.py
-	$(PY) bench/throughput.py
+	$(PY) bench/report.py
 	$(PIP) install --quiet $$($(PY) -c "import tomllib;print(' '.join(repr(d) for d in tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['bench']))" | tr -d "'")
 	$(PY) bench/drift.py
 

@@ -33,23 +33,64 @@ _runtime = None
 _runtime_lock = threading.Lock()
 
 
+class NotConfigured(TransientError):
+    """The app's settings are missing or invalid: nothing can run until they are fixed (which restarts the app).
+    Transient for Event Grid (it redelivers once the settings are fixed); HTTP answers 503 naming the problems."""
+
+    def __init__(self, error: InvalidPayload) -> None:
+        super().__init__(f"the app is not configured: {error}")
+        self.problems = [str(p) for p in getattr(error, "problems", [])] or [str(error)]
+
+
+_config_error: NotConfigured | None = None
+
+
 def runtime():
-    """The wired app, built on first use and kept for the life of the worker."""
-    global _runtime
+    """The wired app, built on first use and kept for the life of the worker. Settings that are missing or invalid
+    are logged once, as one error naming them all; every later call raises NotConfigured without building again."""
+    global _runtime, _config_error
     if _runtime is None:
         with _runtime_lock:  # the worker runs sync functions on a thread pool: build once, not once per thread
+            if _config_error is not None:
+                raise _config_error
             if _runtime is None:
                 from shared.bootstrap import build
+                from shared.config import SettingsError
 
                 logs.setup_azure()  # Application Insights via OpenTelemetry, when its connection string is set
-                _runtime = build()
+                try:
+                    _runtime = build()
+                except SettingsError as error:
+                    _config_error = NotConfigured(error)
+                    logger.error("%s", _config_error)  # once per worker, no traceback: the message is the story
+                    raise _config_error from None
     return _runtime
 
 
+def _configured(fn):
+    """An HTTP route answers 503 + Retry-After and a JSON naming every settings problem when the app is not
+    configured, instead of failing with a traceback per request."""
+    import functools
+
+    def wrapper(req: func.HttpRequest) -> func.HttpResponse:
+        try:
+            runtime()
+        except NotConfigured as error:
+            return func.HttpResponse(json.dumps({"error": "the app is not configured", "problems": error.problems,
+                                                 "fix": "set the app settings named here (docs/settings.md); "
+                                                        "python -m shared.local check-config lists them"}),
+                                     status_code=503, mimetype="application/json",
+                                     headers={"Retry-After": str(DEFAULT_RETRY_AFTER)})
+        return fn(req)
+    # Not written as a decorator: the infra checks read function_app.py's decorator blocks with a regex.
+    return functools.wraps(fn)(wrapper)
+
+
 def use_runtime(rt) -> None:
-    """Run the functions against a given runtime (the local host, tests)."""
-    global _runtime
+    """Run the functions against a given runtime (the local host, tests); also forgets a configuration error."""
+    global _runtime, _config_error
     _runtime = rt
+    _config_error = None
 
 
 # Event Grid never delivers an event over 1 MB (its per-event limit), and no route here needs more: anything
@@ -214,6 +255,7 @@ def _run_command(command) -> func.HttpResponse:
 @app.route(route="reruns", methods=["POST"])
 @within(HTTP_SECONDS)
 @logs.invoked
+@_configured
 def reruns(req: func.HttpRequest) -> func.HttpResponse:
     """Retrain a data asset version ({asset, version}) or rerun a job ({job}); "force": true = a new attempt."""
     try:
@@ -241,6 +283,7 @@ def reruns(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="rollbacks", methods=["POST"])
 @within(HTTP_SECONDS)
 @logs.invoked
+@_configured
 def rollbacks(req: func.HttpRequest) -> func.HttpResponse:
     """Roll an endpoint back by hand: {endpoint, reason, to_deployment?}."""
     try:
@@ -257,6 +300,7 @@ def rollbacks(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="status", methods=["GET"])
 @within(HTTP_SECONDS)
 @logs.invoked
+@_configured
 def status(req: func.HttpRequest) -> func.HttpResponse:
     """Endpoints with their traffic split, recent decisions, running jobs."""
     from shared.views import status as snapshot
@@ -284,6 +328,7 @@ MAX_STATUS_LIMIT = 500  # decisions one status answer lists
 @app.route(route="endpoints/{endpoint}/page", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 @within(HTTP_SECONDS)
 @logs.invoked
+@_configured
 def endpoint_page(req: func.HttpRequest) -> func.HttpResponse:
     """One endpoint's page (lineage graph, rollout, traffic history, audit timeline, drift) for a signed-in person:
     anonymous at the Functions level so a card can link to it without a key; shared/pages.py checks the reader."""
@@ -318,6 +363,7 @@ def _page(status: int, page: str) -> func.HttpResponse:
 @app.route(route="alerts", methods=["POST"])
 @within(HTTP_SECONDS)
 @logs.invoked
+@_configured
 def monitor_alert(req: func.HttpRequest) -> func.HttpResponse:
     """Azure Monitor alerts (common alert schema) from an action group webhook → DriftDetected."""
     return _alert(req)
@@ -327,6 +373,7 @@ def monitor_alert(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="alerts/secure", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 @within(HTTP_SECONDS)
 @logs.invoked
+@_configured
 def monitor_alert_secure(req: func.HttpRequest) -> func.HttpResponse:
     """The same, from an action group's secure webhook: no key in the action group's readable configuration; an
     Entra ID token with the alerts app role instead (MLOPS_ALERT_AUTH=entra)."""
@@ -439,6 +486,7 @@ def _approval_view(req: func.HttpRequest, message: str = "", status: int = 200) 
 @app.route(route="approvals/{approval_id}", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 @within(HTTP_SECONDS)
 @logs.invoked
+@_configured
 def approval_page(req: func.HttpRequest) -> func.HttpResponse:
     """The approval page a Teams card links to: the candidate against the stable, and the decision form."""
     return _approval_view(req)
@@ -448,6 +496,7 @@ def approval_page(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="approvals/{approval_id}", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 @within(HTTP_SECONDS)
 @logs.invoked
+@_configured
 def approval_decision(req: func.HttpRequest) -> func.HttpResponse:
     """Approve or reject ({decision: approve|reject, reason}) as the person App Service Authentication signed in;
     a function key alone never approves."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from shared import handlers
 from shared.bus import Bus, HeldClaims
-from shared.config import Settings
+from shared.config import Settings, SettingsError, requirements
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +78,11 @@ def _local(settings: Settings, given: dict[str, Any]) -> dict[str, Any]:
 
         deps["notifier"] = build_notifier(settings, store=SqliteOutbox(home / "outbox.db"),
                                           stream=given.get("alert_stream"))
+    if "landing" not in given:
+        from shared.datacontract import LocalLandingReader
+
+        resolve = getattr(given.get("workspace") or deps["workspace"], "local_path", None)
+        deps["landing"] = LocalLandingReader(resolve) if callable(resolve) else None
     if "monitor" not in given:
         from shared.local.monitor import LocalMonitor
 
@@ -88,8 +93,16 @@ def _local(settings: Settings, given: dict[str, Any]) -> dict[str, Any]:
 def _azure(settings: Settings, given: dict[str, Any]) -> dict[str, Any]:
     from shared.adapters.wiring import build_azure
 
+    missing = [p for p in requirements(settings) if p.severity == "error"]
+    if missing:  # every missing setting in one message, before any client is made
+        raise SettingsError(missing)
     options = {k: given[k] for k in ("credential", "transport") if k in given}
     deps = {k: v for k, v in build_azure(settings, **options).items() if k not in given}
+    if "landing" not in given and "landing" not in deps:
+        from shared.adapters.landing import BlobLandingReader
+
+        deps["landing"] = BlobLandingReader(deps.get("credential") or given.get("credential"),
+                                            **({"transport": given["transport"]} if "transport" in given else {}))
     if "notifier" not in given:
         from shared.notify import build_notifier
 

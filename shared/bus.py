@@ -48,7 +48,7 @@ def _label(value: object) -> str:
         text = f"<{type(value).__name__}>"
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     text = "".join(c if c.isprintable() else "?" for c in text[:LABEL_CHARS])
-    return text or "unknown"
+    return redact(text) or "unknown"  # a junk id may quote a SAS URL: its signature is never stored or shown
 
 
 class UnexpectedError(TransientError):

@@ -8,7 +8,45 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.datacontract import Contract
 from shared.errors import InvalidPayload
+
+# Metrics train.py logs (shared/training/train.py evaluate): the gate ranks by a higher-is-better one and guards
+# with lower-is-better ones.
+HIGHER_IS_BETTER = ("auc", "accuracy", "precision", "recall", "f1")
+LOWER_IS_BETTER = ("logloss",)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One missing or invalid setting. ``severity`` error stops the app; warning is a degraded but working app."""
+
+    setting: str
+    message: str
+    severity: str = "error"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SettingsError(InvalidPayload):
+    """Every invalid or missing setting at once (``problems``); ``field`` names the first."""
+
+    def __init__(self, problems: list[Problem], settings: Settings | None = None) -> None:
+        self.problems = list(problems)
+        # What was read, with the default in place of each bad value: lets check() also name what the backend
+        # still lacks, so the first round of fixes is the last.
+        self.settings = settings
+        super().__init__(describe(self.problems), field=self.problems[0].setting if self.problems else None)
+
+
+def describe(problems: list[Problem]) -> str:
+    """One message naming every problem: a single one on one line, several as a list."""
+    errors = [p for p in problems if p.severity == "error"]
+    if len(errors) == 1:
+        return errors[0].message
+    return f"{len(errors)} settings are missing or invalid:\n" + "\n".join(f"  - {p.message}" for p in errors)
+
 
 # Public-cloud defaults; sovereign clouds override them through the settings below.
 PUBLIC_LOGS_ENDPOINT = "https://api.loganalytics.io/v1"
@@ -105,7 +143,7 @@ class Settings:
     status_url: str = ""  # public URL of GET /api/status, for links in alerts
     # Teams
     teams_webhook_url: str = ""
-    teams_routes: str = ""  # JSON routing table, see README
+    teams_routes: str = ""  # JSON routing table, see docs/teams.md
     teams_failures_only: bool = False
     # Approvals (App Service Authentication in front of the app)
     approvers: tuple[str, ...] = ()  # user names, "group:<object id>" or "role:<app role>" allowed to approve
@@ -117,31 +155,32 @@ class Settings:
     alert_audience: str = ""  # the alerts app registration's Application ID URI (entra)
     alert_role: str = ""  # the app role assigned to the action group's service principal (entra)
     public_url: str = ""  # the app's public base URL, for links in cards (approval page)
+    contract: Contract = field(default_factory=Contract)  # the training data contract (shared/datacontract.py)
     policy: Policy = field(default_factory=Policy)
     drift: DriftSettings = field(default_factory=DriftSettings)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read MLOPS_* settings; bad values raise InvalidPayload naming the setting."""
+        """Read MLOPS_* settings. Every bad value is collected; then one SettingsError names them all."""
         env = os.environ if environ is None else environ
         r = _Reader(env)
         workspace = r.str("MLOPS_WORKSPACE", "")
-        backend = r.str("MLOPS_BACKEND", "azure" if workspace else "local").lower()
-        if backend not in ("local", "azure"):
-            raise InvalidPayload(f"MLOPS_BACKEND must be local or azure, not {backend!r}", field="MLOPS_BACKEND")
+        backend = _choice(r, "MLOPS_BACKEND", "azure" if workspace else "local", ("local", "azure"))
         d = Policy()
         policy = Policy(
-            primary_metric=r.str("MLOPS_PRIMARY_METRIC", d.primary_metric),
+            primary_metric=_metric(r, "MLOPS_PRIMARY_METRIC", d.primary_metric),
             min_primary=r.float("MLOPS_MIN_PRIMARY", d.min_primary),
             min_improvement=r.float("MLOPS_MIN_IMPROVEMENT", d.min_improvement, lo=0.0),
-            guard_metrics=tuple(m.strip() for m in r.str("MLOPS_GUARD_METRICS", ",".join(d.guard_metrics)).split(",") if m.strip()),
+            guard_metrics=tuple(m.strip().lower() for m in r.str("MLOPS_GUARD_METRICS", ",".join(d.guard_metrics))
+                                .split(",") if m.strip()),
             guard_tolerance=r.float("MLOPS_GUARD_TOLERANCE", d.guard_tolerance, lo=0.0),
             rollback_window_minutes=r.int("MLOPS_ROLLBACK_WINDOW_MINUTES", d.rollback_window_minutes, lo=0),
             cooldown_minutes=r.int("MLOPS_COOLDOWN_MINUTES", d.cooldown_minutes, lo=0),
             max_attempts=r.int("MLOPS_MAX_ATTEMPTS", d.max_attempts, lo=1),
             drift_psi_threshold=r.float("MLOPS_DRIFT_PSI_THRESHOLD", d.drift_psi_threshold, lo=0.0),
             freeze=r.bool("MLOPS_FREEZE", d.freeze),
-            rollout_steps=_steps(r.str("MLOPS_ROLLOUT_STEPS", ",".join(map(str, d.rollout_steps)))),
+            rollout_steps=r.parse("MLOPS_ROLLOUT_STEPS", d.rollout_steps, _steps,
+                                  r.str("MLOPS_ROLLOUT_STEPS", ",".join(map(str, d.rollout_steps)))),
             bake_minutes=r.int("MLOPS_BAKE_MINUTES", d.bake_minutes, lo=0, hi=10080),
             analysis_min_requests=r.int("MLOPS_ANALYSIS_MIN_REQUESTS", d.analysis_min_requests, lo=1),
             analysis_error_tolerance=_bounded(r, "MLOPS_ANALYSIS_ERROR_TOLERANCE", d.analysis_error_tolerance, 0, 1),
@@ -153,16 +192,16 @@ class Settings:
             analysis_failure_limit=r.int("MLOPS_ANALYSIS_FAILURE_LIMIT", d.analysis_failure_limit, lo=1),
             retention_minutes=r.int("MLOPS_RETENTION_MINUTES", d.retention_minutes, lo=0),
             retain_known_good=r.int("MLOPS_RETAIN_KNOWN_GOOD", d.retain_known_good, lo=0, hi=10),
-            **_approval(r.str("MLOPS_APPROVAL", d.approval)),
+            **r.parse("MLOPS_APPROVAL", {"approval": d.approval, "approval_endpoints": ()}, _approval,
+                      r.str("MLOPS_APPROVAL", d.approval)),
             approval_ttl_hours=r.int("MLOPS_APPROVAL_TTL_HOURS", d.approval_ttl_hours, lo=1, hi=24 * 90),
             retrain_budget=r.int("MLOPS_RETRAIN_BUDGET", d.retrain_budget, lo=0),
         )
         s = cls()
         cloud = r.str("MLOPS_AZURE_CLOUD", s.azure_cloud)
         if cloud not in AZURE_CLOUDS:
-            raise InvalidPayload(f"MLOPS_AZURE_CLOUD must be one of {', '.join(AZURE_CLOUDS)}, not {cloud!r}",
-                                 field="MLOPS_AZURE_CLOUD")
-        return cls(
+            r.fail("MLOPS_AZURE_CLOUD", f"MLOPS_AZURE_CLOUD must be one of {', '.join(AZURE_CLOUDS)}, not {cloud!r}")
+        settings = cls(
             backend=backend,
             home=Path(r.str("MLOPS_HOME", str(s.home))),
             subscription_id=r.str("MLOPS_SUBSCRIPTION_ID", ""),
@@ -199,9 +238,13 @@ class Settings:
             alert_audience=r.str("MLOPS_ALERT_AUDIENCE", ""),
             alert_role=r.str("MLOPS_ALERT_ROLE", ""),
             public_url=r.str("MLOPS_PUBLIC_URL", "").rstrip("/"),
+            contract=_contract(r),
             policy=policy,
             drift=_drift(r),
         )
+        if r.problems:
+            raise SettingsError(r.problems, settings)
+        return settings
 
     def with_policy(self, **changes: object) -> Settings:
         """A copy with some policy knobs changed (tests, the demo)."""
@@ -235,6 +278,7 @@ SETTING_NAMES: tuple[str, ...] = (
     "MLOPS_DRIFT_INTERVAL_MINUTES", "MLOPS_DRIFT_CONTAINER_URL", "MLOPS_DRIFT_MIN_ROWS", "MLOPS_DRIFT_KS_THRESHOLD",
     "MLOPS_DRIFT_WASSERSTEIN_THRESHOLD", "MLOPS_DRIFT_JS_THRESHOLD", "MLOPS_DRIFT_CHI2_P", "MLOPS_DRIFT_MAX_ROWS",
     "MLOPS_DEGRADATION_TOLERANCE",
+    "MLOPS_LABEL_COLUMN", "MLOPS_ID_COLUMNS", "MLOPS_FEATURE_COLUMNS", "MLOPS_MIN_ROWS",
 )
 
 
@@ -242,12 +286,14 @@ def _drift(r: _Reader) -> DriftSettings:
     d = DriftSettings()
     interval = r.int("MLOPS_DRIFT_INTERVAL_MINUTES", d.interval_minutes, lo=10, hi=1440)
     if 1440 % interval:
-        raise InvalidPayload(f"MLOPS_DRIFT_INTERVAL_MINUTES must divide a day (10, 15, 20, 30, 60, ..., 1440), not "
-                             f"{interval}", field="MLOPS_DRIFT_INTERVAL_MINUTES")
+        r.fail("MLOPS_DRIFT_INTERVAL_MINUTES", f"MLOPS_DRIFT_INTERVAL_MINUTES must divide a day (10, 15, 20, 30, 60, "
+                                               f"..., 1440), not {interval}")
+        interval = d.interval_minutes
     url = r.str("MLOPS_DRIFT_CONTAINER_URL", "").rstrip("/")
     if url and (not url.startswith("https://") or "?" in url or url.count("/") < 3):
-        raise InvalidPayload("MLOPS_DRIFT_CONTAINER_URL must be the https URL of a blob container, without a query "
-                             "string (the app reads with its identity)", field="MLOPS_DRIFT_CONTAINER_URL")
+        r.fail("MLOPS_DRIFT_CONTAINER_URL", "MLOPS_DRIFT_CONTAINER_URL must be the https URL of a blob container, "
+                                            "without a query string (the app reads with its identity)")
+        url = ""
     return DriftSettings(
         interval_minutes=interval, container_url=url,
         min_rows=r.int("MLOPS_DRIFT_MIN_ROWS", d.min_rows, lo=1),
@@ -276,15 +322,110 @@ def _steps(raw: str) -> tuple[int, ...]:
 def _choice(r: _Reader, name: str, default: str, allowed: tuple[str, ...]) -> str:
     value = r.str(name, default).lower()
     if value not in allowed:
-        raise InvalidPayload(f"{name} must be one of {', '.join(allowed)}, not {value!r}", field=name)
+        r.fail(name, f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+        return default
     return value
 
 
 def _bounded(r: _Reader, name: str, default: float, lo: float, hi: float) -> float:
     value = r.float(name, default)
     if not lo <= value <= hi:  # also refuses NaN, which compares False with everything
-        raise InvalidPayload(f"{name} must be a number from {lo} to {hi}, not {value}", field=name)
+        r.fail(name, f"{name} must be a number from {lo} to {hi}, not {value}")
+        return default
     return value
+
+
+def _metric(r: _Reader, name: str, default: str) -> str:
+    """The gate's metric, any case ("AUC" is auc); one train.py logs and where higher is better."""
+    value = r.str(name, default).lower()
+    if value in HIGHER_IS_BETTER:
+        return value
+    hint = " (lower is better: name it in MLOPS_GUARD_METRICS instead)" if value in LOWER_IS_BETTER else ""
+    r.fail(name, f"{name} must be a metric training logs where higher is better ({', '.join(HIGHER_IS_BETTER)}), "
+                 f"not {value!r}{hint}")
+    return default
+
+
+def _columns(raw: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(c.strip() for c in raw.split(",") if c.strip()))
+
+
+def _contract(r: _Reader) -> Contract:
+    d = Contract()
+    label = r.str("MLOPS_LABEL_COLUMN", d.label)
+    raw_ids = r.str("MLOPS_ID_COLUMNS", ",".join(d.id_columns))
+    ids = () if raw_ids == "-" else _columns(raw_ids)  # "-": the table has no id columns
+    features = _columns(r.str("MLOPS_FEATURE_COLUMNS", ""))
+    if label in ids:
+        r.fail("MLOPS_ID_COLUMNS", f"MLOPS_ID_COLUMNS names the label column {label!r}: an id column is ignored")
+    if label in features or set(features) & set(ids):
+        r.fail("MLOPS_FEATURE_COLUMNS", "MLOPS_FEATURE_COLUMNS must not name the label or an id column, not "
+                                        f"{', '.join(sorted(set(features) & ({label} | set(ids))))}")
+    return Contract(label=label, id_columns=ids, features=features,
+                    min_rows=r.int("MLOPS_MIN_ROWS", d.min_rows, lo=2))
+
+
+# Settings the azure backend cannot start without: (name, Settings attribute, what it is).
+AZURE_REQUIRED = (
+    ("MLOPS_SUBSCRIPTION_ID", "subscription_id", "the Azure ML workspace's subscription id"),
+    ("MLOPS_RESOURCE_GROUP", "resource_group", "the Azure ML workspace's resource group"),
+    ("MLOPS_WORKSPACE", "workspace", "the Azure ML workspace name"),
+    ("MLOPS_LEDGER__tableServiceUri", "ledger_table_uri",
+     "the ledger's Table endpoint, e.g. https://<account>.table.core.windows.net"),
+)
+
+
+def requirements(settings: Settings) -> list[Problem]:
+    """What the chosen backend and auth modes need beyond single values: missing settings (errors) and features
+    left off (warnings), all at once."""
+    out: list[Problem] = []
+    if settings.backend == "azure":
+        for name, attr, what in AZURE_REQUIRED:
+            if not getattr(settings, attr):
+                out.append(Problem(name, f"{name} is not set: the azure backend needs {what}"))
+        if not settings.topic_endpoint:
+            out.append(Problem("MLOPS_EVENTS__topicEndpointUri", "MLOPS_EVENTS__topicEndpointUri is not set: "
+                               "rollbacks and drift findings are not published", "warning"))
+        if not (settings.log_analytics_workspace_id or settings.metrics_endpoint):
+            out.append(Problem("MLOPS_LOG_ANALYTICS_WORKSPACE_ID", "neither MLOPS_LOG_ANALYTICS_WORKSPACE_ID nor "
+                               "MLOPS_METRICS_ENDPOINT is set: canary analysis and drift decisions have no health "
+                               "reading", "warning"))
+    if settings.approval_auth == "entra":
+        for name, value in (("MLOPS_ENTRA_TENANT_ID", settings.entra_tenant_id),
+                            ("MLOPS_ENTRA_AUDIENCE", settings.entra_audience)):
+            if not value:
+                out.append(Problem(name, f"{name} is not set: MLOPS_APPROVAL_AUTH=entra checks tokens against it"))
+    if settings.alert_auth == "entra":
+        for name, value in (("MLOPS_ALERT_AUDIENCE", settings.alert_audience), ("MLOPS_ALERT_ROLE", settings.alert_role)):
+            if not value:
+                out.append(Problem(name, f"{name} is not set: MLOPS_ALERT_AUTH=entra checks alert tokens against it"))
+    if (settings.policy.approval == "manual" or any(m == "manual" for _, m in settings.policy.approval_endpoints)) \
+            and not settings.approvers:
+        out.append(Problem("MLOPS_APPROVERS", "MLOPS_APPROVERS is empty but MLOPS_APPROVAL asks for manual "
+                           "approval: nobody can approve", "warning"))
+    return out
+
+
+def check(environ: Mapping[str, str] | None = None) -> list[Problem]:
+    """Every problem with the settings in ``environ`` (default: the process environment) at once: invalid values,
+    then what the backend needs. Errors first; an empty list means the app can start."""
+    env = os.environ if environ is None else environ
+    try:
+        settings, problems = Settings.from_env(env), []
+    except SettingsError as error:
+        settings, problems = error.settings, list(error.problems)
+    named = {p.setting for p in problems}
+    if settings is not None:
+        problems += [p for p in requirements(settings) if p.setting not in named]
+    known = set(SETTING_NAMES)
+    problems += [Problem(name, f"{name} is not a setting (a typo?); it is ignored", "warning")
+                 for name in sorted(env) if name.startswith("MLOPS_") and name not in known]
+    return sorted(problems, key=lambda p: p.severity != "error")
+
+
+def check_config(environ: Mapping[str, str] | None = None) -> list[Problem]:
+    """Alias of ``check`` (the CLI's check-config command)."""
+    return check(environ)
 
 
 def _approval(raw: str) -> dict[str, object]:
@@ -317,6 +458,19 @@ class _Reader:
 
     def __init__(self, env: Mapping[str, str]) -> None:
         self.env = env
+        self.problems: list[Problem] = []
+
+    def fail(self, name: str, message: str) -> None:
+        """Record a bad setting; reading goes on so that every problem is reported at once."""
+        self.problems.append(Problem(name, message))
+
+    def parse(self, name: str, default, fn, *args):
+        """``fn(*args)``, or ``default`` with the InvalidPayload it raised recorded against ``name``."""
+        try:
+            return fn(*args)
+        except InvalidPayload as error:
+            self.fail(name, str(error))
+            return default
 
     def str(self, name: str, default: str) -> str:
         value = self.env.get(name)
@@ -331,7 +485,8 @@ class _Reader:
             return True
         if v in self._FALSE:
             return False
-        raise InvalidPayload(f"{name} must be true or false, not {value!r}", field=name)
+        self.fail(name, f"{name} must be true or false, not {value!r}")
+        return default
 
     def int(self, name: str, default: int, *, lo: int | None = None, hi: int | None = None) -> int:
         raw = self.str(name, "")
@@ -340,9 +495,11 @@ class _Reader:
         try:
             value = int(raw)
         except ValueError:
-            raise InvalidPayload(f"{name} must be a whole number, not {raw!r}", field=name) from None
+            self.fail(name, f"{name} must be a whole number, not {raw!r}")
+            return default
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise InvalidPayload(f"{name} must be between {lo} and {hi}, not {value}", field=name)
+            self.fail(name, _range(name, lo, hi, value))
+            return default
         return value
 
     def float(self, name: str, default: float, *, lo: float | None = None, hi: float | None = None) -> float:
@@ -354,9 +511,20 @@ class _Reader:
         try:
             value = float(raw)
         except ValueError:
-            raise InvalidPayload(f"{name} must be a number, not {raw!r}", field=name) from None
+            self.fail(name, f"{name} must be a number, not {raw!r}")
+            return default
         if not math.isfinite(value):
-            raise InvalidPayload(f"{name} must be a finite number, not {raw!r}", field=name)
+            self.fail(name, f"{name} must be a finite number, not {raw!r}")
+            return default
         if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise InvalidPayload(f"{name} must be between {lo} and {hi}, not {value}", field=name)
+            self.fail(name, _range(name, lo, hi, value))
+            return default
         return value
+
+
+def _range(name: str, lo, hi, value) -> str:
+    if hi is None:
+        return f"{name} must be at least {lo}, not {value}"
+    if lo is None:
+        return f"{name} must be at most {hi}, not {value}"
+    return f"{name} must be between {lo} and {hi}, not {value}"

@@ -134,6 +134,7 @@ class TrainingJobSpec:
     low_priority: bool = False
     max_run_seconds: int = 3600
     experiment: str = "mlops-automation"
+    train_args: tuple[str, ...] = ()  # the data contract as train.py arguments (--label, --id-columns, --features)
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,11 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from shared import controller, logs, rollout
+from shared import controller, datacontract, logs, rollout
 from shared import policy as rules
 from shared.bus import Handled
 from shared.config import Settings
+from shared.datacontract import LandingReader
 from shared.domain import (
     OWNER_TAG,
     OWNER_VALUE,
@@ -102,8 +103,12 @@ def _links(settings: Settings, **kinds: str) -> tuple[tuple[str, str], ...]:
 # --- data → training ---------------------------------------------------------------------------------
 
 def data_registered(msg: DataRegistered, *, workspace: Workspace, audit: AuditLog, settings: Settings,
-                    clock: Clock) -> Handled:
-    """Register the landed data version (or check it exists) and ask for a training run on it."""
+                    clock: Clock, landing: LandingReader | None = None) -> Handled:
+    """Register the landed data version (or check it exists) and ask for a training run on it. A landed file is
+    first checked against the data contract (shared/datacontract.py): one that breaks it is rejected (recorded and
+    alerted by the bus) before anything is registered."""
+    if msg.register and landing is not None:
+        _check_contract(msg, workspace, landing, settings)
     if msg.register:
         asset = workspace.register_data(msg.asset, msg.version, msg.path,
                                         tags=logs.tag({TAG_EVENT: msg.event_id, OWNER_TAG: OWNER_VALUE}))
@@ -121,6 +126,16 @@ def data_registered(msg: DataRegistered, *, workspace: Workspace, audit: AuditLo
                    resources=(f"data:{asset.name}:{asset.version}",),
                    follow_ups=(StartTraining(event_id=msg.event_id, asset=asset.name, version=asset.version,
                                              attempt=1, reason="new data version"),))
+
+
+def _check_contract(msg: DataRegistered, workspace: Workspace, landing: LandingReader, settings: Settings) -> None:
+    try:
+        head = landing.head(msg.path)
+    except FileNotFoundError:
+        raise NotFound(f"landed data for {msg.asset}:{msg.version} is gone from {msg.path}") from None
+    latest = workspace.latest_data(msg.asset)
+    datacontract.validate(head, settings.contract, asset=msg.asset, version=msg.version,
+                          taken=[latest.version] if latest else [])
 
 
 def _attempts(workspace: Workspace, asset: str, version: str) -> list[Job]:
@@ -152,7 +167,8 @@ def start_training(msg: StartTraining, *, workspace: Workspace, audit: AuditLog,
         tags=logs.tag({OWNER_TAG: OWNER_VALUE, TAG_ASSET: data.name, TAG_DATA_VERSION: data.version,
                        TAG_ATTEMPT: str(attempt), TAG_EVENT: msg.event_id, TAG_CODE: code_version(settings),
                        TAG_ACTOR: msg.actor}),
-        compute=settings.compute, low_priority=settings.low_priority, max_run_seconds=settings.max_run_seconds)
+        compute=settings.compute, low_priority=settings.low_priority, max_run_seconds=settings.max_run_seconds,
+        train_args=settings.contract.train_args())
     existed = _exists(workspace, name)
     job = workspace.submit_training(spec)
     reason = f"{'existing' if existed else 'submitted'} {job.name} on {data.name}:{data.version} ({msg.reason})"

@@ -153,7 +153,7 @@ class RoutingTable:
 
     @classmethod
     def parse(cls, raw: str, *, default_url: str = "", failures_only: bool = False) -> RoutingTable:
-        """Read MLOPS_TEAMS_ROUTES (see the README). Errors name the bad entry, never echo a value: URLs are secrets.
+        """Read MLOPS_TEAMS_ROUTES (see docs/teams.md). Errors name the bad entry, never echo a value: URLs are secrets.
 
         ``{"default": [url|name], "channels": {name: url}, "routes": [{"kinds": [...], "min_severity": "warning",
         "urls": [url|name], "also_default": false}], "failures_only": false}``

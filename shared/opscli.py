@@ -628,39 +628,12 @@ def watch(ctx: typer.Context, ref: str = typer.Argument(..., metavar="ASSET:VERS
 
 # --- check-config --------------------------------------------------------------------------------------------
 
-AZURE_REQUIRED = ("MLOPS_SUBSCRIPTION_ID", "MLOPS_RESOURCE_GROUP", "MLOPS_WORKSPACE", "MLOPS_LEDGER__tableServiceUri")
+def config_problems(environ: dict[str, str]) -> list:
+    """Every problem with the MLOPS_* settings at once (shared.config.check: invalid values, what the backend
+    needs, names that are not settings), errors first."""
+    from shared.config import check
 
-
-def config_problems(environ: dict[str, str]) -> list[str]:
-    """Every problem with the MLOPS_* settings at once: each set value is checked on its own (so one bad value
-    does not hide the next), unknown MLOPS_ names are named (a typo is otherwise silently ignored), and the
-    azure backend's required settings are listed when missing. Uses shared.config's own check when it has one."""
-    from shared import config
-
-    check = getattr(config, "check_settings", None)
-    if callable(check):
-        return list(check(environ))
-    from shared.config import SETTING_NAMES, Settings
-    from shared.errors import InvalidPayload
-
-    problems = []
-    known = set(SETTING_NAMES)
-    for name in sorted(k for k in environ if k.startswith("MLOPS_")):
-        if name not in known:
-            problems.append(f"{name} is not a setting (a typo?)")
-            continue
-        try:
-            Settings.from_env({name: environ[name]})
-        except InvalidPayload as error:
-            problems.append(str(error))
-    try:
-        backend = Settings.from_env({k: v for k, v in environ.items() if k in ("MLOPS_BACKEND", "MLOPS_WORKSPACE")
-                                     }).backend
-    except InvalidPayload:
-        backend = ""
-    if backend == "azure":
-        problems += [f"{n} is required for the azure backend" for n in AZURE_REQUIRED if not environ.get(n, "").strip()]
-    return problems
+    return check(environ)
 
 
 @app.command("check-config")
@@ -668,9 +641,13 @@ def check_config(ctx: typer.Context) -> None:
     """Check every MLOPS_* setting at once; exit 2 naming all the problems."""
     s = _session(ctx)
     problems = config_problems(dict(os.environ))
+    errors = [p for p in problems if p.severity == "error"]
     if problems:
         Console(stderr=True, highlight=False, soft_wrap=True).print(
-            f"{len(problems)} problem(s) with the settings:\n" + "\n".join(f"  - {p}" for p in problems), markup=False)
+            f"{len(errors)} error(s), {len(problems) - len(errors)} warning(s) in the settings:\n"
+            + "\n".join(f"  - {'' if p.severity == 'error' else 'warning: '}{p.message}" for p in problems),
+            markup=False)
+    if errors:
         raise typer.Exit(USAGE)
     from shared.config import Settings
 

@@ -12,3 +12,17 @@ def indexed_functions():
     import function_app
 
     return {f.get_function_name(): json.loads(f.get_function_json()) for f in function_app.app.get_functions()}
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """A command line run in-process (shared.local.cli.main) installs the process's JSON log handler on the root
+    logger, as it should in its own process; here it would outlive the test and write into later tests' output."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in handlers]:
+        root.removeHandler(handler)
+    root.setLevel(level)

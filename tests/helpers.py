@@ -8,10 +8,31 @@ from pathlib import Path
 from shared import eventgrid
 from shared.bootstrap import build
 from shared.config import Settings
+from shared.datacontract import Head
 from shared.domain import Alert
 from shared.errors import InvalidPayload
 from shared.local.churn import write_csv
 from shared.local.clock import SimClock
+
+
+class GeneratedLanding:
+    """The data contract's reader for landed blobs that exist nowhere (the fake Azure ML service serves Azure ML only):
+    every head is a generated churn table. The real blob reader is tested against Azurite
+    (tests/integration/test_landing_blob.py)."""
+
+    def head(self, path: str, max_bytes: int = 0) -> Head:
+        import csv
+        import io
+
+        from shared.local.churn import generate
+
+        out = io.StringIO()
+        rows = generate(100, seed=1)
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+        data = out.getvalue().encode()
+        return Head(name=path.rsplit("/", 1)[-1], data=data, size=len(data))
 
 
 class Recording:

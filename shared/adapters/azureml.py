@@ -57,6 +57,19 @@ MODEL_OUTPUT = "model"  # the MLflow model folder alone, typed mlflow_model, reg
 # folder; the MLflow model it writes under <output>/model is copied to its own output so Azure ML knows its type.
 TRAIN_COMMAND = ("python train.py --data ${{inputs.data}} --output ${{outputs.output}}"
                  " && cp -r ${{outputs.output}}/model/. ${{outputs.model}}")
+
+
+def train_command(args: tuple[str, ...] = ()) -> str:
+    """TRAIN_COMMAND with the data contract's arguments (shell-quoted) after --output."""
+    import shlex
+
+    if not args:
+        return TRAIN_COMMAND
+    extra = " ".join(shlex.quote(a) for a in args)
+    head, sep, tail = TRAIN_COMMAND.partition(" && ")
+    return f"{head} {extra}{sep}{tail}"
+
+
 # With MLOPS_ENVIRONMENT empty (the default) the job runs in an environment Azure ML builds from this base image
 # and shared/training/conda.yaml; it is built once and reused while the file is unchanged.
 TRAINING_IMAGE = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest"
@@ -373,7 +386,7 @@ class AzureMLWorkspace:
             experiment_name=spec.experiment,
             description=f"train on {spec.asset}:{spec.data_version} (attempt {spec.attempt})",
             code=str(TRAINING_CODE),
-            command=TRAIN_COMMAND,
+            command=train_command(spec.train_args),
             inputs={"data": Input(type=data.type or AssetTypes.URI_FILE,
                                   path=f"azureml:{spec.asset}:{spec.data_version}")},
             outputs={RUN_OUTPUT: Output(type=AssetTypes.URI_FOLDER),

@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 def authority_host(settings: Any) -> str:
     """The Entra authority host the settings name (e.g. ``login.microsoftonline.us``), or "" for azure-identity's
-    default (AZURE_AUTHORITY_HOST, else the public cloud). Settings has no such field today: see the README."""
+    default (AZURE_AUTHORITY_HOST, else the public cloud). Settings has no such field today: see docs/settings.md."""
     return str(getattr(settings, "authority_host", "") or "").strip()
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.errors import InvalidPayload
 from shared.local import subscriptions as subs
 
 logger = logging.getLogger(__name__)
@@ -34,6 +36,9 @@ def main(argv: list[str] | None = None, *, configure_logging: bool = True) -> in
     try:
         return args.run(args)
     except (subs.SubscriptionError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except InvalidPayload as error:  # settings (every problem at once), a refused file
         print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -79,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     _target_options(land)
     _grid_options(land, max_attempts=5)
     land.set_defaults(run=land_command)
+
+    check = commands.add_parser("check-config", help="check every MLOPS_* setting at once; exit 2 on any error")
+    check.set_defaults(run=check_config_command)
 
     replay = commands.add_parser("replay", help="deliver dead-lettered events again; delivered files are removed")
     replay.add_argument("--subscription", help="only this subscription's dead letters")
@@ -203,13 +211,21 @@ def serve_command(args: argparse.Namespace) -> int:
     settings = _settings()
     if settings.backend != "local":
         raise ValueError("serve runs the local backend: unset MLOPS_WORKSPACE or set MLOPS_BACKEND=local")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be from 0 to 65535, not {args.port}")
     try:
+        if args.port:
+            _check_port(args.host, args.port)  # before anything is built or logged: a busy port is one line
         stack = local_stack(settings, host=args.host, port=args.port, key=args.key,
                             subscriptions=subs.load(args.subscriptions), dead_letter_dir=args.dead_letter_dir,
                             max_attempts=args.max_attempts, backoff=args.backoff,
                             duplicate_every=args.duplicate_every, easy_auth=args.easy_auth)
     except ImportError as error:  # a part of the embedded backend is missing from this checkout
         print(f"error: cannot build the local backend: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the port is taken (EADDRINUSE) or not ours to bind
+        print(f"error: cannot listen on {args.host}:{args.port} ({error.strerror or error}): stop what uses it, "
+              f"or pick another port: make serve PORT={args.port + 1 if args.port else 7072}", file=sys.stderr)
         return 2
     runtime_file = settings.home / RUNTIME_FILE
     runtime_file.write_text(json.dumps({"url": stack.host.url, "key": stack.host.key}), encoding="utf-8")
@@ -235,6 +251,15 @@ def serve_command(args: argparse.Namespace) -> int:
         runtime_file.unlink(missing_ok=True)
     print(f"stats: {json.dumps(stack.grid.stats())}")
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """Raise OSError if ``host:port`` cannot be listened on (bound as the host's server binds, SO_REUSEADDR)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
 
 
 def _interrupt(signum, frame) -> None:
@@ -317,10 +342,13 @@ def post_event_command(args: argparse.Namespace) -> int:
 
 
 def land_command(args: argparse.Namespace) -> int:
-    """What an upload to the landing container does in Azure: the blob is committed, then BlobCreated fires."""
+    """What an upload to the landing container does in Azure: the blob is committed, then BlobCreated fires. The
+    file is checked against the data contract first (nothing is uploaded if it breaks it), and the app's decision
+    on the event is read back: exit 0 only if the data version was registered (or already was)."""
     import hashlib
     import tempfile
 
+    from shared import datacontract
     from shared.local import churn
     from shared.local.workspace import WORKSPACE_DIR, upload
 
@@ -334,6 +362,13 @@ def land_command(args: argparse.Namespace) -> int:
                                      label_noise=args.label_noise)
         elif not source.is_file():
             raise FileNotFoundError(f"no such file: {source}")
+        try:
+            report = datacontract.validate(datacontract.read_file(source), settings.contract, asset=args.asset,
+                                           version=args.version,
+                                           taken=_registered_versions(settings.home / WORKSPACE_DIR, args.asset))
+        except datacontract.ContractViolation as error:
+            print(f"refused: {error}", file=sys.stderr)
+            return 1
         blob = f"{args.asset}/{args.version}/{source.name}"
         event = upload(settings.home / WORKSPACE_DIR, settings.landing_container, blob, source)
     grid = _grid(args, url, key, settings.home)
@@ -345,8 +380,57 @@ def land_command(args: argparse.Namespace) -> int:
     stats = grid.stats()
     print(f"landed {settings.landing_container}/{blob} -> {', '.join(names) or '(no subscription)'}; "
           f"delivered {stats['delivered']}, dead-lettered {stats['dead_lettered']}")
+    if stats["dead_lettered"] or stats["pending"]:
+        return 1
+    verdict = _verdict(url, key, event["id"])
+    if verdict is not None and verdict["decision"] in ("rejected", "failed"):
+        print(f"{verdict['decision']}: {verdict['reason']}", file=sys.stderr)
+        return 1
+    print(f"checked {report.rows}{'+' if report.truncated else ''} rows, {len(report.features)} features"
+          + (f" (ignored id columns: {', '.join(report.ignored)})" if report.ignored else ""))
     print(f"watch it: curl -s -H 'x-functions-key: <key>' {url}/api/status")
-    return 1 if stats["dead_lettered"] or stats["pending"] else 0
+    return 0
+
+
+def _registered_versions(root: Path, asset: str) -> list[str]:
+    """The data versions of ``asset`` the local workspace has registered (read-only; none if it has no database)."""
+    import sqlite3
+
+    db = root / "workspace.db"
+    if not db.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as conn:
+        return [row[0] for row in conn.execute("SELECT version FROM data_assets WHERE name = ?", (asset,))]
+
+
+def _verdict(url: str, key: str, event_id: str) -> dict | None:
+    """The app's first recorded decision on ``event_id`` (from GET /api/status), or None if none is listed."""
+    import httpx
+
+    try:
+        r = httpx.get(f"{url}/api/status", headers={"x-functions-key": key}, timeout=30)
+        r.raise_for_status()
+    except httpx.HTTPError as error:
+        logger.warning("could not read the decision on %s: %s", event_id, error)
+        return None
+    mine = [d for d in r.json().get("recent_decisions", []) if d.get("event_id") == event_id]
+    bad = [d for d in mine if d.get("decision") in ("rejected", "failed")]
+    return (bad or mine or [None])[0]
+
+
+def check_config_command(args: argparse.Namespace) -> int:
+    """Every missing or invalid setting at once (shared.config.check); exit 2 if any is an error."""
+    from shared.config import check
+
+    problems = check()
+    errors = [p for p in problems if p.severity == "error"]
+    for p in problems:
+        print(f"{p.severity:7} {p.setting}: {p.message}", file=sys.stderr if p.severity == "error" else sys.stdout)
+    if errors:
+        print(f"{len(errors)} setting(s) must be fixed before the app can start", file=sys.stderr)
+        return 2
+    print("settings OK" + (f" ({len(problems)} warning(s))" if problems else ""))
+    return 0
 
 
 def replay_command(args: argparse.Namespace) -> int:

@@ -141,6 +141,8 @@ class LocalWorkspace:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=30000")
         self._db.executescript(SCHEMA)
+        if "train_args" not in {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}:
+            self._db.execute("ALTER TABLE jobs ADD COLUMN train_args TEXT NOT NULL DEFAULT '[]'")  # older homes
         # Job scheduling state, guarded by _cond (never held while emitting).
         self._cond = threading.Condition()
         self._queue: collections.deque[str] = collections.deque()
@@ -256,9 +258,9 @@ class LocalWorkspace:
                 if self._query("SELECT 1 FROM jobs WHERE name = ?", (spec.name,)):
                     return self.get_job(spec.name)
                 self._write("INSERT INTO jobs (name, status, tags, experiment, data_path, max_run_seconds, "
-                            "created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            "created_at, train_args) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                             (spec.name, JobStatus.QUEUED.value, json.dumps(_tags(spec.tags)), spec.experiment,
-                             self._row_local_path(data), spec.max_run_seconds, _now()))
+                             self._row_local_path(data), spec.max_run_seconds, _now(), json.dumps(spec.train_args)))
             if self._fail_next is not None:
                 self._preempted[spec.name], self._fail_next = self._fail_next, None
             self._queue.append(spec.name)
@@ -382,7 +384,8 @@ class LocalWorkspace:
         out = self._job_dir(name) / "outputs"
         out.mkdir(parents=True, exist_ok=True)
         log = (self._job_dir(name) / "job.log").open("wb")
-        cmd = [self.python, "-m", "shared.training.train", "--data", row["data_path"], "--output", str(out)]
+        cmd = [self.python, "-m", "shared.training.train", "--data", row["data_path"], "--output", str(out),
+               *json.loads(row["train_args"] or "[]")]
         # Share the cores between parallel runs: two xgboost processes each spinning two OpenMP threads on two
         # cores took 11 s instead of 0.3 s for the same 400 rows (spin-waiting threads starve each other).
         threads = str(max(1, (os.cpu_count() or 1) // self.max_parallel))

@@ -2,6 +2,9 @@
 
 Self-contained (stdlib, numpy, xgboost; mlflow when installed): this folder is the Azure ML command job's code.
 Usage: python train.py --data <csv file or folder> --output <dir> [--seed 42] [--test-size 0.25] [--max-rounds 200]
+                      [--label churn] [--id-columns customer_id] [--features a,b,c]
+The label, id and feature columns are the data contract's settings (MLOPS_LABEL_COLUMN, MLOPS_ID_COLUMNS,
+MLOPS_FEATURE_COLUMNS), passed as arguments by the automation: the job itself reads no settings.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ except ImportError:  # pragma: no cover - depends on how it is launched
     from shared.training.baseline_profile import build_profile
     from shared.training.score import encode, to_float
 
-TARGET = "churn"
+TARGET = "churn"  # defaults of the data contract (shared/datacontract.py Contract)
 DROP = ("customer_id",)
 
 
@@ -32,7 +35,7 @@ class DataError(Exception):
     """The data cannot be trained on; the message says why."""
 
 
-def read_rows(path: Path) -> list[dict]:
+def read_rows(path: Path, label: str = TARGET) -> list[dict]:
     files = sorted(p for p in path.rglob("*.csv") if not p.name.startswith(("_", "."))) if path.is_dir() else [path]
     if not files:
         raise DataError(f"no CSV files under {path}")
@@ -44,14 +47,19 @@ def read_rows(path: Path) -> list[dict]:
             rows.extend(csv.DictReader(fh))
     if not rows:
         raise DataError(f"{path} has no rows")
-    if TARGET not in rows[0]:
-        raise DataError(f"{path} has no {TARGET!r} column (columns: {', '.join(rows[0])})")
+    if label not in rows[0]:
+        raise DataError(f"{path} has no {label!r} column (columns: {', '.join(rows[0])})")
     return rows
 
 
-def plan_encoding(rows: list[dict]) -> dict:
-    """Numeric columns are those whose every value parses as a number; the rest are one-hot categoricals."""
-    columns = [c for c in rows[0] if c != TARGET and c not in DROP]
+def plan_encoding(rows: list[dict], label: str = TARGET, drop: tuple[str, ...] = DROP,
+                  features: tuple[str, ...] = ()) -> dict:
+    """Numeric columns are those whose every value parses as a number; the rest are one-hot categoricals.
+    ``features`` empty: every column but the label and the ``drop`` (id) columns."""
+    missing = [f for f in features if f not in rows[0]]
+    if missing:
+        raise DataError(f"feature column(s) {', '.join(missing)} are not in the data")
+    columns = list(features) or [c for c in rows[0] if c != label and c not in drop]
     numeric, categorical = [], {}
     for col in columns:
         values = [r.get(col, "") for r in rows]
@@ -59,24 +67,24 @@ def plan_encoding(rows: list[dict]) -> dict:
             numeric.append(col)
         else:
             categorical[col] = sorted({str(v) for v in values})
-    return {"numeric": numeric, "categorical": categorical, "target": TARGET}
+    return {"numeric": numeric, "categorical": categorical, "target": label}
 
 
-def labels(rows: list[dict]):
+def labels(rows: list[dict], label: str = TARGET):
     import numpy as np
 
     y = []
     for i, r in enumerate(rows):
-        v = str(r[TARGET]).strip().lower()
+        v = str(r[label]).strip().lower()
         if v in ("1", "true", "yes", "1.0"):
             y.append(1)
         elif v in ("0", "false", "no", "0.0"):
             y.append(0)
         else:
-            raise DataError(f"row {i + 2}: {TARGET} must be 0/1, not {r[TARGET]!r}")
+            raise DataError(f"row {i + 2}: {label} must be 0/1, not {r[label]!r}")
     y = np.array(y, dtype=np.float32)
     if y.min() == y.max():
-        raise DataError(f"{TARGET} has a single class: nothing to learn")
+        raise DataError(f"{label} has a single class: nothing to learn")
     return y
 
 
@@ -185,16 +193,17 @@ def save_model(booster, encoding: dict, out: Path) -> None:
     (out / "conda.yaml").write_text(CONDA.format(python=python, xgb=xgb.__version__))
 
 
-def train(data: Path, output: Path, *, seed: int = 42, test_size: float = 0.25, max_rounds: int = 200) -> dict:
+def train(data: Path, output: Path, *, seed: int = 42, test_size: float = 0.25, max_rounds: int = 200,
+          label: str = TARGET, id_columns: tuple[str, ...] = DROP, features: tuple[str, ...] = ()) -> dict:
     import numpy as np
     import xgboost as xgb
 
     started = time.perf_counter()
-    rows = read_rows(data)
-    y = labels(rows)
+    rows = read_rows(data, label)
+    y = labels(rows, label)
     if len(rows) < 20:
         raise DataError(f"{len(rows)} rows are too few to train and evaluate")
-    encoding = plan_encoding(rows)
+    encoding = plan_encoding(rows, label, id_columns, features)
     x = encode(rows, encoding)
     tr, te = split(y, test_size, seed)
     params = {"objective": "binary:logistic", "eval_metric": "logloss", "tree_method": "hist", "max_depth": 4,
@@ -235,16 +244,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--test-size", type=float, default=0.25)
     ap.add_argument("--max-rounds", type=int, default=200)
+    ap.add_argument("--label", default=TARGET, help=f"the 0/1 label column (default {TARGET})")
+    ap.add_argument("--id-columns", default=",".join(DROP), help="comma-separated columns never used as features")
+    ap.add_argument("--features", default="", help="comma-separated feature columns (default: all the others)")
     args = ap.parse_args(argv)
     # The job's log (Azure ML's std_log.txt, the embedded backend's job.log) is this process's stderr.
     logging.basicConfig(level=logging.INFO, format="train.py: %(message)s", stream=sys.stderr)
     try:
-        metrics = train(args.data, args.output, seed=args.seed, test_size=args.test_size, max_rounds=args.max_rounds)
+        metrics = train(args.data, args.output, seed=args.seed, test_size=args.test_size, max_rounds=args.max_rounds,
+                        label=args.label, id_columns=_names(args.id_columns), features=_names(args.features))
     except DataError as error:
         logger.error("cannot train: %s", error)
         return 2
     logger.info("metrics %s", json.dumps({k: round(v, 4) for k, v in metrics.items()}))
     return 0
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    return tuple(c.strip() for c in raw.split(",") if c.strip() and c.strip() != "-")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from shared.config import Settings
 from shared.local import wire
 from shared.local.clock import SimClock
 from tests.fakes.azureml_service import FakeAzureML, FakeCredential
-from tests.helpers import Recording
+from tests.helpers import GeneratedLanding, Recording
 
 pytestmark = pytest.mark.filterwarnings("ignore::marshmallow.warnings.RemovedInMarshmallow4Warning")
 ENDPOINT, MODEL = "churn-endpoint", "churn-model"
@@ -39,7 +39,7 @@ class AzureArc:
         self.notifier = Recording()
         self.clock = SimClock()
         self.rt = build(self.settings, credential=FakeCredential(), transport=self.fake, notifier=self.notifier,
-                        clock=self.clock, **stores)
+                        clock=self.clock, landing=GeneratedLanding(), **stores)
 
     def deliver(self, event: dict) -> list:
         return self.rt.bus.handle(eventgrid.to_message(event, landing_container="landing"))
@@ -121,6 +121,8 @@ def test_landed_data_trains_registers_and_rolls_back_on_azure_exactly_once(arc):
     [data_put] = arc.puts("/data/churn/versions/1")
     assert data_put.json["properties"]["dataUri"] == "azureml://datastores/landing/paths/churn/1/churn.csv"
     assert body["tags"]["mlops_trigger_event"] == first["id"] and body["tags"]["mlops_owner"] == "mlops-automation"
+    # the data contract's columns reach train.py as arguments (the job reads no settings of its own)
+    assert "--output ${{outputs.output}} --label churn --id-columns customer_id && cp" in body["command"]
 
     done = arc.finish("train-churn-v1-a1", auc=0.80, logloss=0.45)
     arc.deliver(done)

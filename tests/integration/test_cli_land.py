@@ -10,7 +10,7 @@ import pytest
 
 from shared.config import Settings
 from shared.local import cli
-from shared.local.churn import feature_rows, write_csv
+from shared.local.churn import feature_rows, generate, write_csv, write_rows
 from shared.local.serving import score
 
 pytestmark = pytest.mark.slow
@@ -99,3 +99,29 @@ def test_serve_stops_cleanly_on_sigterm_and_forgets_its_url_and_key(tmp_path):
     assert proc.returncode == 0, out
     assert "stopping: finishing deliveries in flight" in out
     assert not recorded.exists()
+
+
+def test_a_file_that_breaks_the_contract_is_refused_before_upload_and_exits_1(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLOPS_WORKSPACE", raising=False)
+    rows = [{**r, "account_id": f"A{i}"} for i, r in enumerate(generate(200, seed=1))]
+    source = write_rows(tmp_path / "accounts.csv", rows)
+    # no host runs at this URL: the refusal comes before anything is uploaded or sent
+    assert cli.main(["land", "churn", "5", str(source), "--url", "http://127.0.0.1:9", "--key", "k"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("refused: churn:5 (accounts.csv) does not keep the data contract") and "account_id" in err
+    assert "land the fixed file as churn/6/accounts.csv" in err
+    assert not (tmp_path / "home" / "workspace" / "datastore").exists()
+
+
+def test_a_conflicting_second_file_for_a_registered_version_exits_1_with_the_apps_reason(served, tmp_path, capsys):
+    stack, args = served
+    assert cli.main(["land", "churn", "1", str(write_csv(tmp_path / "a.csv", rows=300, seed=1)), *args]) == 0
+    assert "checked 300 rows, 9 features (ignored id columns: customer_id)" in capsys.readouterr().out
+    assert cli.main(["land", "churn", "1", str(write_csv(tmp_path / "b.csv", rows=300, seed=2)), *args]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("failed: data churn:1 already points at") and "register" in err
+    # a refused file's next version counts the versions already registered: 0 → 2, since 1 is taken
+    rows = [{**r, "account_id": f"A{i}"} for i, r in enumerate(generate(100, seed=1))]
+    assert cli.main(["land", "churn", "0", str(write_rows(tmp_path / "ids.csv", rows)), *args]) == 1
+    assert "land the fixed file as churn/2/ids.csv" in capsys.readouterr().err

@@ -20,7 +20,7 @@ from shared.config import Settings
 from shared.local import wire
 from shared.local.host import LocalHost
 from tests.fakes.azureml_service import FakeCredential
-from tests.helpers import Recording
+from tests.helpers import GeneratedLanding, Recording
 from tests.reliability.faults import FaultyTransport, route_table_waits
 from tests.reliability.storm import FaultyAzureML, blob_events, deliver_storm, size, write_figures
 
@@ -45,7 +45,8 @@ def stack(azurite, monkeypatch):
         workspace=fake.workspace, datastore="landing", landing_container="landing",
         ledger_table_uri="https://mlopsapp.table.core.windows.net/").with_policy(min_primary=0.7)
     notifier = Recording()
-    runtime = build(settings, credential=FakeCredential(), transport=fake, notifier=notifier, **stores)
+    runtime = build(settings, credential=FakeCredential(), transport=fake, notifier=notifier,
+                    landing=GeneratedLanding(), **stores)
     function_app.use_runtime(runtime)
     host = LocalHost(function_app.app, port=0).start()
     tables.fault_rate = 0.2

@@ -16,12 +16,12 @@ def _run(*args: str, **env: str) -> subprocess.CompletedProcess:
 def test_a_bad_setting_exits_2_with_one_line_and_no_traceback():
     r = _run("status", MLOPS_BACKEND="cloud")
     assert r.returncode == 2
-    assert r.stderr.strip() == "error: MLOPS_BACKEND must be local or azure, not 'cloud'"
+    assert r.stderr.strip() == "error: MLOPS_BACKEND must be one of local, azure, not 'cloud'"
 
 
 def test_check_config_exits_2_listing_every_problem_and_0_when_all_is_well(tmp_path):
     bad = _run("check-config", MLOPS_COOLDOWN_MINUTES="-5", MLOPS_ALERT_AUTH="maybe", MLOPS_HOME=str(tmp_path))
-    assert bad.returncode == 2 and "2 problem(s)" in bad.stderr
+    assert bad.returncode == 2 and "2 error(s)" in bad.stderr
     assert "MLOPS_COOLDOWN_MINUTES" in bad.stderr and "MLOPS_ALERT_AUTH" in bad.stderr
     good = _run("check-config", MLOPS_HOME=str(tmp_path))
     assert good.returncode == 0 and "settings ok (backend local)" in good.stdout
