@@ -55,13 +55,19 @@ def runtime():
                 raise _config_error
             if _runtime is None:
                 from shared.bootstrap import build
-                from shared.config import SettingsError
+                from shared.config import SETTING_NAMES, SettingsError
 
                 logs.setup_azure()  # Application Insights via OpenTelemetry, when its connection string is set
                 try:
                     _runtime = build()
-                except SettingsError as error:
-                    _config_error = NotConfigured(error)
+                except InvalidPayload as error:
+                    if not isinstance(error, SettingsError) and getattr(error, "field", None) not in SETTING_NAMES:
+                        raise  # not a setting: a bug, with its traceback
+                    from shared.config import check
+
+                    # Every problem at once (invalid values, what the backend lacks), not only the first found.
+                    errors = [p for p in check() if p.severity == "error"] or getattr(error, "problems", [])
+                    _config_error = NotConfigured(SettingsError(errors) if errors else error)
                     logger.error("%s", _config_error)  # once per worker, no traceback: the message is the story
                     raise _config_error from None
     return _runtime

@@ -403,6 +403,33 @@ def requirements(settings: Settings) -> list[Problem]:
             and not settings.approvers:
         out.append(Problem("MLOPS_APPROVERS", "MLOPS_APPROVERS is empty but MLOPS_APPROVAL asks for manual "
                            "approval: nobody can approve", "warning"))
+    return out + _shapes(settings)
+
+
+def _shapes(settings: Settings) -> list[Problem]:
+    """Values read in a shape of their own by the adapters that use them, checked here with those adapters' own
+    rules, so that they are reported with every other problem instead of one at a time when a client is made."""
+    from shared.adapters.monitor import _GUID, metrics_audience
+    from shared.notify import RoutingTable
+
+    out: list[Problem] = []
+    if settings.log_analytics_workspace_id and not _GUID.fullmatch(settings.log_analytics_workspace_id):
+        out.append(Problem("MLOPS_LOG_ANALYTICS_WORKSPACE_ID", "MLOPS_LOG_ANALYTICS_WORKSPACE_ID must be the "
+                           "workspace's GUID (Workspace ID on its Overview blade)"))
+    if settings.topic_endpoint and not settings.topic_endpoint.startswith("https://"):
+        out.append(Problem("MLOPS_EVENTS__topicEndpointUri", "MLOPS_EVENTS__topicEndpointUri must be the custom "
+                           "topic's https endpoint"))
+    parsers = []
+    if settings.metrics_endpoint:
+        parsers.append(("MLOPS_METRICS_ENDPOINT", lambda: metrics_audience(settings.metrics_endpoint)))
+    if settings.teams_routes:
+        parsers.append(("MLOPS_TEAMS_ROUTES", lambda: RoutingTable.parse(
+            settings.teams_routes, default_url=settings.teams_webhook_url, failures_only=settings.teams_failures_only)))
+    for name, parse in parsers:
+        try:
+            parse()
+        except InvalidPayload as error:
+            out.append(Problem(error.field or name, str(error)))
     return out
 
 

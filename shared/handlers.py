@@ -133,6 +133,10 @@ def _check_contract(msg: DataRegistered, workspace: Workspace, landing: LandingR
         head = landing.head(msg.path)
     except FileNotFoundError:
         raise NotFound(f"landed data for {msg.asset}:{msg.version} is gone from {msg.path}") from None
+    report, problems = datacontract.check(head, settings.contract)
+    if report is not None:
+        return
+    # Only a refused file costs the workspace call that names the next free version.
     latest = workspace.latest_data(msg.asset)
     datacontract.validate(head, settings.contract, asset=msg.asset, version=msg.version,
                           taken=[latest.version] if latest else [])

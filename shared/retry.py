@@ -316,7 +316,7 @@ def _sdk_policy_class(base: type | None = None) -> type:
                 return False
             method = response.http_request.method.upper()
             # A 429 or 503 is the service refusing the request, so even a POST can be sent again.
-            return self.retry_posts or method in settings["methods"] or status in (429, 500, 503, 504)
+            return self.retry_posts or method in settings["methods"] or status in (429, 503)
 
         def _is_method_retryable(self, settings: dict[str, Any], request: Any, response: Any = None) -> bool:
             return True  # decided in increment(), which sees the error
@@ -389,7 +389,7 @@ def _storage_policy_class() -> type:
     return DeadlineStorageRetry
 
 
-__all__ = ["CALL_SECONDS", "DEFAULT", "EVENT_GRID_SECONDS", "HTTP_SECONDS", "MAX_RETRY_AFTER_SECONDS",
+__all__ = ["CALL_SECONDS", "DEFAULT", "DRIFT_MONITOR_SECONDS", "EVENT_GRID_SECONDS", "HTTP_SECONDS", "MAX_RETRY_AFTER_SECONDS",
            "ROLLOUT_TICK_SECONDS", "SETTLE_SECONDS", "SWEEP_SECONDS", "TRANSIENT_STATUSES", "DeadlineExceeded", "Policy",
            "call", "call_deadline", "check", "deadline", "deadline_at", "pause", "remaining", "retry_after_seconds",
            "sdk_policy", "settles", "storage_policy", "settling", "timeout", "within"]

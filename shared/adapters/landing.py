@@ -28,7 +28,12 @@ class BlobLandingReader:
     """``head(url)`` for blob URLs of the landing container; ``options`` reach every client (transport, ...)."""
 
     def __init__(self, credential: Any, **options: Any) -> None:
+        from shared import retry
+
         self.credential = credential
+        # The app's retry policy and the invocation's deadline (shared/retry.py), not azure-storage-blob's
+        # ExponentialRetry, whose 15 s and longer waits outlast Event Grid's 30 s.
+        options.setdefault("retry_policy", retry.storage_policy())
         self.options = options
 
     def head(self, path: str, max_bytes: int = MAX_HEAD_BYTES) -> Head:

@@ -324,11 +324,13 @@ class TableLedger:
                 logger.warning("complete(%s, %s): no claim recorded for this key; nothing to complete", key, outcome)
                 return False
             if not self._held_by(row, token):
+                if token and row.get("completed_by") == token and row.get("outcome") == outcome:
+                    return True  # our own completion, landed before its reply was lost: a retry finds it done
                 logger.warning("refused to complete %s as %s: the claim is no longer this worker's (taken over or "
                                "settled since)", key, outcome)
                 return False
             done = {**row, "outcome": outcome, "reason": reason[:LEDGER_REASON_CHARS], "lease_until": 0.0,
-                    "holder": "", "updated_at": _now_iso()}
+                    "holder": "", "completed_by": token or "", "updated_at": _now_iso()}
             if self._t.replace(done, row.metadata["etag"]) is None:
                 return True
             _pause(attempt)

@@ -35,7 +35,10 @@ class CollectedData:
     def __init__(self, container, credential, *, blob_options: dict | None = None) -> None:
         self.container = container  # ContainerClient on the collector's container (MLOPS_DRIFT_CONTAINER_URL)
         self.credential = credential
-        self.blob_options = blob_options or {}
+        from shared import retry
+
+        # The app's retry policy and deadline, as for every blob read (shared/retry.py).
+        self.blob_options = {"retry_policy": retry.storage_policy(), **(blob_options or {})}
 
     def labels_lines(self, url: str) -> list[str]:
         """The labels file's lines (a landed blob URL, read with the app's identity)."""

@@ -157,20 +157,21 @@ class DriftMonitor:
         try:
             check = self._compute(key, endpoint, deployment, start, end, read_endpoint)
         except TransientError as error:
-            self.ledger.release(key, token=token)
+            _settle(lambda: self.ledger.release(key, token=token), f"release {key}")
             logger.warning("drift check %s: %s; the next tick tries again", key, error)
             return Check(endpoint, deployment, start, end, "retry", reason=str(error))
         except (PermanentError, MLOpsError, ValueError, KeyError) as error:
             reason = f"{type(error).__name__}: {error}"
-            self.ledger.complete(key, "failed", reason[:500], token=token)
+            _settle(lambda: self.ledger.complete(key, "failed", reason[:500], token=token), f"complete {key}")
             logger.error("drift check %s failed: %s", key, reason)
             return Check(endpoint, deployment, start, end, "failed", reason=reason)
         except Exception as error:  # an SDK error not translated: retried like a transient one, never swallowed
-            self.ledger.release(key, token=token)
+            _settle(lambda: self.ledger.release(key, token=token), f"release {key}")
             logger.exception("drift check %s: unexpected error; the next tick tries again", key)
             return Check(endpoint, deployment, start, end, "retry", reason=f"{type(error).__name__}: {error}")
-        self.ledger.complete(key, "done" if check.outcome == "drift" else "ignored",
-                             f"{check.outcome} over {check.rows} rows", token=token)
+        _settle(lambda: self.ledger.complete(key, "done" if check.outcome == "drift" else "ignored",
+                                             f"{check.outcome} over {check.rows} rows", token=token),
+                f"complete {key}")
         return check
 
     def _compute(self, key: str, endpoint: str, deployment: str, start: datetime, end: datetime,
@@ -261,3 +262,12 @@ def container_for(url: str, credential, **options):
 
     account, _, container = url.rstrip("/").rpartition("/")
     return container_client(account, container, credential, **options)
+
+
+def _settle(step, what: str):
+    """Settle a claim even when the check used the whole deadline (retry.settling), retried like the bus does:
+    a claim left held would block its window until the lease runs out."""
+    from shared import retry
+
+    with retry.settling():
+        return retry.call(step, what=what)

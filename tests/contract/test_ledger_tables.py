@@ -294,3 +294,43 @@ def test_a_key_credential_is_refused():
 
     with pytest.raises(TypeError):
         service_client("https://acct.table.core.windows.net", AzureNamedKeyCredential("a", "a2V5"))
+
+
+# --- a write that commits but whose reply is lost ---------------------------------------------------------
+
+class LosesReply(TableClient):
+    """The real TableClient, except that its next update commits on the server and then fails as if the reply had
+    been lost on the way back (a timeout or a dropped connection after the write)."""
+
+    lose_next = False
+
+    def update_entity(self, *args, **kwargs):
+        result = super().update_entity(*args, **kwargs)
+        if self.lose_next:
+            self.lose_next = False
+            from azure.core.exceptions import ServiceResponseError
+
+            raise ServiceResponseError("injected: the reply was lost after the write committed")
+        return result
+
+
+def test_completing_again_after_a_lost_reply_finds_its_own_completion(azurite):
+    """The bus retries settling a claim (retry.call): the retry must see that the first try landed, or the failure
+    it was settling is never audited or alerted ("no longer ours")."""
+    from shared.errors import TransientError
+
+    plain = azurite.fresh_table()
+    client = LosesReply(azurite.endpoint, plain.table_name, credential=plain.credential)
+    ledger = TableLedger(client)
+    key = f"evt-{uuid.uuid4()}/RunFinished"
+    token = ledger.claim(key, event_type="RunFinished").token
+    client.lose_next = True
+    try:  # retried inside (the SDK's policy, the adapter's loop) or raised as transient for the bus to retry
+        first = ledger.complete(key, "failed", "boom", token=token)
+    except TransientError:
+        first = None
+    assert first in (True, None), "its own completion, found again after the lost reply, is not 'someone else's'"
+    assert ledger.outcome(key) == ("failed", "boom")  # it did land
+    assert ledger.complete(key, "failed", "boom", token=token) is True  # and the retry knows it was its own
+    other = ledger.claim(f"evt-{uuid.uuid4()}/RunFinished", event_type="RunFinished").token
+    assert ledger.complete(key, "failed", "boom", token=other) is False  # someone else's token: not theirs

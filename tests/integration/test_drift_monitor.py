@@ -217,3 +217,35 @@ def test_a_model_without_a_baseline_fails_the_window_for_good_and_publishes_noth
     [check] = w.monitor.tick()
     assert check.outcome == "failed" and "baseline.json" in check.reason and w.transport.requests == []
     assert w.monitor.tick()[0].outcome == "skipped"
+
+
+def test_a_check_that_spends_the_deadline_still_releases_its_window_on_table_storage(world, tmp_path):
+    """The window's claim is settled even when the check used the whole deadline (the timer's 540 s in Azure):
+    left held, the window would wait out its lease before any tick could check it again."""
+    import time
+
+    from shared import retry
+    from shared.adapters.tables import TableLedger
+    from shared.errors import TransientError
+    from tests.integration.azurite import start_azurite
+
+    (tmp_path / "tables").mkdir()
+    tables = start_azurite(tmp_path / "tables")  # this module's own Azurite serves blobs only
+    w = world(window_rows=600, shift=10.0)
+    w.monitor.ledger = TableLedger(tables.fresh_table())
+    real = w.publisher.publish
+
+    def slow_then_refused(*args, **kwargs):
+        time.sleep(retry.remaining() + 0.05)
+        raise TransientError("the topic did not answer before the deadline")
+
+    w.publisher.publish = slow_then_refused
+    with retry.deadline(0.5):
+        [first] = w.monitor.tick()
+    assert first.outcome == "retry"
+    w.publisher.publish = real
+    [second] = w.monitor.tick()  # the next tick: the window is free again, not held by the spent one
+    try:
+        assert second.outcome == "drift" and len(w.transport.requests) == 1
+    finally:
+        tables.stop()

@@ -91,9 +91,11 @@ def test_the_function_app_logs_one_error_and_answers_503_naming_the_problems(mon
             answers = [functions["status"](req) for _ in range(3)]
         assert {a.status_code for a in answers} == {503} and answers[0].headers["Retry-After"]
         body = json.loads(answers[0].get_body())
-        assert body["error"] == "the app is not configured" and body["problems"] == [
-            "MLOPS_FREEZE must be true or false, not 'maybe'"]
-        # from_env stops at invalid values; the missing azure settings show once those are fixed
+        assert body["error"] == "the app is not configured" and body["problems"][0] == (
+            "MLOPS_FREEZE must be true or false, not 'maybe'")
+        # the invalid value and what the azure backend still lacks, in one answer
+        assert [p.split(" ")[0] for p in body["problems"][1:]] == [
+            "MLOPS_SUBSCRIPTION_ID", "MLOPS_RESOURCE_GROUP", "MLOPS_LEDGER__tableServiceUri"]
         logged = [r for r in caplog.records if r.name == "function_app"]
         assert len(logged) == 1 and logged[0].exc_info is None and "MLOPS_FREEZE" in logged[0].getMessage()
         monkeypatch.delenv("MLOPS_FREEZE")
@@ -118,3 +120,26 @@ def test_serve_on_a_busy_port_says_so_in_one_line(tmp_path, monkeypatch, capsys)
         assert cli.main(["serve", "--port", str(port), "--tick-every", "0", "--drift-every", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and f"cannot listen on 127.0.0.1:{port}" in err and f"make serve PORT={port + 1}" in err
+
+
+def test_values_the_adapters_read_in_their_own_shape_are_reported_with_the_rest(monkeypatch):
+    """A Log Analytics id, a metrics endpoint, a topic URL and a Teams routing table are checked by the adapters
+    that read them; check() and the Function App name them together instead of one per restart."""
+    bad = {"MLOPS_LOG_ANALYTICS_WORKSPACE_ID": "my-workspace", "MLOPS_METRICS_ENDPOINT": "https://example.com",
+           "MLOPS_EVENTS__topicEndpointUri": "http://topic.example", "MLOPS_TEAMS_ROUTES": "{not json"}
+    assert {p.setting for p in check(bad) if p.severity == "error"} == set(bad)
+    functions = {f.name: f.call for f in index(function_app.app)}
+    for name, value in bad.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MLOPS_WORKSPACE", raising=False)
+    monkeypatch.delenv("MLOPS_BACKEND", raising=False)
+    monkeypatch.setenv("MLOPS_HOME", str(__import__("tempfile").mkdtemp()))
+    function_app.use_runtime(None)
+    try:
+        req = func.HttpRequest(method="GET", url="http://localhost/api/status", body=b"", headers={})
+        answer = functions["status"](req)
+        assert answer.status_code == 503
+        named = {p.split(" ")[0] for p in json.loads(answer.get_body())["problems"]}
+        assert named == set(bad)
+    finally:
+        function_app.use_runtime(None)

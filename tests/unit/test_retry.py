@@ -181,3 +181,55 @@ def test_the_local_hosts_rollout_tick_runs_under_the_timers_deadline():
 
     tick(Runtime())
     assert seen and retry.ROLLOUT_TICK_SECONDS - 1 < seen[0] <= retry.ROLLOUT_TICK_SECONDS
+
+
+# --- which answers a POST is sent again after -------------------------------------------------------------
+
+class _Scripted:
+    """A transport answering each request with the next status of a script (no network)."""
+
+    def __new__(cls, statuses):
+        from azure.core.pipeline.transport import RequestsTransport
+
+        from tests.reliability.faults import _response
+
+        class Scripted(RequestsTransport):
+            def __init__(self) -> None:
+                super().__init__()
+                self.script, self.sent = list(statuses), []
+
+            def send(self, request, **kwargs):
+                self.sent.append(request.method)
+                return _response(request, self.script.pop(0), {}, b"{}", **kwargs)
+
+            def sleep(self, duration: float) -> None:
+                pass
+
+        return Scripted()
+
+
+def _run(method: str, statuses: list[int]):
+    from azure.core.pipeline import Pipeline
+    from azure.core.rest import HttpRequest
+
+    transport = _Scripted(statuses)
+    pipeline = Pipeline(transport, policies=[retry.sdk_policy()])
+    response = pipeline.run(HttpRequest(method, "https://svc.example.invalid/items"))
+    return response.http_response.status_code, transport.sent
+
+
+@pytest.mark.parametrize("status", [500, 504])
+def test_a_post_is_not_sent_again_after_an_answer_that_may_follow_its_commit(status):
+    """A 500 or 504 may come after the service applied the POST (an insert): sending it again could apply it
+    twice, or meet our own row as a conflict. Only a refusal (429, 503) is safe to repeat."""
+    assert _run("POST", [status, 201]) == (status, ["POST"])
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_a_post_refused_by_the_service_is_sent_again(status):
+    assert _run("POST", [status, 201]) == (201, ["POST", "POST"])
+
+
+@pytest.mark.parametrize("status", [500, 504])
+def test_an_idempotent_request_is_sent_again_after_a_server_error(status):
+    assert _run("GET", [status, 200]) == (200, ["GET", "GET"])
