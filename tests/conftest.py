@@ -4,7 +4,22 @@ import json
 
 import pytest
 
-from tests.integration.azurite import azurite  # noqa: F401 - a session fixture, shared by every module
+from tests.integration.azurite import (
+    AZURITE_BLOB,
+    azurite,  # noqa: F401 - a session fixture, shared by every module
+    start_azurite,
+)
+
+
+@pytest.fixture(scope="session")
+def blob_azurite_oauth(tmp_path_factory):
+    """One azurite-blob accepting bearer tokens (the managed-identity path) for the whole session; each test makes
+    containers of its own, with unique names."""
+    if not AZURITE_BLOB.exists():
+        pytest.skip("Azurite is not installed: run `make setup`")
+    instance = start_azurite(tmp_path_factory.mktemp("azurite-blob-oauth"), service="blob", oauth=True)
+    yield instance
+    instance.stop()
 
 
 @pytest.fixture(scope="session")

@@ -34,13 +34,6 @@ def blob_azurite(tmp_path_factory):
     instance.stop()
 
 
-@pytest.fixture(scope="module")
-def blob_azurite_oauth(tmp_path_factory):
-    if not AZURITE_BLOB.exists():
-        pytest.skip("Azurite is not installed: run `make setup`")
-    instance = start_azurite(tmp_path_factory.mktemp("azurite-blob-oauth"), service="blob", oauth=True)
-    yield instance
-    instance.stop()
 
 
 def test_hour_prefixes_follow_the_collector_layout_across_midnight():

@@ -26,7 +26,6 @@ from shared.training.baseline_profile import build_profile
 from tests.fakes.azureml_service import FakeAzureML
 from tests.fakes.azureml_service import FakeCredential as ArmCredential
 from tests.integration.azurite import (
-    AZURITE_BLOB,
     STORAGE_SCOPE,
     StaticTokenCredential,
     start_azurite,
@@ -43,13 +42,10 @@ NOW = datetime(2026, 12, 2, 14, 12, tzinfo=timezone.utc)  # the due hourly windo
 START, END = datetime(2026, 12, 2, 13, 0, tzinfo=timezone.utc), datetime(2026, 12, 2, 14, 0, tzinfo=timezone.utc)
 
 
-@pytest.fixture(scope="module")
-def azurite(tmp_path_factory):
-    if not AZURITE_BLOB.exists():
-        pytest.skip("Azurite is not installed: run `make setup`")
-    instance = start_azurite(tmp_path_factory.mktemp("azurite-drift"), service="blob", oauth=True)
-    yield instance
-    instance.stop()
+@pytest.fixture
+def azurite(blob_azurite_oauth):
+    """This module's Azurite serves blobs (the session's, with bearer tokens)."""
+    return blob_azurite_oauth
 
 
 @pytest.fixture
@@ -227,7 +223,6 @@ def test_a_check_that_spends_the_deadline_still_releases_its_window_on_table_sto
     from shared import retry
     from shared.adapters.tables import TableLedger
     from shared.errors import TransientError
-    from tests.integration.azurite import start_azurite
 
     (tmp_path / "tables").mkdir()
     tables = start_azurite(tmp_path / "tables")  # this module's own Azurite serves blobs only

@@ -22,10 +22,8 @@ from tests.fakes.azureml_service import FakeAzureML
 from tests.fakes.azureml_service import FakeCredential as ArmCredential
 from tests.helpers import Recording
 from tests.integration.azurite import (
-    AZURITE_BLOB,
     STORAGE_SCOPE,
     StaticTokenCredential,
-    start_azurite,
     unsigned_storage_token,
 )
 
@@ -35,13 +33,10 @@ EP, DEP, JOB = "churn-endpoint", "v2-1", "train-churn-v1-a1"
 DAY = datetime(2026, 12, 2, tzinfo=timezone.utc)
 
 
-@pytest.fixture(scope="module")
-def azurite(tmp_path_factory):
-    if not AZURITE_BLOB.exists():
-        pytest.skip("Azurite is not installed: run `make setup`")
-    instance = start_azurite(tmp_path_factory.mktemp("azurite-labels"), service="blob", oauth=True)
-    yield instance
-    instance.stop()
+@pytest.fixture
+def azurite(blob_azurite_oauth):
+    """This module's Azurite serves blobs (the session's, with bearer tokens)."""
+    return blob_azurite_oauth
 
 
 @pytest.fixture

@@ -11,22 +11,16 @@ from shared.datacontract import Contract, ContractViolation, validate
 from shared.errors import NotFound
 from shared.local.churn import generate
 from tests.integration.azurite import (
-    AZURITE_BLOB,
     STORAGE_SCOPE,
     StaticTokenCredential,
-    start_azurite,
     unsigned_storage_token,
 )
 from tests.unit.test_datacontract import table
 
 
-@pytest.fixture(scope="module")
-def blob_oauth(tmp_path_factory):
-    if not AZURITE_BLOB.exists():
-        pytest.skip("Azurite is not installed: run `make setup`")
-    instance = start_azurite(tmp_path_factory.mktemp("azurite-landing"), service="blob", oauth=True)
-    yield instance
-    instance.stop()
+@pytest.fixture
+def blob_oauth(blob_azurite_oauth):
+    return blob_azurite_oauth
 
 
 @pytest.fixture
