@@ -41,3 +41,15 @@ def _root_logging_restored():
     for handler in [h for h in root.handlers if h not in handlers]:
         root.removeHandler(handler)
     root.setLevel(level)
+
+
+@pytest.fixture
+def fake():
+    """The fake Azure ML service (tests/fakes/azureml_service.py), on a local port; a module may define its own."""
+    from tests.fakes.azureml_service import FakeAzureML
+
+    service = FakeAzureML()
+    yield service
+    service.hold_operations = False
+    service.shutdown()
+    assert service.unexpected == [], "a request left for a host the fake does not serve"

@@ -43,15 +43,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::marshmallow.warnings.RemovedInM
 TAGS = {"mlops_owner": "mlops-automation", "mlops_data_asset": "churn", "mlops_data_version": "1"}
 
 
-@pytest.fixture
-def fake():
-    service = FakeAzureML()
-    yield service
-    service.hold_operations = False
-    service.shutdown()
-    assert service.unexpected == [], "a request left for a host the fake does not serve"
-
-
 def _settings(fake: FakeAzureML, **changes) -> Settings:
     values = {"datastore": "landing", "compute": "cpu-cluster", **changes}
     return Settings(backend="azure", subscription_id=fake.subscription_id, resource_group=fake.resource_group,

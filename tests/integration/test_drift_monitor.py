@@ -23,7 +23,6 @@ from shared.local.state import SqliteStateStore
 from shared.messages import DriftDetected
 from shared.rollout import EndpointState
 from shared.training.baseline_profile import build_profile
-from tests.fakes.azureml_service import FakeAzureML
 from tests.fakes.azureml_service import FakeCredential as ArmCredential
 from tests.integration.azurite import (
     STORAGE_SCOPE,
@@ -46,14 +45,6 @@ START, END = datetime(2026, 12, 2, 13, 0, tzinfo=timezone.utc), datetime(2026, 1
 def azurite(blob_azurite_oauth):
     """This module's Azurite serves blobs (the session's, with bearer tokens)."""
     return blob_azurite_oauth
-
-
-@pytest.fixture
-def fake():
-    service = FakeAzureML()
-    yield service
-    service.hold_operations = False
-    service.shutdown()
 
 
 def _rows(rng, n, shift=0.0):

@@ -18,7 +18,6 @@ from shared.drift.monitor import container_for
 from shared.labels import labels_landed
 from shared.local.ledger import SqliteAuditLog
 from shared.messages import DriftDetected, LabelsLanded
-from tests.fakes.azureml_service import FakeAzureML
 from tests.fakes.azureml_service import FakeCredential as ArmCredential
 from tests.helpers import Recording
 from tests.integration.azurite import (
@@ -37,14 +36,6 @@ DAY = datetime(2026, 12, 2, tzinfo=timezone.utc)
 def azurite(blob_azurite_oauth):
     """This module's Azurite serves blobs (the session's, with bearer tokens)."""
     return blob_azurite_oauth
-
-
-@pytest.fixture
-def fake():
-    service = FakeAzureML()
-    yield service
-    service.hold_operations = False
-    service.shutdown()
 
 
 def _record(kind: str, at: datetime, data, cid: str) -> str:
