@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None, *, configure_logging: bool = True) -> in
 
     if configure_logging:
         # JSON lines with the invocation, event and chain ids (docs/observability.md)
-        logs.setup_local(logging.DEBUG if args.verbose else logging.INFO)
+        # serve tells its story in its log; the one-shot commands print what they did and log only problems
+        logs.setup_local(logging.DEBUG if args.verbose else logging.INFO if args.command == "serve" else logging.WARNING)
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the story
     try:
         return args.run(args)

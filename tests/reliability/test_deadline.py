@@ -22,7 +22,7 @@ from shared.errors import TransientError
 from shared.local import wire
 from shared.local.host import LocalHost, index
 from tests.fakes.azureml_service import FakeAzureML, FakeCredential
-from tests.helpers import Recording
+from tests.helpers import GeneratedLanding, Recording
 from tests.integration.test_azure_backend import AzureArc
 from tests.reliability.faults import FaultyTransport
 
@@ -83,7 +83,9 @@ def test_a_trigger_whose_deadline_is_spent_asks_for_redelivery_with_its_claim_re
     suffix = uuid.uuid4().hex[:10]
     stores = build_stores(with_app_retries(azurite.service()),
                           names={k: f"{k}{suffix}" for k in ("ledger", "audit", "outbox", "states")})
-    runtime = build(settings_for(fake), credential=FakeCredential(), transport=fake, notifier=Recording(), **stores)
+    # the landed blob exists nowhere: its contract check reads a generated file (tests/helpers.py)
+    runtime = build(settings_for(fake), credential=FakeCredential(), transport=fake, notifier=Recording(),
+                    landing=GeneratedLanding(), **stores)
     function_app.use_runtime(runtime)
     entry = next(f.call for f in index(function_app.app) if f.name == "on_blob_created")
     saved, entry.deadline_seconds = entry.deadline_seconds, DEADLINE
