@@ -175,7 +175,8 @@ def test_a_drifted_window_publishes_exactly_one_drift_detected_and_a_second_tick
     gets = [r.url.split("?")[0] for r in w.seen if r.method == "GET" and "comp=list" not in r.url]
     assert any(u.endswith(f"/azureml/{JOB}/model/baseline.json") for u in gets)
     listings = [r.url for r in w.seen if "comp=list" in r.url]
-    assert len(listings) == 2 and all("prefix=modelDataCollector%2Fchurn-endpoint%2Fv2-1%2Fmodel_" in u
+    # inputs listed once for the offload decision (sizes only), then inputs and outputs to read the window
+    assert len(listings) == 3 and "model_inputs" in listings[0] and all("prefix=modelDataCollector%2Fchurn-endpoint%2Fv2-1%2Fmodel_" in u
                                       for u in listings)
     assert {r.method for r in w.seen} == {"GET"}
 
