@@ -8,6 +8,8 @@ record of (shared/rollout.py) and each deployment with live traffic in that reco
 1. claims ``drift:<endpoint>/<deployment>/<window start>`` in the ledger (the bus's claim pattern): a claim already
    settled means this window was checked, so a second tick does nothing; a live claim means another worker is on it;
 2. reads the window from the collector's JSONL in blob storage (shared/drift/collector.py: streamed, bounded);
+   a window whose input blobs add up to more than ``MLOPS_DRIFT_OFFLOAD_MB`` in the listing is submitted as a drift
+   job instead (shared/drift/offload.py), and that job's completion publishes its event;
 3. loads the deployed model's baseline profile (``baseline.json`` next to the MLflow model) from the same container;
 4. compares them with the engine (shared/drift/engine.py) at the configured thresholds and minimum sample;
 5. publishes one ``MLOps.DriftDetected`` when the window drifted, with an event id derived from the claim key, so a
