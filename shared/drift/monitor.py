@@ -174,7 +174,8 @@ class DriftMonitor:
             logger.exception("drift check %s: unexpected error; the next tick tries again", key)
             return Check(endpoint, deployment, start, end, "retry", reason=f"{type(error).__name__}: {error}")
         self.ledger.complete(key, "done" if check.outcome in ("drift", "offloaded") else "ignored",
-                             f"{check.outcome} over {check.rows} rows", token=token)
+                             check.reason if check.outcome == "offloaded" else f"{check.outcome} over {check.rows} rows",
+                             token=token)
         return check
 
     def _compute(self, key: str, endpoint: str, deployment: str, start: datetime, end: datetime,
@@ -237,7 +238,7 @@ class DriftMonitor:
         job = self.workspace.submit_command(spec)
         logger.info("drift check %s: %d bytes collected, over the %d MB line: job %s (%s)", key, size,
                     self.settings.drift.offload_mb, job.name, job.status.value)
-        return Check(endpoint, deployment, start, end, "offloaded", reason=f"job {job.name}")
+        return Check(endpoint, deployment, start, end, "offloaded", reason=f"offloaded to job {job.name}")
 
     @staticmethod
     def _baseline_name(model: Model) -> str:
