@@ -102,6 +102,9 @@ class DriftSettings:
     js_threshold: float = 0.1  # Jensen-Shannon distance, base 2; default 0.1
     chi2_p: float = 0.001  # chi-squared p-value (with Cramér's V >= 0.1); default 0.001
     max_rows: int = 2_000_000  # rows one check reads; a larger window is truncated and says so; default 2,000,000
+    # collected input JSONL of one window (summed from the blob listing, before any row is read) above which the
+    # check runs as an Azure ML command job on the training cluster instead of in the function; default 256 MB
+    offload_mb: int = 256
     degradation_tolerance: float = 0.05  # live AUC this far below the training AUC is degradation; default 0.05
 
     def thresholds(self, psi: float):
@@ -277,6 +280,7 @@ SETTING_NAMES: tuple[str, ...] = (
     "MLOPS_ALERT_ROLE",
     "MLOPS_DRIFT_INTERVAL_MINUTES", "MLOPS_DRIFT_CONTAINER_URL", "MLOPS_DRIFT_MIN_ROWS", "MLOPS_DRIFT_KS_THRESHOLD",
     "MLOPS_DRIFT_WASSERSTEIN_THRESHOLD", "MLOPS_DRIFT_JS_THRESHOLD", "MLOPS_DRIFT_CHI2_P", "MLOPS_DRIFT_MAX_ROWS",
+    "MLOPS_DRIFT_OFFLOAD_MB",
     "MLOPS_DEGRADATION_TOLERANCE",
     "MLOPS_LABEL_COLUMN", "MLOPS_ID_COLUMNS", "MLOPS_FEATURE_COLUMNS", "MLOPS_MIN_ROWS",
 )
@@ -302,6 +306,7 @@ def _drift(r: _Reader) -> DriftSettings:
         js_threshold=_bounded(r, "MLOPS_DRIFT_JS_THRESHOLD", d.js_threshold, 0, 1),
         chi2_p=_bounded(r, "MLOPS_DRIFT_CHI2_P", d.chi2_p, 0, 1),
         max_rows=r.int("MLOPS_DRIFT_MAX_ROWS", d.max_rows, lo=1000),
+        offload_mb=r.int("MLOPS_DRIFT_OFFLOAD_MB", d.offload_mb, lo=1),
         degradation_tolerance=_bounded(r, "MLOPS_DEGRADATION_TOLERANCE", d.degradation_tolerance, 0, 1),
     )
 

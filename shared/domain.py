@@ -138,6 +138,26 @@ class TrainingJobSpec:
 
 
 @dataclass(frozen=True)
+class CommandJobSpec:
+    """A job that runs one Python module of this repository (``python -m <module> <args>``) on the training
+    compute. ``inputs`` name datastore paths (``azureml://datastores/<store>/paths/<path>``, a folder when it ends
+    in ``/``); ``args`` refer to them and to ``outputs`` (folders) as ``${{inputs.<name>}}`` / ``${{outputs.<name>}}``,
+    as an Azure ML command does. Each output lands at Azure ML's default place, ``azureml/<job>/<output>/`` on
+    workspaceblobstore (the embedded backend keeps that layout in its datastore)."""
+
+    name: str
+    module: str
+    args: tuple[str, ...]
+    inputs: dict[str, str]
+    outputs: tuple[str, ...]
+    tags: dict[str, str]
+    description: str = ""
+    compute: str = ""
+    max_run_seconds: int = 3600
+    experiment: str = "mlops-automation"
+
+
+@dataclass(frozen=True)
 class Job:
     name: str
     status: JobStatus

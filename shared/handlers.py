@@ -219,7 +219,8 @@ def rerun_job(msg: RerunJob, *, workspace: Workspace) -> Handled:
 # --- run finished → gate → register → roll out ----------------------------------------------------------
 
 def run_finished(msg: RunFinished, *, workspace: Workspace, metrics: RunMetrics, ledger: Ledger, audit: AuditLog,
-                 notifier: Notifier, settings: Settings, clock: Clock, states: StateStore) -> Handled:
+                 notifier: Notifier, settings: Settings, clock: Clock, states: StateStore,
+                 publisher: Publisher | None = None, credential=None, drift_container=None) -> Handled:
     """Act on a run's terminal state, read from the workspace (the event's status is only a hint)."""
     try:
         job = workspace.get_job(msg.job_name)
@@ -240,7 +241,9 @@ def run_finished(msg: RunFinished, *, workspace: Workspace, metrics: RunMetrics,
     if state != "new":
         return Handled("ignored", f"{job.name} {job.status.value} already handled")
     try:
-        if job.status is JobStatus.COMPLETED:
+        if job.tags.get("mlops_drift_check"):  # a drift check run as a job (shared/drift/offload.py)
+            result = _drift_job(job, workspace, settings, publisher, credential, drift_container)
+        elif job.status is JobStatus.COMPLETED:
             result = _completed(msg, job, workspace, metrics, audit, notifier, settings, clock, states)
         else:
             result = _failed(msg, job, audit, notifier, settings, clock)
@@ -251,6 +254,18 @@ def run_finished(msg: RunFinished, *, workspace: Workspace, metrics: RunMetrics,
     # with the failure when permanent, released when it will be retried).
     ledger.complete(key, result.outcome, result.reason, token=getattr(state, "token", None))
     return result
+
+
+def _drift_job(job: Job, workspace: Workspace, settings: Settings, publisher: Publisher | None, credential,
+               container) -> Handled:
+    """Publish the DriftDetected of a drifted window checked by a drift job, as the in-function check would."""
+    from shared.drift import offload
+
+    if publisher is None and callable(getattr(workspace, "publish", None)):
+        publisher = workspace  # the embedded workspace emits our events itself
+    container = container or offload.container_for(settings, workspace, credential)
+    outcome, reason = offload.finished(job, container=container, publisher=publisher)
+    return Handled(outcome, reason)
 
 
 def _ctx(msg, *, workspace: Workspace, states: StateStore, audit: AuditLog, notifier: Notifier,

@@ -8,6 +8,7 @@ from typing import Protocol, runtime_checkable
 from shared.domain import (
     Alert,
     AuditRecord,
+    CommandJobSpec,
     DataAsset,
     Endpoint,
     Health,
@@ -35,6 +36,9 @@ class DataAssets(Protocol):
 class Jobs(Protocol):
     def submit_training(self, spec: TrainingJobSpec) -> Job:
         """Start the job; if a job with ``spec.name`` already exists return it instead (never resubmit)."""
+
+    def submit_command(self, spec: CommandJobSpec) -> Job:
+        """Start a job running ``python -m spec.module``; a job named ``spec.name`` already there is returned."""
 
     def get_job(self, name: str) -> Job:
         """Current state; raise NotFound when missing."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -25,6 +27,7 @@ from shared.domain import (
     OWNER_TAG,
     OWNER_VALUE,
     TAG_JOB,
+    CommandJobSpec,
     DataAsset,
     Deployment,
     Endpoint,
@@ -50,7 +53,8 @@ from shared.errors import (
 
 logger = logging.getLogger(__name__)
 
-TRAINING_CODE = Path(__file__).resolve().parents[1] / "training"  # uploaded as the job's code (train.py, score.py)
+SHARED_CODE = Path(__file__).resolve().parents[1]  # the shared package: the code of submit_command's jobs
+TRAINING_CODE = SHARED_CODE / "training"  # uploaded as the job's code (train.py, score.py)
 RUN_OUTPUT = "output"  # train.py --output: metrics.json, baseline.json and model/
 MODEL_OUTPUT = "model"  # the MLflow model folder alone, typed mlflow_model, registered from here
 # The same invocation as the embedded backend (train.py --data <file or folder> --output <dir>), run from the code
@@ -396,6 +400,59 @@ class AzureMLWorkspace:
             compute=None if serverless else compute,
             tags=_tags(spec.tags),
             queue_settings=QueueSettings(job_tier="Spot" if low_priority else "Standard") if serverless else None,
+        )
+        job.set_limits(timeout=int(spec.max_run_seconds or self.settings.max_run_seconds))
+        return job
+
+    def submit_command(self, spec: CommandJobSpec) -> Job:
+        """``python -m <module>`` on the training compute, with this repository's ``shared`` package as the code
+        and the training environment (numpy is all shared/drift/job.py needs). Never resubmits a name."""
+        deadline = self._deadline()
+        existing = self._find_job(spec.name, deadline)
+        if existing is not None:
+            return self._job(existing)
+        with tempfile.TemporaryDirectory(prefix="mlops-code-") as code:
+            shutil.copytree(SHARED_CODE, Path(code) / "shared",
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
+            job = self._module_job(spec, code)
+            try:
+                with translated(f"submit job {spec.name}"):
+                    created = self.ml.jobs.create_or_update(job)
+            except (Conflict, ServiceRejected) as error:
+                if isinstance(error, ServiceRejected) and "already exist" not in str(error).lower():
+                    raise
+                found = self._find_job(spec.name, deadline)
+                if found is None:
+                    if isinstance(error, Conflict):
+                        raise TransientError(f"submit job {spec.name}: 409 but no such job yet: {error}") from error
+                    raise
+                return self._job(found)
+        logger.info("submitted %s (python -m %s) to %s", spec.name, spec.module, spec.compute or self.settings.compute)
+        return self._job(created)
+
+    def _module_job(self, spec: CommandJobSpec, code: str):
+        import shlex
+
+        from azure.ai.ml import Input, Output, command
+        from azure.ai.ml.constants import AssetTypes
+
+        compute = spec.compute or self.settings.compute
+        serverless = compute.strip().lower() in SERVERLESS
+        placeholder = re.compile(r"^\$\{\{(inputs|outputs)\.[A-Za-z0-9_]+\}\}$")
+        args = " ".join(a if placeholder.match(a) else shlex.quote(a) for a in spec.args)
+        job = command(
+            name=spec.name,
+            display_name=spec.name,
+            experiment_name=spec.experiment,
+            description=spec.description or f"python -m {spec.module}",
+            code=code,
+            command=f"python -m {spec.module} {args}".strip(),
+            inputs={k: Input(type=AssetTypes.URI_FOLDER if v.endswith("/") else AssetTypes.URI_FILE, path=v)
+                    for k, v in spec.inputs.items()},
+            outputs={k: Output(type=AssetTypes.URI_FOLDER) for k in spec.outputs},
+            environment=self._environment(),
+            compute=None if serverless else compute,
+            tags=_tags(spec.tags),
         )
         job.set_limits(timeout=int(spec.max_run_seconds or self.settings.max_run_seconds))
         return job

@@ -8,6 +8,8 @@ record of (shared/rollout.py) and each deployment with live traffic in that reco
 1. claims ``drift:<endpoint>/<deployment>/<window start>`` in the ledger (the bus's claim pattern): a claim already
    settled means this window was checked, so a second tick does nothing; a live claim means another worker is on it;
 2. reads the window from the collector's JSONL in blob storage (shared/drift/collector.py: streamed, bounded);
+   a window whose input blobs add up to more than ``MLOPS_DRIFT_OFFLOAD_MB`` in the listing is submitted as a drift
+   job instead (shared/drift/offload.py), and that job's completion publishes its event;
 3. loads the deployed model's baseline profile (``baseline.json`` next to the MLflow model) from the same container;
 4. compares them with the engine (shared/drift/engine.py) at the configured thresholds and minimum sample;
 5. publishes one ``MLOps.DriftDetected`` when the window drifted, with an event id derived from the claim key, so a
@@ -25,6 +27,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from shared.domain import TAG_JOB, Model
@@ -84,7 +87,8 @@ def baseline_blob(model: Model) -> str:
 
 @dataclass(frozen=True)
 class Check:
-    """What one (deployment, window) came to: drift | no_drift | inconclusive | skipped | failed | retry."""
+    """What one (deployment, window) came to: drift | no_drift | inconclusive | offloaded (a drift job has it) |
+    skipped | failed | retry."""
 
     endpoint: str
     deployment: str
@@ -169,9 +173,10 @@ class DriftMonitor:
             _settle(lambda: self.ledger.release(key, token=token), f"release {key}")
             logger.exception("drift check %s: unexpected error; the next tick tries again", key)
             return Check(endpoint, deployment, start, end, "retry", reason=f"{type(error).__name__}: {error}")
-        _settle(lambda: self.ledger.complete(key, "done" if check.outcome == "drift" else "ignored",
-                                             f"{check.outcome} over {check.rows} rows", token=token),
-                f"complete {key}")
+        _settle(lambda: self.ledger.complete(
+            key, "done" if check.outcome in ("drift", "offloaded") else "ignored",
+            check.reason if check.outcome == "offloaded" else f"{check.outcome} over {check.rows} rows", token=token),
+            f"complete {key}")
         return check
 
     def _compute(self, key: str, endpoint: str, deployment: str, start: datetime, end: datetime,
@@ -188,6 +193,9 @@ class DriftMonitor:
             raise NotFound(f"deployment {endpoint}/{deployment} does not exist")
         model = self.workspace.get_model(found.model_name, found.model_version)
         profile = self._baseline(model)
+        offloaded = self._offload(key, endpoint, deployment, start, end, model)
+        if offloaded is not None:
+            return offloaded
         reader = CollectorReader(self.container, max_rows=self.settings.drift.max_rows)
         with translated(f"read the collected window {key}"):
             window = reader.window(endpoint, deployment, profile, start, end)
@@ -199,13 +207,8 @@ class DriftMonitor:
             return Check(endpoint, deployment, start, end, result.status, rows=window.rows, result=result)
         top = result.top()
         metric, value, threshold = top[0].signal(limits)
-        event_id = event_id_for(key)
-        data = {
-            "endpoint": endpoint, "deployment": deployment, "monitor": MONITOR, "severity": "warning",
-            "metric": metric, "value": value, "threshold": threshold, "status": result.status,
-            "model": f"{model.name}:{model.version}",
-            "window": {"start": start.isoformat(), "end": end.isoformat(),
-                       "minutes": int((end - start).total_seconds() // 60)},
+        stats = {
+            "status": result.status, "metric": metric, "value": value, "threshold": threshold,
             "rows": window.rows, "records": window.records, "blobs": window.blobs,
             "truncated": window.truncated, "skipped_lines": window.skipped_lines,
             "top": [f.to_dict(limits) for f in top],
@@ -213,12 +216,37 @@ class DriftMonitor:
                                profile["features"][top[0].name],
                                window.predictions if top[0].name == PREDICTION else window.columns[top[0].name]),
             "results": {k: f.to_dict(limits) for k, f in result.features.items()},
-            "description": f"drift on {endpoint}/{deployment}: {describe(result)}",
+            "description": describe(result),
         }
-        published = self.publisher.publish(EVENT_TYPE, f"endpoints/{endpoint}/deployments/{deployment}", data,
-                                           event_id=event_id)
+        published = publish_drift(self.publisher, key, endpoint, deployment, f"{model.name}:{model.version}",
+                                  start, end, stats)
         return Check(endpoint, deployment, start, end, "drift", rows=window.rows, event_id=str(published),
                      result=result)
+
+    def _offload(self, key: str, endpoint: str, deployment: str, start: datetime, end: datetime,
+                 model: Model) -> Check | None:
+        """Above MLOPS_DRIFT_OFFLOAD_MB of collected inputs (summed from the listing, before any row is read), the
+        window becomes a drift job (shared/drift/offload.py) named after the claim key; None: check it here."""
+        from shared.adapters.errors import translated
+        from shared.drift import offload
+
+        with translated(f"list the collected window {key}"):
+            size = offload.window_bytes(self.container, endpoint, deployment, start, end)
+        if size <= self.settings.drift.offload_mb * 1024 * 1024:
+            return None
+        spec = offload.job_spec(key, endpoint, deployment, start, end, model, self._baseline_name(model),
+                                thresholds=self.thresholds, max_rows=2**62, compute=self.settings.compute)
+        job = self.workspace.submit_command(spec)
+        logger.info("drift check %s: %d bytes collected, over the %d MB line: job %s (%s)", key, size,
+                    self.settings.drift.offload_mb, job.name, job.status.value)
+        return Check(endpoint, deployment, start, end, "offloaded", reason=f"offloaded to job {job.name}")
+
+    @staticmethod
+    def _baseline_name(model: Model) -> str:
+        local = Path(model.path or "")
+        if local.is_absolute() and (local / BASELINE).is_file():  # the embedded workspace keeps models on disk
+            return str(local / BASELINE)
+        return baseline_blob(model)
 
     def _baseline(self, model: Model) -> dict:
         from azure.core.exceptions import ResourceNotFoundError
@@ -226,7 +254,9 @@ class DriftMonitor:
         from shared.adapters.errors import translated
         from shared.training.baseline_profile import read_profile
 
-        name = baseline_blob(model)
+        name = self._baseline_name(model)
+        if name not in self._baselines and Path(name).is_absolute():
+            self._baselines[name] = read_profile(json.loads(Path(name).read_text()))
         if name not in self._baselines:
             try:
                 with translated(f"read {name}"):
@@ -235,6 +265,25 @@ class DriftMonitor:
                 raise NotFound(f"model {model.name}:{model.version} has no {BASELINE} at {name}") from None
             self._baselines[name] = read_profile(json.loads(raw))
         return self._baselines[name]
+
+
+def publish_drift(publisher, key: str, endpoint: str, deployment: str, model: str, start: datetime, end: datetime,
+                  stats: dict) -> str:
+    """Publish the one ``MLOps.DriftDetected`` of a drifted window, computed in the function or by a drift job
+    (shared/drift/offload.py): the same data, and the event id derived from the window's claim key."""
+    data = {
+        "endpoint": endpoint, "deployment": deployment, "monitor": MONITOR, "severity": "warning",
+        "metric": stats["metric"], "value": stats["value"], "threshold": stats["threshold"],
+        "status": stats["status"], "model": model,
+        "window": {"start": start.isoformat(), "end": end.isoformat(),
+                   "minutes": int((end - start).total_seconds() // 60)},
+        "rows": stats["rows"], "records": stats["records"], "blobs": stats["blobs"],
+        "truncated": stats["truncated"], "skipped_lines": stats["skipped_lines"],
+        "top": stats["top"], "chart": stats["chart"], "results": stats["results"],
+        "description": f"drift on {endpoint}/{deployment}: {stats['description']}",
+    }
+    return publisher.publish(EVENT_TYPE, f"endpoints/{endpoint}/deployments/{deployment}", data,
+                             event_id=event_id_for(key))
 
 
 def run_tick(rt) -> list[Check]:

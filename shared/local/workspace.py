@@ -20,6 +20,7 @@ from urllib.parse import unquote
 
 from shared.domain import (
     TAG_JOB,
+    CommandJobSpec,
     DataAsset,
     Deployment,
     Endpoint,
@@ -143,6 +144,9 @@ class LocalWorkspace:
         self._db.executescript(SCHEMA)
         if "train_args" not in {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}:
             self._db.execute("ALTER TABLE jobs ADD COLUMN train_args TEXT NOT NULL DEFAULT '[]'")  # older homes
+        if "command" not in {r["name"] for r in self._db.execute("PRAGMA table_info(jobs)")}:
+            # submit_command's argv after "python": empty for training jobs
+            self._db.execute("ALTER TABLE jobs ADD COLUMN command TEXT NOT NULL DEFAULT ''")
         # Job scheduling state, guarded by _cond (never held while emitting).
         self._cond = threading.Condition()
         self._queue: collections.deque[str] = collections.deque()
@@ -269,6 +273,48 @@ class LocalWorkspace:
         logger.info("submitted %s on %s:%s", spec.name, spec.asset, spec.data_version)
         return self.get_job(spec.name)
 
+    def submit_command(self, spec: CommandJobSpec) -> Job:
+        """Run ``python -m spec.module`` as a process, as submit_training runs train.py. Inputs on a datastore
+        (``azureml://datastores/<store>/paths/<path>``) resolve into this workspace's datastore, and each output is
+        the folder ``datastore/workspaceblobstore/azureml/<job>/<output>/``: where Azure ML puts it by default."""
+        _safe(spec.name, "job name")
+        values = {f"${{{{inputs.{k}}}}}": str(self._input_path(v)) for k, v in spec.inputs.items()}
+        values.update({f"${{{{outputs.{k}}}}}": str(datastore_path(self.root, "workspaceblobstore",
+                                                                      f"azureml/{spec.name}/{k}"))
+                       for k in spec.outputs})
+        argv = ["-m", spec.module, *(values.get(a, a) for a in spec.args)]
+        with self._cond:
+            if self._closed:
+                raise PermanentError("the workspace is closed")
+            with self._db_lock:
+                if self._query("SELECT 1 FROM jobs WHERE name = ?", (spec.name,)):
+                    return self.get_job(spec.name)
+                self._write("INSERT INTO jobs (name, status, tags, experiment, data_path, max_run_seconds, "
+                            "created_at, command) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                            (spec.name, JobStatus.QUEUED.value, json.dumps(_tags(spec.tags)), spec.experiment, "",
+                             spec.max_run_seconds, _now(), json.dumps(argv)))
+            self._queue.append(spec.name)
+            self._busy.add(spec.name)
+            self._cond.notify_all()
+        logger.info("submitted %s: python -m %s", spec.name, spec.module)
+        return self.get_job(spec.name)
+
+    def _input_path(self, path: str) -> Path:
+        m = re.match(r"^azureml://datastores/([^/]+)/paths/(.+)$", path)
+        if m:
+            return datastore_path(self.root, m.group(1), m.group(2))
+        if Path(path).is_absolute():
+            return Path(path)
+        raise InvalidPayload(f"the embedded workspace runs jobs on datastore paths and local files, not {path!r}",
+                             field="inputs")
+
+    def publish(self, event_type: str, subject: str, data: Mapping[str, object], *, event_id: str | None = None) -> str:
+        """One of our own events to the custom topic, as EventGridPublisher sends it (emitted like the workspace's
+        events): the embedded backend's Publisher for drift jobs' results."""
+        event = wire.custom(event_type, subject, data, event_id=event_id)
+        self._emit(event)
+        return event["id"]
+
     def _row_local_path(self, data: DataAsset) -> str:
         return self._query("SELECT local_path FROM data_assets WHERE name = ? AND version = ?",
                            (data.name, data.version))[0]["local_path"]
@@ -384,8 +430,10 @@ class LocalWorkspace:
         out = self._job_dir(name) / "outputs"
         out.mkdir(parents=True, exist_ok=True)
         log = (self._job_dir(name) / "job.log").open("wb")
-        cmd = [self.python, "-m", "shared.training.train", "--data", row["data_path"], "--output", str(out),
-               *json.loads(row["train_args"] or "[]")]
+        command = json.loads(row["command"] or "[]") if "command" in row.keys() else []
+        cmd = [self.python, *command] if command else [
+            self.python, "-m", "shared.training.train", "--data", row["data_path"], "--output", str(out),
+            *json.loads(row["train_args"] or "[]")]
         # Share the cores between parallel runs: two xgboost processes each spinning two OpenMP threads on two
         # cores took 11 s instead of 0.3 s for the same 400 rows (spin-waiting threads starve each other).
         threads = str(max(1, (os.cpu_count() or 1) // self.max_parallel))

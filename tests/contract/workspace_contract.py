@@ -123,6 +123,23 @@ class WorkspaceContract:
         assert second.tags.get("mlops_attempt") == "1", "the second submit must return the first job, not rerun"
         assert [j.name for j in workspace.list_jobs(tags={"mlops_data_asset": asset})] == [name]
 
+    def test_a_command_job_submitted_twice_is_one_job(self, workspace):
+        from shared.domain import CommandJobSpec
+
+        name = _name("drift")
+
+        def spec(tag: str) -> CommandJobSpec:
+            return CommandJobSpec(name=name, module="shared.drift.job", args=("--output", "${{outputs.statistics}}"),
+                                  inputs={"collected": "azureml://datastores/workspaceblobstore/paths/modelDataCollector/ep/d/"},
+                                  outputs=("statistics",), tags={"mlops_owner": "mlops-automation", "mlops_check": tag})
+
+        first = workspace.submit_command(spec("1"))
+        second = workspace.submit_command(spec("2"))
+        assert first.name == second.name == name
+        assert second.tags.get("mlops_check") == "1", "the second submit must return the first job, not rerun"
+        assert [j.name for j in workspace.list_jobs(tags={"mlops_check": "1"})] == [name]
+        assert workspace.list_jobs(tags={"mlops_check": "2"}) == []
+
     def test_a_submitted_job_keeps_its_tags_and_has_a_status(self, workspace, data_paths):
         asset, version = self._asset(workspace, data_paths)
         job = workspace.submit_training(_spec(_name("train"), asset, version, mlops_trigger_event="evt-1"))

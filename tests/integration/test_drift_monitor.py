@@ -162,7 +162,8 @@ def test_a_drifted_window_publishes_exactly_one_drift_detected_and_a_second_tick
     gets = [r.url.split("?")[0] for r in w.seen if r.method == "GET" and "comp=list" not in r.url]
     assert any(u.endswith(f"/azureml/{JOB}/model/baseline.json") for u in gets)
     listings = [r.url for r in w.seen if "comp=list" in r.url]
-    assert len(listings) == 2 and all("prefix=modelDataCollector%2Fchurn-endpoint%2Fv2-1%2Fmodel_" in u
+    # inputs listed once for the offload decision (sizes only), then inputs and outputs to read the window
+    assert len(listings) == 3 and "model_inputs" in listings[0] and all("prefix=modelDataCollector%2Fchurn-endpoint%2Fv2-1%2Fmodel_" in u
                                       for u in listings)
     assert {r.method for r in w.seen} == {"GET"}
 
@@ -235,3 +236,65 @@ def test_a_check_that_spends_the_deadline_still_releases_its_window_on_table_sto
         assert second.outcome == "drift" and len(w.transport.requests) == 1
     finally:
         tables.stop()
+
+
+@pytest.mark.parametrize("shift, events", [(10.0, 1), (0.0, 0)])
+def test_a_window_over_the_offload_line_runs_as_a_job_and_its_completion_publishes_once(world, fake, tmp_path,
+                                                                                       shift, events):
+    """Azurite's listing decides (no row downloaded), the command job goes through the real MLClient, the command
+    Azure ML would run is run here as a process, and its RunCompleted, handled twice, publishes once or never."""
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from shared.drift import offload
+    from shared.handlers import run_finished
+    from shared.local.ledger import SqliteAuditLog
+    from shared.messages import RunFinished
+    from tests.helpers import Recording
+
+    w = world(window_rows=600, shift=shift)
+    w.monitor.settings = replace(w.settings, drift=replace(w.settings.drift, offload_mb=0))  # every window is over
+    [check] = w.monitor.tick()
+    name = offload.job_name(claim_key(EP, DEP, START))
+    assert check.outcome == "offloaded" and check.reason == f"offloaded to job {name}"
+    assert w.transport.requests == []
+    # decided from the listing: the inputs' hour folder listed, the baseline read, not one collected blob downloaded
+    assert [r.url for r in w.seen if "comp=list" in r.url and "model_inputs" in r.url]
+    assert not [r for r in w.seen if r.method == "GET" and ".jsonl" in r.url.split("?")[0]]
+    [put] = fake.find("PUT", f"/jobs/{name}")
+    command = put.json["properties"]["command"]
+    [again] = w.monitor.tick()
+    assert again.outcome == "skipped" and len(fake.find("PUT", "/jobs/drift-")) == 1
+
+    # What Azure ML would do: mount the inputs, run the command, keep the output at its default path.
+    mount = tmp_path / "collected"
+    for blob in w.container.list_blobs(name_starts_with=f"modelDataCollector/{EP}/{DEP}/"):
+        target = mount / blob.name.removeprefix(f"modelDataCollector/{EP}/{DEP}/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(w.container.download_blob(blob.name).readall())
+    baseline = tmp_path / "baseline.json"
+    baseline.write_bytes(w.container.download_blob(f"azureml/{JOB}/model/baseline.json").readall())
+    out = tmp_path / "out"
+    values = {"${{inputs.collected}}": str(mount), "${{inputs.baseline}}": str(baseline),
+              "${{outputs.statistics}}": str(out)}
+    argv = [values.get(a, a) for a in shlex.split(command)]
+    assert argv[:3] == ["python", "-m", "shared.drift.job"]
+    done = subprocess.run([sys.executable, *argv[1:]], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    w.container.upload_blob(offload.statistics_blob(name), (out / "statistics.json").read_bytes())
+    fake.finish_job(name)
+
+    deps = dict(workspace=w.workspace, metrics=w.workspace, ledger=w.ledger, audit=SqliteAuditLog(tmp_path / "a.db"),
+                notifier=Recording(), settings=w.settings, clock=lambda: NOW, states=w.states,
+                publisher=w.publisher, drift_container=w.container)
+    for event_id in ("status-changed", "run-completed"):
+        run_finished(RunFinished(event_id=event_id, job_name=name, status="Completed"), **deps)
+    assert len(w.transport.requests) == events
+    if events:
+        [[event]] = [r["body"] for r in w.transport.requests]
+        assert event["eventType"] == "MLOps.DriftDetected" and event["id"] == event_id_for(claim_key(EP, DEP, START))
+        assert event["data"]["rows"] == 600 and event["data"]["top"][0]["feature"] == "tenure"
+        assert event["data"]["model"] == "churn-model:1"

@@ -28,10 +28,16 @@ def test_settings_reach_the_thresholds():
     assert s.drift.container_url == "https://st.blob.core.windows.net/azureml-blobstore-1"
 
 
+def test_the_offload_line_is_a_setting_with_a_default():
+    assert Settings.from_env({}).drift.offload_mb == 256
+    assert Settings.from_env({"MLOPS_DRIFT_OFFLOAD_MB": "1024"}).drift.offload_mb == 1024
+
+
 @pytest.mark.parametrize("name,value", [
     ("MLOPS_DRIFT_INTERVAL_MINUTES", "7"), ("MLOPS_DRIFT_INTERVAL_MINUTES", "50"),
     ("MLOPS_DRIFT_INTERVAL_MINUTES", "2880"), ("MLOPS_DRIFT_MIN_ROWS", "0"), ("MLOPS_DRIFT_KS_THRESHOLD", "1.5"),
     ("MLOPS_DRIFT_JS_THRESHOLD", "nan"), ("MLOPS_DEGRADATION_TOLERANCE", "2"), ("MLOPS_DRIFT_CHI2_P", "-0.1"), ("MLOPS_DRIFT_MAX_ROWS", "10"),
+    ("MLOPS_DRIFT_OFFLOAD_MB", "0"), ("MLOPS_DRIFT_OFFLOAD_MB", "1.5"),
     ("MLOPS_DRIFT_CONTAINER_URL", "http://st.blob.core.windows.net/c"),
     ("MLOPS_DRIFT_CONTAINER_URL", "https://st.blob.core.windows.net/c?sv=2024&sig=x"),
 ])
