@@ -77,9 +77,12 @@ class Delivery:
 
 
 def deliver_storm(url: str, key: str, function: str, events: list[dict], *, duplicate_share: float = 0.3,
-                  deliverers: int = 8, seed: int = 7, max_attempts: int = 40) -> Delivery:
+                  deliverers: int = 8, seed: int = 7, patience: float = 90.0) -> Delivery:
     """Post every event (plus ``duplicate_share`` extra copies), shuffled, from ``deliverers`` threads; a 5xx or a
-    dropped connection is retried like Event Grid (quickly here), a 2xx acknowledges."""
+    dropped connection is retried like Event Grid, a 2xx acknowledges. Event Grid keeps retrying for 24 hours;
+    here each copy is retried for ``patience`` seconds (backoff 10 ms rising to 250 ms), so an event counts as
+    lost only if the app keeps refusing it that long, not because it waited its turn on a busy endpoint (all
+    versions deploy to one endpoint, one transition at a time)."""
     rng = random.Random(seed)
     copies = list(events) + [rng.choice(events) for _ in range(int(len(events) * duplicate_share))]
     rng.shuffle(copies)
@@ -95,7 +98,10 @@ def deliver_storm(url: str, key: str, function: str, events: list[dict], *, dupl
                     if not queue:
                         return
                     _, event = queue.pop()
-                for attempt in range(max_attempts):
+                give_up = time.monotonic() + patience
+                attempt = 0
+                while time.monotonic() < give_up:
+                    attempt += 1
                     try:
                         status = client.post(f"{url}/runtime/webhooks/eventgrid",
                                              params={"functionName": function, "code": key},
@@ -111,7 +117,7 @@ def deliver_storm(url: str, key: str, function: str, events: list[dict], *, dupl
                         break
                     if status in NO_RETRY:
                         break  # dead-lettered
-                    time.sleep(0.01 * min(attempt + 1, 10))
+                    time.sleep(min(0.01 * attempt, 0.25))
 
     started = time.monotonic()
     threads = [threading.Thread(target=worker, name=f"deliverer-{i}") for i in range(deliverers)]

@@ -130,7 +130,7 @@ def test_kill_9_mid_storm_then_restart_and_redeliver_converges(tmp_path):
     served = Served(home, log)
     first: dict = {}
     storm = threading.Thread(target=lambda: first.update(report=deliver_storm(
-        served.url, KEY, "on_blob_created", blobs, deliverers=4, max_attempts=5, seed=21)))
+        served.url, KEY, "on_blob_created", blobs, deliverers=4, patience=0.5, seed=21)))  # gives up soon on the killed host
     storm.start()
     # Mid-storm: once the first training job is running (its registration, submit and claims are in flight).
     until = time.monotonic() + 60
