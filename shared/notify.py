@@ -489,7 +489,11 @@ class Outbox:
                 transient.append(f"{channel.label}: unexpected {type(exc).__name__}")
                 failed_keys.append(channel.key)
             else:
-                self._tracking["record_delivery"](alert_id, channel.key)
+                # Teams has it: if this record were lost to a transient fault, the alert would be sent again after
+                # its lease. Settle it like a claim: retried by the policy, even past the invocation's deadline.
+                with retry.settling():
+                    retry.call(lambda key=channel.key: self._tracking["record_delivery"](alert_id, key),
+                               what=f"record delivery of alert #{alert_id}")
         error = "; ".join([*permanent, *transient])
         if transient and attempts + 1 < self.give_up_after:
             delay = self._retry_delay(attempts, retry_after)

@@ -470,3 +470,30 @@ def test_queued_alerts_carry_the_time_they_were_raised_and_the_chain_they_belong
     (_, first, _), (_, second, _) = store.pending()
     assert first.at == "2025-06-15T15:06:40+00:00" and first.correlation_id == "evt-blob-1"
     assert second.at == "2026-01-01T00:00:00+00:00" and second.correlation_id == "given"
+
+
+class FlakyRecordStore:
+    """The SqliteOutbox, except that recording a delivery fails transiently ``failures`` times first (a Table
+    Storage fault after the webhook already accepted the card)."""
+
+    def __init__(self, store: SqliteOutbox, failures: int) -> None:
+        self._store, self.failures = store, failures
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+    def record_delivery(self, alert_id, key):
+        if self.failures:
+            self.failures -= 1
+            raise TransientError("injected: the delivery record did not reach the table")
+        return self._store.record_delivery(alert_id, key)
+
+
+def test_a_delivery_record_lost_to_a_transient_fault_does_not_send_the_card_again(store, clock):
+    channel = Recorder("teams")
+    outbox = outbox_with(FlakyRecordStore(store, failures=2), clock, channel)
+    outbox.notify(alert(key="i-1"))
+    for _ in range(3):
+        outbox.flush(max_seconds=5)
+        clock.advance(3600)  # past any lease and retry time: a card not recorded as delivered would go again
+    assert len(channel.sent) == 1
