@@ -350,26 +350,30 @@ class AzureMLWorkspace:
         data = self._find_data(spec.asset, spec.data_version, deadline)
         if data is None:
             raise NotFound(f"data asset {spec.asset}:{spec.data_version} does not exist")
-        job = self._command_job(spec, data)
+        created, raced = self._create_job(self._command_job(spec, data), deadline)
+        if not raced:
+            logger.info("submitted %s on %s:%s to %s", spec.name, spec.asset, spec.data_version,
+                        spec.compute or self.settings.compute)
+        return self._job(created)
+
+    def _create_job(self, job, deadline: float):
+        """(the job, raced): create it, or, when the create raced another worker's, the job that worker made."""
         try:
-            with translated(f"submit job {spec.name}"):
-                created = self.ml.jobs.create_or_update(job)
+            with translated(f"submit job {job.name}"):
+                return self.ml.jobs.create_or_update(job), False
         except (Conflict, ServiceRejected) as error:
             # A create that raced another worker's: the job exists now, so that one is the answer.
             if isinstance(error, ServiceRejected) and "already exist" not in str(error).lower():
                 raise
-            found = self._find_job(spec.name, deadline)
+            found = self._find_job(job.name, deadline)
             if found is None:
                 if isinstance(error, Conflict):
                     # One rule for every 409 (docs/reliability.md): read after it; what we meant to create being
                     # there is success, its absence means an operation is still in flight: transient, never a
                     # final answer (before, that data version never trained).
-                    raise TransientError(f"submit job {spec.name}: 409 but no such job yet: {error}") from error
+                    raise TransientError(f"submit job {job.name}: 409 but no such job yet: {error}") from error
                 raise
-            return self._job(found)
-        logger.info("submitted %s on %s:%s to %s", spec.name, spec.asset, spec.data_version,
-                    spec.compute or self.settings.compute)
-        return self._job(created)
+            return found, True
 
     def _command_job(self, spec: TrainingJobSpec, data):
         from azure.ai.ml import Input, Output, command
@@ -414,20 +418,10 @@ class AzureMLWorkspace:
         with tempfile.TemporaryDirectory(prefix="mlops-code-") as code:
             shutil.copytree(SHARED_CODE, Path(code) / "shared",
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".*"))
-            job = self._module_job(spec, code)
-            try:
-                with translated(f"submit job {spec.name}"):
-                    created = self.ml.jobs.create_or_update(job)
-            except (Conflict, ServiceRejected) as error:
-                if isinstance(error, ServiceRejected) and "already exist" not in str(error).lower():
-                    raise
-                found = self._find_job(spec.name, deadline)
-                if found is None:
-                    if isinstance(error, Conflict):
-                        raise TransientError(f"submit job {spec.name}: 409 but no such job yet: {error}") from error
-                    raise
-                return self._job(found)
-        logger.info("submitted %s (python -m %s) to %s", spec.name, spec.module, spec.compute or self.settings.compute)
+            created, raced = self._create_job(self._module_job(spec, code), deadline)
+        if not raced:
+            logger.info("submitted %s (python -m %s) to %s", spec.name, spec.module,
+                        spec.compute or self.settings.compute)
         return self._job(created)
 
     def _module_job(self, spec: CommandJobSpec, code: str):
