@@ -236,12 +236,28 @@ def _cheap_experimental_check() -> None:
         _experimental._should_skip_warning = _from_rest_object_in_stack
 
 
+def _quiet_uploads() -> None:
+    """azure-ai-ml ends every upload of a job's code (or any artifact) to blob or ADLS storage with
+    ``print(Fore.RESET + "\n", file=sys.stderr)``, whatever ``show_progress`` says: an ANSI code and a blank line in
+    the Function App's logs per upload. Once per process those two modules' ``print`` (a global name, looked up in
+    the module before builtins) becomes a no-op; nothing else there prints."""
+    from azure.ai.ml._artifacts import _blob_storage_helper, _gen2_storage_helper
+
+    for module in (_blob_storage_helper, _gen2_storage_helper):
+        module.print = _no_print
+
+
+def _no_print(*args: Any, **kwargs: Any) -> None:
+    """Stands in for ``print`` in azure-ai-ml's storage helpers (``_quiet_uploads``)."""
+
+
 class AzureMLWorkspace:
     """The Workspace and RunMetrics ports on an Azure ML workspace, through azure-ai-ml's MLClient."""
 
     def __init__(self, ml_client, settings: Settings, *, credential=None, transport=None,
                  budget_seconds: float = retry.CALL_SECONDS, lro_timeout: float | None = None) -> None:
         _quiet_polling()
+        _quiet_uploads()
         _cheap_experimental_check()
         self.ml = ml_client
         self.settings = settings

@@ -175,6 +175,16 @@ def test_latest_data_turns_a_network_failure_into_a_transient_error(ws, monkeypa
 # --- jobs ----------------------------------------------------------------------------------------------
 
 
+def test_submitting_a_job_writes_nothing_to_stdout_or_stderr(ws, fake, capfd):
+    """The Functions host takes both streams as logs: azure-ai-ml's code upload wrote an ANSI reset and a blank line
+    to stderr on every upload (issue 11, item 9)."""
+    capfd.readouterr()
+    ws.register_data("churn", "1", LANDING_BLOB)
+    ws.submit_training(_spec())
+    assert fake.blob_names(), "the job's code was uploaded"
+    assert capfd.readouterr() == ("", "")
+
+
 def test_submit_training_sends_a_command_job_that_runs_train_py_like_the_embedded_backend(ws, fake):
     ws.register_data("churn", "1", LANDING_BLOB)
     job = ws.submit_training(_spec())
