@@ -255,22 +255,10 @@ class LocalWorkspace:
     def submit_training(self, spec: TrainingJobSpec) -> Job:
         _safe(spec.name, "job name")
         data = self.get_data(spec.asset, spec.data_version)  # NotFound before anything is created
-        with self._cond:
-            if self._closed:
-                raise PermanentError("the workspace is closed")
-            with self._db_lock:
-                if self._query("SELECT 1 FROM jobs WHERE name = ?", (spec.name,)):
-                    return self.get_job(spec.name)
-                self._write("INSERT INTO jobs (name, status, tags, experiment, data_path, max_run_seconds, "
-                            "created_at, train_args) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                            (spec.name, JobStatus.QUEUED.value, json.dumps(_tags(spec.tags)), spec.experiment,
-                             self._row_local_path(data), spec.max_run_seconds, _now(), json.dumps(spec.train_args)))
-            if self._fail_next is not None:
-                self._preempted[spec.name], self._fail_next = self._fail_next, None
-            self._queue.append(spec.name)
-            self._busy.add(spec.name)
-            self._cond.notify_all()
-        logger.info("submitted %s on %s:%s", spec.name, spec.asset, spec.data_version)
+        if self._enqueue(spec.name, {"tags": json.dumps(_tags(spec.tags)), "experiment": spec.experiment,
+                                     "data_path": self._row_local_path(data), "max_run_seconds": spec.max_run_seconds,
+                                     "train_args": json.dumps(spec.train_args)}, training=True):
+            logger.info("submitted %s on %s:%s", spec.name, spec.asset, spec.data_version)
         return self.get_job(spec.name)
 
     def submit_command(self, spec: CommandJobSpec) -> Job:
@@ -283,21 +271,31 @@ class LocalWorkspace:
                                                                       f"azureml/{spec.name}/{k}"))
                        for k in spec.outputs})
         argv = ["-m", spec.module, *(values.get(a, a) for a in spec.args)]
+        if self._enqueue(spec.name, {"tags": json.dumps(_tags(spec.tags)), "experiment": spec.experiment,
+                                     "data_path": "", "max_run_seconds": spec.max_run_seconds,
+                                     "command": json.dumps(argv)}):
+            logger.info("submitted %s: python -m %s", spec.name, spec.module)
+        return self.get_job(spec.name)
+
+    def _enqueue(self, name: str, columns: dict[str, object], *, training: bool = False) -> bool:
+        """Insert a queued job row and hand the job to the runner; False (nothing done) when a job of that name
+        exists already: a redelivered submission finds its job. A failure injected for the next job
+        (``fail_next``) goes to a training job."""
+        row = {"name": name, "status": JobStatus.QUEUED.value, "created_at": _now(), **columns}
         with self._cond:
             if self._closed:
                 raise PermanentError("the workspace is closed")
             with self._db_lock:
-                if self._query("SELECT 1 FROM jobs WHERE name = ?", (spec.name,)):
-                    return self.get_job(spec.name)
-                self._write("INSERT INTO jobs (name, status, tags, experiment, data_path, max_run_seconds, "
-                            "created_at, command) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                            (spec.name, JobStatus.QUEUED.value, json.dumps(_tags(spec.tags)), spec.experiment, "",
-                             spec.max_run_seconds, _now(), json.dumps(argv)))
-            self._queue.append(spec.name)
-            self._busy.add(spec.name)
+                if self._query("SELECT 1 FROM jobs WHERE name = ?", (name,)):
+                    return False
+                self._write(f"INSERT INTO jobs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                            tuple(row.values()))
+            if training and self._fail_next is not None:
+                self._preempted[name], self._fail_next = self._fail_next, None
+            self._queue.append(name)
+            self._busy.add(name)
             self._cond.notify_all()
-        logger.info("submitted %s: python -m %s", spec.name, spec.module)
-        return self.get_job(spec.name)
+        return True
 
     def _input_path(self, path: str) -> Path:
         m = re.match(r"^azureml://datastores/([^/]+)/paths/(.+)$", path)
