@@ -19,7 +19,7 @@ from shared.drift.monitor import claim_key, event_id_for
 from shared.handlers import run_finished
 from shared.local.churn import feature_rows, generate
 from shared.messages import RunFinished
-from tests.fakes.azureml_service import FakeAzureML, FakeCredential
+from tests.fakes.azureml_service import FakeCredential
 from tests.helpers import Recording
 from tests.integration.test_drift_offload_local import CATEGORICAL, NUMERIC, Published, _collected
 
@@ -29,15 +29,6 @@ START, END = datetime(2026, 12, 2, 11, tzinfo=timezone.utc), datetime(2026, 12, 
 KEY = claim_key("churn-ep", "blue", START)
 MODEL = Model(name="churn-model", version="3", tags={"mlops_job": "train-churn-v3-a1"},
               path="azureml://jobs/train-churn-v3-a1/outputs/model")
-
-
-@pytest.fixture
-def fake():
-    service = FakeAzureML()
-    yield service
-    service.hold_operations = False
-    service.shutdown()
-    assert service.unexpected == []
 
 
 @pytest.fixture
