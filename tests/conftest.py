@@ -11,15 +11,25 @@ from tests.integration.azurite import (
 )
 
 
+def _azurite_blob(tmp_path_factory, folder: str, **options):
+    if not AZURITE_BLOB.exists():
+        pytest.skip("Azurite is not installed: run `make setup`")
+    instance = start_azurite(tmp_path_factory.mktemp(folder), service="blob", **options)
+    yield instance
+    instance.stop()
+
+
 @pytest.fixture(scope="session")
 def blob_azurite_oauth(tmp_path_factory):
     """One azurite-blob accepting bearer tokens (the managed-identity path) for the whole session; each test makes
     containers of its own, with unique names."""
-    if not AZURITE_BLOB.exists():
-        pytest.skip("Azurite is not installed: run `make setup`")
-    instance = start_azurite(tmp_path_factory.mktemp("azurite-blob-oauth"), service="blob", oauth=True)
-    yield instance
-    instance.stop()
+    yield from _azurite_blob(tmp_path_factory, "azurite-blob-oauth", oauth=True)
+
+
+@pytest.fixture(scope="module")
+def blob_azurite(tmp_path_factory):
+    """An azurite-blob with its well-known account key, one per module that asks for it."""
+    yield from _azurite_blob(tmp_path_factory, "azurite-blob")
 
 
 @pytest.fixture(scope="session")

@@ -14,26 +14,13 @@ from shared.drift.collector import CollectorReader, container_client, hour_prefi
 from shared.drift.engine import compare
 from shared.training.baseline_profile import build_profile
 from tests.integration.azurite import (
-    AZURITE_BLOB,
     STORAGE_SCOPE,
     StaticTokenCredential,
-    start_azurite,
     unsigned_storage_token,
 )
 
 T0 = datetime(2026, 12, 2, 13, 0, tzinfo=timezone.utc)
 EP, DEP = "churn-endpoint", "v2-1"
-
-
-@pytest.fixture(scope="module")
-def blob_azurite(tmp_path_factory):
-    if not AZURITE_BLOB.exists():
-        pytest.skip("Azurite is not installed: run `make setup`")
-    instance = start_azurite(tmp_path_factory.mktemp("azurite-blob"), service="blob")
-    yield instance
-    instance.stop()
-
-
 
 
 def test_hour_prefixes_follow_the_collector_layout_across_midnight():

@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 from shared.local import wire
 from shared.opscli import Fail as CliFail
 from shared.opscli import app, dead_letter_account_url
-from tests.integration.azurite import AZURITE_BLOB, start_azurite
 from tests.integration.test_azure_backend import ENDPOINT, MODEL, AzureArc
 
 pytestmark = pytest.mark.filterwarnings("ignore::marshmallow.warnings.RemovedInMarshmallow4Warning")
@@ -74,15 +73,6 @@ def test_audit_reads_the_table_storage_trail_with_filters(rolled_back):
     everything = json.loads(mlops(rolled_back, "--json", "audit", "--limit", "100").output)
     assert [d["decision"] for d in everything].count("start_training") == 2
     assert len(json.loads(mlops(rolled_back, "--json", "audit", "--limit", "3").output)) == 3
-
-
-@pytest.fixture(scope="module")
-def blob_azurite(tmp_path_factory):
-    if not AZURITE_BLOB.exists():
-        pytest.skip("Azurite is not installed: run `make setup`")
-    instance = start_azurite(tmp_path_factory.mktemp("azurite-blob"), service="blob")
-    yield instance
-    instance.stop()
 
 
 def test_events_lists_the_table_ledger_and_the_dead_letter_blobs(rolled_back, blob_azurite):
