@@ -257,7 +257,7 @@ def _project(ctx: Context, decision: Decision, after: EndpointState, *, before: 
              event_id: str | None = None, message: str | None = None, transition: str = "") -> None:
     """The one place a decision becomes an audit record and an alert. A transition's record carries its id, and is
     written only if no record of that transition exists yet (a worker that crashed after writing it and before
-    clearing the transition must not make a second one)."""
+    clearing the transition must not make a second one); one an append left part-way is completed and alerted."""
     actor = actor or ctx.actor
     event_id = event_id or ctx.event_id
     name = after.endpoint
@@ -268,12 +268,12 @@ def _project(ctx: Context, decision: Decision, after: EndpointState, *, before: 
     resources = tuple(f"deployment:{name}/{n}" for n in sorted({*before, *split_after}) if n)
     if transition:
         facts["transition"] = transition
-        if any(r.facts.get("transition") == transition
-               for r in ctx.audit.recent(subject=name, decisions=[decision.action], limit=20)):
-            return  # recorded and alerted by the worker that crashed before clearing it
-    ctx.audit.append(AuditRecord(event_id=event_id, message=message or ctx.message, decision=decision.action,
-                                 reason=redact(decision.reason), actor=actor, facts=facts, resources=resources,
-                                 at=ctx.clock()))
+    record = AuditRecord(event_id=event_id, message=message or ctx.message, decision=decision.action,
+                         reason=redact(decision.reason), actor=actor, facts=facts, resources=resources, at=ctx.clock())
+    if not transition:
+        ctx.audit.append(record)
+    elif not ctx.audit.append_once(record, subject=name, same=lambda r: r.facts.get("transition") == transition):
+        return  # recorded and alerted by the worker that crashed before clearing it
     if not decision.alert:
         return
     fmt = lambda split: ", ".join(f"{k} {v}%" for k, v in sorted(split.items(), key=lambda kv: -kv[1])) or "none"  # noqa: E731

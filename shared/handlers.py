@@ -76,21 +76,27 @@ def code_version(settings: Settings) -> str:
     return "sha256:" + h.hexdigest()[:12]
 
 
+def _record(clock: Clock, msg, decision: str, reason: str, *, actor: str = "automation", facts: dict | None = None,
+            resources: tuple[str, ...] = ()) -> AuditRecord:
+    return AuditRecord(event_id=msg.event_id, message=msg.type, decision=decision, reason=redact(reason), actor=actor,
+                       facts=facts or {}, resources=resources, at=clock())
+
+
 def _audit(audit: AuditLog, clock: Clock, msg, decision: str, reason: str, *, actor: str = "automation",
            facts: dict | None = None, resources: tuple[str, ...] = ()) -> None:
-    audit.append(AuditRecord(event_id=msg.event_id, message=msg.type, decision=decision, reason=redact(reason),
-                             actor=actor,
-                             facts=facts or {}, resources=resources, at=clock()))
+    audit.append(_record(clock, msg, decision, reason, actor=actor, facts=facts, resources=resources))
 
 
 def _audit_once(audit: AuditLog, clock: Clock, msg, decision: str, reason: str, *, facts: dict,
                 resources: tuple[str, ...] = ()) -> None:
     """The gate's verdict on a run, recorded once: a completion redelivered after a transient failure further on
     (registration, rollout) decides again, and the trail must not show two verdicts for one run."""
+    record = _record(clock, msg, decision, reason, facts=facts, resources=resources)
     job = facts.get("job")
-    if job and any(r.facts.get("job") == job for r in audit.recent(subject=job, decisions=[decision], limit=5)):
-        return
-    _audit(audit, clock, msg, decision, reason, facts=facts, resources=resources)
+    if job:
+        audit.append_once(record, subject=job, same=lambda r: r.facts.get("job") == job)
+    else:
+        audit.append(record)
 
 
 def _links(settings: Settings, **kinds: str) -> tuple[tuple[str, str], ...]:

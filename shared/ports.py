@@ -1,7 +1,7 @@
 """Ports: the small Protocols handlers act through. Adapters (Azure) and the embedded backend implement them."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -138,6 +138,11 @@ class AuditLog(Protocol):
     def recent(self, *, limit: int = 50, subject: str | None = None, since: datetime | None = None,
                decisions: Sequence[str] | None = None) -> list[AuditRecord]:
         """Newest first; ``subject`` matches records whose facts name that endpoint, model or asset."""
+
+    def append_once(self, record: AuditRecord, *, subject: str, same: Callable[[AuditRecord], bool]) -> bool:
+        """Append ``record`` unless a record of its decision about ``subject`` for which ``same`` holds exists.
+        True when this call made the record whole: written, or completed from what an append that failed part-way
+        left (Table Storage writes one copy per partition). False when it was complete already."""
 
 
 class Notifier(Protocol):

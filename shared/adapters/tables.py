@@ -473,6 +473,40 @@ class TableAuditLog:
             self._t.create({"PartitionKey": pk, "RowKey": row_key, **body})
         logger.info("decision %s on %s: %s (%s)", record.decision, record.message, record.reason, record.event_id)
 
+    def append_once(self, record: AuditRecord, *, subject: str, same: Callable[[AuditRecord], bool],
+                    limit: int = 20) -> bool:
+        """A record found in the subject's partition may be one an append left part-way: its day entry (written
+        last) missing, and maybe other subjects' copies. It is completed under its own RowKey, so it shows once
+        everywhere, instead of counting as written: that skipped the day entry for good (a run's verdict missing
+        from the trail, 6 in the full-size storm) and, for a rollout transition, its alert."""
+        rows = self._t.query("an earlier record", "PartitionKey eq @pk and decision eq @d",
+                             parameters={"pk": f"s{escape_key(subject)}", "d": record.decision}, page=limit)
+        for n, row in enumerate(rows):
+            if n >= limit:
+                break
+            if same(_record(row)):
+                return self._complete(row, subject)
+        self.append(record)
+        return True
+
+    def _complete(self, row: Mapping[str, Any], subject: str) -> bool:
+        """Write the copies of a found record that are missing, the day entry last as ``append`` does; True when
+        the day entry was missing (the append that wrote the rest raised, so nothing after it ran)."""
+        at = datetime.fromisoformat(row["at"])
+        day, row_key = day_partition(at), row["RowKey"]
+        if self._t.get(day, row_key) is not None:
+            return False
+        try:
+            subjects = [str(s) for s in json.loads(row["subjects"])]
+        except (ValueError, TypeError):  # cut to fit a property: the subject it was found under is known
+            subjects = [subject]
+        body = {k: v for k, v in row.items() if k not in ("PartitionKey", "RowKey")}
+        for pk in [*(f"s{escape_key(s)}" for s in subjects), day]:
+            self._t.create({"PartitionKey": pk, "RowKey": row_key, **body})  # EXISTS: that copy got through
+        logger.info("decision %s on %s: %s (%s), completed: an earlier append stopped part-way", row.get("decision"),
+                    row.get("message"), _record(row).reason, row.get("event_id"))
+        return True
+
     def recent(self, *, limit: int = 50, subject: str | None = None, since: datetime | None = None,
                decisions: Sequence[str] | None = None) -> list[AuditRecord]:
         params: dict[str, Any] = {}

@@ -7,7 +7,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -224,6 +224,14 @@ class SqliteAuditLog:
              storable(record.reason), storable(record.actor), json.dumps(record.facts, default=str, sort_keys=True),
              json.dumps(list(record.resources)), storable(subjects)))
         logger.info("decision %s on %s: %s (%s)", record.decision, record.message, record.reason, record.event_id)
+
+    def append_once(self, record: AuditRecord, *, subject: str, same: Callable[[AuditRecord], bool],
+                    limit: int = 20) -> bool:
+        """One INSERT is all or nothing here: a record found is complete."""
+        if any(same(r) for r in self.recent(subject=subject, decisions=[record.decision], limit=limit)):
+            return False
+        self.append(record)
+        return True
 
     def recent(self, *, limit: int = 50, subject: str | None = None, since: datetime | None = None,
                decisions: Sequence[str] | None = None) -> list[AuditRecord]:

@@ -185,3 +185,23 @@ class AuditContract:
         since = datetime.now(timezone.utc) - timedelta(hours=1)
         assert [r.event_id for r in audit.recent(subject=f"ep-{tag}", since=since)] == ["b"]
         assert audit.recent(subject=f"ep-{tag}")[0].actor == "alice"
+
+    def test_append_once_writes_a_record_once_and_says_whether_it_did(self, audit):
+        tag = uuid.uuid4().hex[:8]
+        job = f"train-{tag}-v1-a1"
+
+        def verdict(event_id: str) -> AuditRecord:
+            return AuditRecord(event_id=event_id, message="RunFinished", decision="approve", reason="auc 0.9",
+                               actor="automation", facts={"job": job, "endpoint": f"ep-{tag}"})
+
+        assert audit.append_once(verdict("e1"), subject=job, same=lambda r: r.facts.get("job") == job) is True
+        assert audit.append_once(verdict("e2"), subject=job, same=lambda r: r.facts.get("job") == job) is False
+        assert [r.event_id for r in audit.recent(subject=job)] == ["e1"]
+        assert [r.event_id for r in audit.recent(subject=f"ep-{tag}")] == ["e1"]
+        # another decision, or a record ``same`` does not accept, is a record of its own
+        other = AuditRecord(event_id="e3", message="RunFinished", decision="reject", reason="", actor="automation",
+                            facts={"job": job})
+        assert audit.append_once(other, subject=job, same=lambda r: r.facts.get("job") == job) is True
+        assert audit.append_once(verdict("e4"), subject=job, same=lambda r: r.event_id == "e4") is True
+        assert [r.event_id for r in audit.recent(subject=job)] == ["e4", "e3", "e1"]
+

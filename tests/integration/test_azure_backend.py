@@ -27,10 +27,10 @@ ENDPOINT, MODEL = "churn-endpoint", "churn-model"
 
 
 class AzureArc:
-    def __init__(self, azurite) -> None:
+    def __init__(self, azurite, *, table_options: dict | None = None) -> None:
         self.fake = FakeAzureML()
         suffix = uuid.uuid4().hex[:12]
-        stores = build_stores(azurite.service(), names={"ledger": f"ledger{suffix}", "audit": f"audit{suffix}",
+        stores = build_stores(azurite.service(**(table_options or {})), names={"ledger": f"ledger{suffix}", "audit": f"audit{suffix}",
                                                         "outbox": f"outbox{suffix}", "states": f"state{suffix}"})
         self.settings = Settings(
             backend="azure", subscription_id=self.fake.subscription_id, resource_group=self.fake.resource_group,
