@@ -41,7 +41,7 @@ reliability: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-# Cold start and throughput into docs/benchmarks.md, then the drift benchmark into docs/benchmarks-drift.md.
+# Cold start, throughput and endpoint reads into docs/benchmarks.md, then the drift benchmark into docs/benchmarks-drift.md.
 bench: $(STAMP)
 	$(PY) bench/report.py
 	$(PIP) install --quiet $$($(PY) -c "import tomllib;print(' '.join(repr(d) for d in tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['bench']))" | tr -d "'")

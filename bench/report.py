@@ -1,4 +1,4 @@
-"""Run the cold-start and throughput benchmarks and write their output into docs/benchmarks.md (make bench).
+"""Run the cold-start, throughput and endpoint-read benchmarks and write their output into docs/benchmarks.md (make bench).
 
 The figures in the docs come from here, never typed by hand: each benchmark's own printout is kept verbatim under a
 heading, with when and where it ran. A benchmark that fails leaves the page unchanged and fails the command.
@@ -22,6 +22,10 @@ BENCHES = (
     ("Exactly-once throughput", "bench/throughput.py",
      "The exactly-once path on the embedded SQLite ledger: parse, ledger claim, audit append, record; first "
      "deliveries and duplicates."),
+    ("Reading an endpoint", "bench/endpoint_read.py",
+     "The Azure ML adapter's get_endpoint (the real MLClient against the fake Azure ML service) on deployments that "
+     "collect data, with azure-ai-ml's experimental-class check (`inspect.stack()` on every DataCollector it "
+     "builds) against the adapter's frame-name check."),
 )
 
 
