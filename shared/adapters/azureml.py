@@ -251,6 +251,28 @@ def _no_print(*args: Any, **kwargs: Any) -> None:
     """Stands in for ``print`` in azure-ai-ml's storage helpers (``_quiet_uploads``)."""
 
 
+SDK_LOGGER = "azure.ai.ml"
+
+
+def _sdk_logs_into_ours() -> None:
+    """azure-ai-ml gives its package logger and a few module loggers a handler of their own on stderr and stops them
+    propagating, so its messages ("Check: endpoint ... exists" on every deployment create) reached the host as bare
+    stderr lines, outside the app's logs and without the invocation's ids. Here those handlers go and the loggers
+    propagate again, at WARNING (its INFO lines are progress chatter). Its notice that a class is experimental is
+    dropped: the adapter builds the collector classes on purpose (docs/drift.md). Cheap, so it runs on every
+    adapter build and also catches a module of the SDK imported since."""
+    for name, logger in list(logging.Logger.manager.loggerDict.items()):
+        if not isinstance(logger, logging.Logger) or not (name == SDK_LOGGER or name.startswith(SDK_LOGGER + ".")):
+            continue
+        own = [h for h in logger.handlers if type(h) is logging.StreamHandler]  # noqa: E721 - not a FileHandler
+        if own:  # the SDK's telemetry logger (a NullHandler, no propagation on purpose) is left as it is
+            for handler in own:
+                logger.removeHandler(handler)
+            logger.propagate = True
+            logger.setLevel(logging.WARNING)
+    logging.getLogger(SDK_LOGGER + "._utils._experimental").setLevel(logging.ERROR)
+
+
 class AzureMLWorkspace:
     """The Workspace and RunMetrics ports on an Azure ML workspace, through azure-ai-ml's MLClient."""
 
@@ -259,6 +281,7 @@ class AzureMLWorkspace:
         _quiet_polling()
         _quiet_uploads()
         _cheap_experimental_check()
+        _sdk_logs_into_ours()
         self.ml = ml_client
         self.settings = settings
         self.budget_seconds = budget_seconds

@@ -5,6 +5,7 @@ the body fields that matter (job command, code, environment, compute, queue sett
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -183,6 +184,52 @@ def test_submitting_a_job_writes_nothing_to_stdout_or_stderr(ws, fake, capfd):
     ws.submit_training(_spec())
     assert fake.blob_names(), "the job's code was uploaded"
     assert capfd.readouterr() == ("", "")
+
+
+_QUIET_RUN = """
+import io, json, logging, sys
+from shared import logs
+from shared.adapters.azureml import build_workspace
+from shared.config import Settings
+from shared.domain import ModelSpec
+from tests.fakes.azureml_service import FakeAzureML, FakeCredential
+from tests.integration.test_azureml_requests import LANDING_BLOB, _spec
+
+lines = io.StringIO()
+logs.setup_local(stream=lines)  # the app's JSON lines, as `make serve` writes them
+fake = FakeAzureML()
+ws = build_workspace(Settings(backend="azure", subscription_id=fake.subscription_id,
+                              resource_group=fake.resource_group, workspace=fake.workspace, datastore="landing",
+                              compute="cpu-cluster"), FakeCredential(), transport=fake)
+ws.register_data("churn", "1", LANDING_BLOB)
+ws.submit_training(_spec())
+fake.finish_job("train-churn-v1-a1", metrics={"auc": 0.81, "logloss": 0.45})
+model = ws.register_model(ModelSpec(name="churn-model", version="1", job_name="train-churn-v1-a1", tags={}))
+ws.create_deployment("churn-ep", "v1-1", model, {"mlops_owner": "mlops-automation"})
+ws.set_traffic("churn-ep", {"v1-1": 100})
+with logs.scope(event_id="evt-1"):
+    logging.getLogger("azure.ai.ml._utils._endpoint_utils").warning("an SDK warning")
+    logging.getLogger("azure.ai.ml.operations._online_deployment_operations").info("SDK progress chatter")
+ws.close()
+fake.shutdown()
+with open(sys.argv[1], "w") as out:
+    json.dump([json.loads(line) for line in lines.getvalue().splitlines()], out)
+"""
+
+
+def test_the_adapter_writes_nothing_to_stdout_or_stderr_and_the_sdks_warnings_reach_the_app_logs(tmp_path):
+    """In a fresh process, as in the Functions worker (the host takes both streams as logs; locally they would break
+    the JSON lines): a job with its code upload, a model, a deployment and its traffic. azure-ai-ml logged through a
+    stderr handler of its own with propagation off ("Check: endpoint ... exists" and an experimental-class notice on
+    every deployment create), outside the app's logs and without their ids (issue 11, item 9)."""
+    kept = tmp_path / "logs.json"
+    run = subprocess.run([sys.executable, "-W", "ignore", "-c", _QUIET_RUN, str(kept)], capture_output=True,
+                         text=True, timeout=120, cwd=Path(__file__).resolve().parents[2])
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (run.stdout, run.stderr) == ("", "")
+    sdk = [(r["logger"], r["message"], r["event_id"]) for r in json.loads(kept.read_text())
+           if r["logger"].startswith("azure.ai.ml")]
+    assert sdk == [("azure.ai.ml._utils._endpoint_utils", "an SDK warning", "evt-1")]
 
 
 def test_submit_training_sends_a_command_job_that_runs_train_py_like_the_embedded_backend(ws, fake):
