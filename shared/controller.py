@@ -121,7 +121,7 @@ def apply(ctx: Context, endpoint: str, event: object | Callable[[EndpointState, 
                "severity": decision.severity, "facts": {**_jsonable(decision.facts), **_jsonable(ctx.extra_facts)},
                "effects": [_effect_json(e) for e in decision.effects], "before": dict(state.traffic),
                "prior": state.to_json(), "at": now.isoformat(), "owner": ctx.worker,
-               "lease_until": (now + LEASE).isoformat()}
+               "lease_until": (now + LEASE).isoformat(), "incident": ctx.incident}
     committed = ctx.states.save(replace(decision.state, pending=pending, version=state.version))
     logger.info("endpoint %s: %s committed (%s effects)", endpoint, decision.action, len(decision.effects))
     _finish(ctx, committed, view)
@@ -164,7 +164,7 @@ def _carry_out(ctx: Context, state: EndpointState, view: Endpoint | None) -> End
         # block every later change on this endpoint (a manual rollback included).
         return _drop(ctx, state, p, f"{p.get('action')} failed: {type(error).__name__}: {error}", "error")
     _project(ctx, done, state, before=p.get("before", {}), actor=p.get("actor"), event_id=p.get("event_id"),
-             message=p.get("message"), transition=p.get("id", ""))
+             message=p.get("message"), transition=p.get("id", ""), pending=p)
     return ctx.states.save(replace(state, pending=None))
 
 
@@ -181,7 +181,7 @@ def _drop(ctx: Context, state: EndpointState, p: dict, why: str, severity: str, 
     dropped = Decision("abandon", why, alert="deployment_changed", severity=severity,
                        facts={"abandoned": p.get("action")})
     _project(ctx, dropped, restored, before=p.get("before", {}), actor=p.get("actor"), event_id=p.get("event_id"),
-             message=p.get("message"), transition=p.get("id", ""))
+             message=p.get("message"), transition=p.get("id", ""), pending=p)
     logger.warning("endpoint %s: %s", state.endpoint, why)
     return ctx.states.save(restored)
 
@@ -254,17 +254,24 @@ def approval_url(settings: Settings, approval_id: str) -> str:
 
 
 def _project(ctx: Context, decision: Decision, after: EndpointState, *, before: dict, actor: str | None = None,
-             event_id: str | None = None, message: str | None = None, transition: str = "") -> None:
+             event_id: str | None = None, message: str | None = None, transition: str = "",
+             pending: dict | None = None) -> None:
     """The one place a decision becomes an audit record and an alert. A transition's record carries its id, and is
     written only if no record of that transition exists yet (a worker that crashed after writing it and before
-    clearing the transition must not make a second one); one an append left part-way is completed and alerted."""
+    clearing the transition must not make a second one; one an append left part-way is completed). Its alert is
+    queued either way: that worker may have died before queueing it, and if it did not, the outbox drops the
+    repeat (same incident key). A transition is projected as its committing event saw it, whoever carries it out
+    (a redelivery, another event, a tick): that event's incident and facts (``pending``), not the finisher's."""
+    own = pending is None  # the decision of the event this context runs
+    incident = ctx.incident if own else str(pending.get("incident") or "")
     actor = actor or ctx.actor
     event_id = event_id or ctx.event_id
     name = after.endpoint
     split_after = {k: v for k, v in after.traffic.items() if v}
     facts = {"endpoint": name, "phase": after.phase.value, "stable": after.stable, "canary": after.canary,
              "weight": after.weight, "traffic_before": {k: v for k, v in before.items() if v},
-             "traffic_after": split_after, **_jsonable(ctx.extra_facts), **_jsonable(decision.facts)}
+             "traffic_after": split_after, **(_jsonable(ctx.extra_facts) if own else {}),
+             **_jsonable(decision.facts)}
     resources = tuple(f"deployment:{name}/{n}" for n in sorted({*before, *split_after}) if n)
     if transition:
         facts["transition"] = transition
@@ -273,7 +280,8 @@ def _project(ctx: Context, decision: Decision, after: EndpointState, *, before: 
     if not transition:
         ctx.audit.append(record)
     elif not ctx.audit.append_once(record, subject=name, same=lambda r: r.facts.get("transition") == transition):
-        return  # recorded and alerted by the worker that crashed before clearing it
+        logger.info("endpoint %s: transition %s was recorded by an earlier worker; its alert is queued again",
+                    name, transition)
     if not decision.alert:
         return
     fmt = lambda split: ", ".join(f"{k} {v}%" for k, v in sorted(split.items(), key=lambda kv: -kv[1])) or "none"  # noqa: E731
@@ -311,11 +319,11 @@ def _project(ctx: Context, decision: Decision, after: EndpointState, *, before: 
     title = TITLES.get(decision.action, "{endpoint}").format(endpoint=name)
     if decision.action in ("deploy", "approve_deploy") and len(split_after) == 1 and not after.canary:
         title = f"{'Approved and deployed' if decision.action == 'approve_deploy' else 'Deployed'} to {name} at 100 %"
-    signal_kind = kind == "drift_detected" and ctx.incident
+    signal_kind = kind == "drift_detected" and incident
     ctx.notifier.notify(Alert(
         kind=kind, severity=decision.severity, title=title,
         summary=f"{decision.reason}.", facts=tuple(rows), links=links,
-        incident_key=ctx.incident if signal_kind else f"{kind}:{name}:{event_id}:{decision.action}",
+        incident_key=incident if signal_kind else f"{kind}:{name}:{event_id}:{decision.action}",
         resolved=decision.action == "record", actor=actor, event_id=event_id))
 
 

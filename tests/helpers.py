@@ -53,14 +53,14 @@ class Harness:
     delivered by ``pump()`` in Event Grid wire format, optionally twice each."""
 
     def __init__(self, home: Path, *, env: dict[str, str] | None = None, ports: dict | None = None,
-                 **policy) -> None:
+                 notifier=None, **policy) -> None:
         self.home = home
         self.events: list[dict] = []
         self._lock = threading.Lock()
         self.clock = SimClock()
         settings = Settings.from_env({"MLOPS_HOME": str(home), **(env or {})})
         self.settings = settings.with_policy(**policy) if policy else settings
-        self.notifier = Recording()
+        self.notifier = notifier if notifier is not None else Recording()
         self.rt = build(self.settings, emit=self._emit, notifier=self.notifier, clock=self.clock, **(ports or {}))
         self.ws = self.rt.workspace
         self.delivered: list[dict] = []

@@ -1,17 +1,23 @@
 """Crash injection: the worker dies right after each side effect of the landing → training → registration →
 rollout chain; Event Grid redelivers once the dead worker's lease has run out, and the chain converges with every
-effect exactly once (issue 11, reliability suite)."""
+effect exactly once, and every alert delivered exactly once through the real outbox (issue 11, reliability
+suite)."""
 from __future__ import annotations
 
 import pytest
 
 from shared.local.ledger import SqliteLedger
-from tests.helpers import EpochClock, Harness
+from shared.local.outbox import SqliteOutbox
+from shared.notify import Outbox, Router
+from tests.helpers import EpochClock, Harness, Recorder
 from tests.reliability.storm import write_figures
 
 pytestmark = pytest.mark.slow
 POINTS = ["claim", "submit_training", "register_model", "create_deployment", "set_traffic", "audit_append",
-          "outbox_enqueue"]
+          "transition_record", "outbox_enqueue"]
+ALERTS = sorted([("training_started", "Training started: churn v1"),
+                 ("model_registered", "Model registered: churn-model v1"),
+                 ("deployment_changed", "Deployed to churn-endpoint at 100 %")])
 converged: list[str] = []
 
 
@@ -22,14 +28,23 @@ class Crash(BaseException):
 def arm(h: Harness, point: str) -> dict:
     """Make the first call at ``point`` do its effect and then kill the worker."""
     fired = {"at": None}
-    owners = {"claim": h.rt.ledger, "audit_append": h.rt.audit, "outbox_enqueue": h.notifier}
-    method = {"claim": "claim", "audit_append": "append", "outbox_enqueue": "notify"}.get(point, point)
+    owners = {"claim": h.rt.ledger, "audit_append": h.rt.audit, "transition_record": h.rt.audit,
+              "outbox_enqueue": h.notifier}
+    method = {"claim": "claim", "audit_append": "append", "transition_record": "append_once",
+              "outbox_enqueue": "notify"}.get(point, point)
     owner = owners.get(point, h.ws)
     original = getattr(owner, method)
 
+    def first(args: tuple, result: object) -> bool:
+        if point == "claim":
+            return result == "new"
+        if point == "transition_record":  # a rollout transition's record, which its alert follows
+            return bool(args[0].facts.get("transition"))
+        return True
+
     def crashing(*args, **kwargs):
         result = original(*args, **kwargs)
-        if fired["at"] is None and (point != "claim" or result == "new"):
+        if fired["at"] is None and first(args, result):
             fired["at"] = point
             raise Crash(point)
         return result
@@ -66,7 +81,10 @@ def pump_with_redelivery(h: Harness, clock: EpochClock) -> int:
 @pytest.mark.parametrize("point", POINTS)
 def test_a_crash_right_after_each_side_effect_converges_with_every_effect_once(tmp_path, point):
     clock = EpochClock()
-    h = Harness(tmp_path, min_primary=0.6, ports={"ledger": SqliteLedger(tmp_path / "ledger.db", clock=clock)})
+    teams = Recorder()
+    outbox = Outbox(SqliteOutbox(tmp_path / "outbox.db", clock=clock), Router(always=[teams]), clock=clock)
+    h = Harness(tmp_path, min_primary=0.6, ports={"ledger": SqliteLedger(tmp_path / "ledger.db", clock=clock)},
+                notifier=outbox)
     try:
         fired = arm(h, point)
         h.land("1", rows=900, seed=201, label_noise=0.15)
@@ -77,8 +95,51 @@ def test_a_crash_right_after_each_side_effect_converges_with_every_effect_once(t
         assert h.traffic() == {"churn-model-v1": 100}  # one deployment, serving
         assert [d.name for d in h.ws.get_endpoint("churn-endpoint").deployments] == ["churn-model-v1"]
         assert h.rt.ledger.stats().get("processing", 0) == 0  # every claim settled
-        assert len([a for a in h.notifier.alerts if a.kind == "model_registered"]) >= 1
+        outbox.flush(30)
+        # Each alert once: the redelivery queues again what the dead worker may not have (training started, the
+        # deployment after its transition's record), and the outbox drops a repeat of what it had queued.
+        assert sorted((a.kind, a.title) for a in teams.sent) == ALERTS
         converged.append(point)
         write_figures("crash", {"crash_points": len(POINTS), "converged": len(converged), "points": converged})
     finally:
         h.close()
+        outbox.close()
+
+
+def test_a_drift_retrain_a_tick_finishes_after_a_crash_sends_one_drift_card(tmp_path):
+    """The worker dies after queueing the drift card and before clearing its retrain transition; the next tick carries
+    the transition out and projects it as the drift event saw it (its incident key and facts), so the outbox drops
+    the repeat. Keyed by the tick's own context instead, the repeat was a new incident: a second drift card."""
+    from tests.integration.test_rollout_defects import data, drift, model, tick
+
+    clock = EpochClock()
+    teams = Recorder()
+    outbox = Outbox(SqliteOutbox(tmp_path / "outbox.db", clock=clock), Router(always=[teams]), clock=clock)
+    h = Harness(tmp_path, env={"MLOPS_ANALYSIS_MIN_REQUESTS": "5"}, min_primary=0.5, notifier=outbox)
+    try:
+        data(h, "1")
+        model(h, 1)
+        h.clock.advance(hours=5)  # promoted long ago: nothing to roll back, so drift retrains
+        data(h, "2")
+        queue = outbox.notify
+
+        def dies_after_the_drift_card(alert):
+            queue(alert)
+            if alert.kind == "drift_detected":
+                outbox.notify = queue
+                raise Crash("after the drift card")
+
+        outbox.notify = dies_after_the_drift_card
+        with pytest.raises(Crash):
+            drift(h)
+        h.clock.advance(minutes=6)  # past the dead worker's lease on the transition
+        clock.advance(400)
+        tick(h)
+        outbox.flush(30)
+        assert [a.kind for a in teams.sent].count("drift_detected") == 1
+        [retrain] = h.decisions("retrain")
+        assert retrain.facts["signal"]["metric"] == "psi"  # the drift event's facts, not the tick's
+        assert sorted(j.name for j in h.ws.list_jobs()) == ["train-churn-v1-a1", "train-churn-v2-a1"]
+    finally:
+        h.close()
+        outbox.close()

@@ -89,9 +89,10 @@ def test_a_duplicated_shuffled_concurrent_storm_with_faults_takes_effect_exactly
               if 200 <= r.status < 300}
     approved = [r for r in runtime.audit.recent(limit=100_000, decisions=["approve"])]
     approved_jobs = {r.facts["job"] for r in approved}
-    # One registered model per approved run, none registered twice. (An approval re-decided by a retried delivery
-    # is audited again: the audit trail is at least once, the effects exactly once; counted below.)
+    # One registered model per approved run, none registered twice, and one approval record per approved run: a
+    # verdict re-decided by a retried delivery is not audited again (AuditLog.append_once).
     assert len(approved_jobs) == len(models) >= 1
+    assert len(approved) == len(approved_jobs)
     assert sorted(models) == sorted(r.resources[0].rsplit(":", 1)[-1] for r in approved
                                     if r is next(a for a in approved if a.facts["job"] == r.facts["job"]))
     decided = {r.facts["job"] for r in runtime.audit.recent(limit=100_000, decisions=["approve", "reject"])}
