@@ -438,7 +438,8 @@ class TableAuditLog:
     Each record is written to its day partition and, as a full copy, to one partition per subject it names
     (SUBJECT_KEYS facts: endpoint, model, asset, ...), so both kinds of query are a single ordered range query.
     The copies are written first and the day entry last; a failed append raises (transient) and may leave a
-    subject copy behind, which a retried append does not duplicate within one call (same RowKey).
+    subject copy behind, which a retried append does not duplicate within one call (same RowKey). ``append_once``
+    writes the subject it checks first and completes a record it finds part-way written.
     """
 
     def __init__(self, table: TableClient) -> None:
@@ -459,8 +460,15 @@ class TableAuditLog:
         return datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=us), us
 
     def append(self, record: AuditRecord) -> None:
+        self._append(record)
+
+    def _append(self, record: AuditRecord, first: str | None = None) -> None:
+        """``first``: the subject whose copy is written before the others (``append_once`` checks that one)."""
         at, us = self._stamp(record)
         subjects = list(dict.fromkeys(str(record.facts[k]) for k in SUBJECT_KEYS if record.facts.get(k)))
+        if first is not None and first in subjects:
+            subjects.remove(first)
+            subjects.insert(0, first)
         row_key = f"{time_row(us)}-{uuid.uuid4().hex[:12]}"
         body: dict[str, Any] = {"at": at.isoformat(), "event_id": record.event_id, "message": record.message,
                                 "decision": record.decision, "actor": record.actor,
@@ -486,7 +494,10 @@ class TableAuditLog:
                 break
             if same(_record(row)):
                 return self._complete(row, subject)
-        self.append(record)
+        # The checked subject's copy first: an append that stops part-way then always leaves the copy this check
+        # finds, and the retry completes that record. Written in SUBJECT_KEYS order, a stop after the endpoint's or
+        # model's copy left one the check cannot see, and the retry wrote the record again under a new RowKey.
+        self._append(record, first=subject)
         return True
 
     def _complete(self, row: Mapping[str, Any], subject: str) -> bool:
@@ -498,8 +509,9 @@ class TableAuditLog:
             return False
         try:
             subjects = [str(s) for s in json.loads(row["subjects"])]
-        except (ValueError, TypeError):  # cut to fit a property: the subject it was found under is known
-            subjects = [subject]
+        except (ValueError, TypeError):  # cut to fit a property: read them from the facts, which keep them
+            facts = _record(row).facts
+            subjects = list(dict.fromkeys([subject, *(str(facts[k]) for k in SUBJECT_KEYS if facts.get(k))]))
         body = {k: v for k, v in row.items() if k not in ("PartitionKey", "RowKey")}
         for pk in [*(f"s{escape_key(s)}" for s in subjects), day]:
             self._t.create({"PartitionKey": pk, "RowKey": row_key, **body})  # EXISTS: that copy got through
