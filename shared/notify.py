@@ -10,6 +10,7 @@ fingerprints reach logs, errors and the store.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -253,7 +254,7 @@ class Admission:
     """What dedupe decided for one alert."""
 
     send: bool
-    reason: str  # new | reminder | escalated | reopened | resolved | duplicate | already resolved
+    reason: str  # new | reminder | escalated | reopened | resolved | not queued before | duplicate | already resolved
     severity: str  # the severity to route by (a resolved update inherits its incident's)
     suppressed: int = 0  # repeats held back since the previous card of this incident
     samples: tuple[str, ...] = ()  # event ids of some of those repeats, for the digest
@@ -269,10 +270,38 @@ def _held(state: dict, alert: Alert) -> None:
         state["samples"].append(alert.event_id)
 
 
+UNQUEUED_GRACE = 120.0  # seconds after which an admitted card still not confirmed queued never was
+
+
 def incident_step(state: dict | None, alert: Alert, now: float, window: float) -> tuple[dict, Admission]:
     """Pure dedupe rule: one card per incident key within ``window`` seconds; a repeat after the window is a
     reminder, a higher severity is an escalation, a resolved alert closes an open incident once. A card sent
-    after repeats were held back carries their count and a few of their event ids (a digest)."""
+    after repeats were held back carries their count and a few of their event ids (a digest).
+
+    An admitted card is marked queued by ``incident_queued`` once the store has it. One still unmarked
+    ``UNQUEUED_GRACE`` seconds later was lost between admission and queueing (the worker died, or the store
+    failed): the next repeat is admitted instead of held back behind a card nobody will see."""
+    if state is not None and state.get("queued") is False and now - state["last_sent"] >= UNQUEUED_GRACE:
+        sev = max(alert.severity, state["severity"], key=lambda s: _RANK.get(s, 0)) if alert.resolved \
+            else alert.severity
+        held, samples = state["suppressed"], tuple(state.get("samples", ()))
+        state = {**state, "state": "resolved" if alert.resolved else "open", "severity": sev, "kind": alert.kind,
+                 "last_sent": now, "suppressed": 0, "samples": [], "queued": False}
+        return state, Admission(True, "not queued before", sev, held, samples)
+    new, verdict = _step(state, alert, now, window)
+    if verdict.send:
+        new["queued"] = False
+    return new, verdict
+
+
+def incident_queued(state: dict | None, admitted_at: float) -> tuple[dict | None, bool]:
+    """Pure: mark the card admitted at ``admitted_at`` as queued; False when a later card owns the incident."""
+    if state is None or state.get("last_sent") != admitted_at:
+        return state, False
+    return {**state, "queued": True}, True
+
+
+def _step(state: dict | None, alert: Alert, now: float, window: float) -> tuple[dict, Admission]:
     sev = alert.severity
     if state is None:
         fresh = {"state": "resolved" if alert.resolved else "open", "severity": sev, "kind": alert.kind,
@@ -378,7 +407,8 @@ class Outbox:
                 alert = dataclasses.replace(alert, at=datetime.fromtimestamp(self.clock(), timezone.utc).isoformat())
             if not alert.correlation_id and logs.correlation():  # the chain the reported action belongs to
                 alert = dataclasses.replace(alert, correlation_id=logs.correlation())
-            admitted = self._admit(alert)
+            now, before = self.clock(), {}
+            admitted = self._admit(alert, now, before)
             if admitted is None:
                 return
             if not self.router.targets(admitted):
@@ -386,19 +416,48 @@ class Outbox:
                 logger.info("alert %s not sent: no route takes it (failures-only: %s)", alert.kind,
                             self.router.table.failures_only)
                 return
-            alert_id = self.store.add(admitted)
+            try:
+                alert_id = self.store.add(admitted)
+            except Exception:
+                if "state" in before:  # so a repeat is let through, not held back behind a card never stored
+                    self._withdraw(alert.incident_key, now, before["state"])
+                raise
             self.counters["queued"] += 1
             logger.info("queued alert #%s %s (%s): %s", alert_id, alert.kind, admitted.severity, alert.title)
+            if alert.incident_key:
+                self._queued(alert.incident_key, now)
         except Exception:  # noqa: BLE001 - the port promises never to fail the action an alert reports
             logger.exception("could not queue a %s alert; it follows here so it is not lost", alert.kind)
             logger.error("unqueued alert\n%s", render_text(alert))
 
-    def _admit(self, alert: Alert) -> Alert | None:
+    def _queued(self, key: str, admitted_at: float) -> None:
+        try:
+            self._tracking["update_incident"](key, lambda state: incident_queued(state, admitted_at))
+        except Exception:  # noqa: BLE001 - the card is queued; unmarked, a repeat after the grace sends it again
+            logger.warning("incident %s: its card is queued but could not be marked so", key, exc_info=True)
+
+    def _withdraw(self, key: str, admitted_at: float, previous: dict | None) -> None:
+        """Undo the admission of a card the store refused: the incident as it was before, unless a later card
+        has been admitted since."""
+        def step(state: dict | None) -> tuple[dict | None, bool]:
+            if state is None or state.get("last_sent") != admitted_at or state.get("queued") is not False:
+                return state, False
+            return previous, True
+        try:
+            self._tracking["update_incident"](key, step)
+        except Exception:  # noqa: BLE001 - left admitted and unmarked, a repeat after the grace is let through
+            logger.warning("incident %s: the admission of a card never stored could not be undone", key,
+                           exc_info=True)
+
+    def _admit(self, alert: Alert, now: float, before: dict) -> Alert | None:
+        """Dedupe. ``before`` receives the incident's state as the admission found it (for ``_withdraw``)."""
         if not alert.incident_key:
             return alert
-        now = self.clock()
-        verdict: Admission = self._tracking["update_incident"](
-            alert.incident_key, lambda state: incident_step(state, alert, now, self.window))
+
+        def step(state: dict | None) -> tuple[dict, Admission]:
+            before["state"] = copy.deepcopy(state)
+            return incident_step(state, alert, now, self.window)
+        verdict: Admission = self._tracking["update_incident"](alert.incident_key, step)
         if not verdict.send:
             self.counters["suppressed"] += 1
             logger.info("suppressed repeat of incident %s (%s, %d held back so far)", alert.incident_key,

@@ -17,11 +17,13 @@ from shared.domain import ALERT_KINDS, SEVERITIES, Alert
 from shared.errors import InvalidPayload, ServiceRejected, Throttled, TransientError
 from shared.local.outbox import SqliteOutbox
 from shared.notify import (
+    UNQUEUED_GRACE,
     ConsoleChannel,
     Outbox,
     Router,
     RoutingTable,
     build_notifier,
+    incident_queued,
     incident_step,
     is_failure,
 )
@@ -187,12 +189,29 @@ def test_incident_step_one_card_per_window_then_a_reminder_counting_repeats():
     a = alert(key="k", severity="warning")
     state, first = incident_step(None, a, now=0, window=600)
     assert (first.send, first.reason) == (True, "new")
+    state, _ = incident_queued(state, 0)  # the outbox stored the card
     state, second = incident_step(state, a, now=10, window=600)
     state, third = incident_step(state, a, now=599, window=600)
     assert (second.send, third.send) == (False, False) and third.suppressed == 2
     state, reminder = incident_step(state, a, now=600, window=600)
     assert (reminder.send, reminder.reason, reminder.suppressed) == (True, "reminder", 2)
     assert state["suppressed_total"] == 2 and state["suppressed"] == 0
+
+
+def test_a_card_admitted_but_never_marked_queued_does_not_hold_back_its_repeats():
+    """The worker died (or the store failed) between admitting a card and queueing it: before, every repeat for
+    the rest of the window was held back behind a card nobody would see."""
+    a = alert(key="k", severity="warning")
+    state, _ = incident_step(None, a, now=0, window=3600)
+    state, soon = incident_step(state, a, now=UNQUEUED_GRACE - 1, window=3600)
+    assert not soon.send, "inside the grace the first card may still be on its way into the store"
+    state, later = incident_step(state, a, now=UNQUEUED_GRACE, window=3600)
+    assert (later.send, later.reason, later.suppressed) == (True, "not queued before", 1)
+    state, marked = incident_queued(state, UNQUEUED_GRACE)
+    assert marked and state["queued"] is True
+    state, repeat = incident_step(state, a, now=3 * UNQUEUED_GRACE, window=3600)
+    assert (repeat.send, repeat.reason) == (False, "duplicate")
+    assert incident_queued(state, 0.0) == (state, False), "a later card owns the incident: not marked for it"
 
 
 def test_incident_step_escalation_goes_out_inside_the_window():
@@ -242,6 +261,27 @@ def test_a_reminder_after_the_window_says_how_many_repeats_were_held_back(store,
     outbox.flush()
     assert len(rec.sent) == 2
     assert dict(rec.sent[1].facts)["Repeats held back"] == "2 since the previous card (reminder)"
+
+
+def test_a_card_the_store_refused_does_not_hold_back_its_repeat(store, clock, monkeypatch):
+    """Dedupe admitted the card, then storing it failed: before, the incident counted it as sent and the repeat
+    (the next delivery, a retry) was held back for the whole window, so no card at all went out."""
+    rec = Recorder()
+    outbox = outbox_with(store, clock, rec)
+    add = store.add
+
+    def refused(_alert):
+        monkeypatch.setattr(store, "add", add)
+        raise TransientError("injected: the outbox table is busy")
+
+    monkeypatch.setattr(store, "add", refused)
+    outbox.notify(alert(key="job:x:failed"))
+    assert outbox.counters["queued"] == 0
+    outbox.notify(alert(key="job:x:failed"))
+    outbox.notify(alert(key="job:x:failed"))  # this one is a repeat of a stored card: held back
+    outbox.flush()
+    assert [a.incident_key for a in rec.sent] == ["job:x:failed"]
+    assert outbox.counters == {**outbox.counters, "queued": 1, "suppressed": 1}
 
 
 def test_dedupe_survives_a_restart_with_the_sqlite_store(tmp_path, clock):
