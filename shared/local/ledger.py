@@ -227,11 +227,19 @@ class SqliteAuditLog:
 
     def append_once(self, record: AuditRecord, *, subject: str, same: Callable[[AuditRecord], bool],
                     limit: int = 20) -> bool:
-        """One INSERT is all or nothing here: a record found is complete."""
-        if any(same(r) for r in self.recent(subject=subject, decisions=[record.decision], limit=limit)):
-            return False
-        self.append(record)
-        return True
+        """One INSERT is all or nothing here: a record found is complete. The check and the insert are one write
+        transaction, so two workers deciding the same thing at once (the local host's threads) write it once."""
+        conn = self._db.connect()
+        conn.execute("BEGIN IMMEDIATE")  # outside the try: if it fails there is nothing to roll back
+        try:
+            found = any(same(r) for r in self.recent(subject=subject, decisions=[record.decision], limit=limit))
+            if not found:
+                self.append(record)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return not found
 
     def recent(self, *, limit: int = 50, subject: str | None = None, since: datetime | None = None,
                decisions: Sequence[str] | None = None) -> list[AuditRecord]:

@@ -204,4 +204,3 @@ class AuditContract:
         assert audit.append_once(other, subject=job, same=lambda r: r.facts.get("job") == job) is True
         assert audit.append_once(verdict("e4"), subject=job, same=lambda r: r.event_id == "e4") is True
         assert [r.event_id for r in audit.recent(subject=job)] == ["e4", "e3", "e1"]
-
