@@ -35,7 +35,7 @@ def test_workers_deciding_the_same_verdict_at_once_write_it_once(tmp_path):
         return record.event_id != "e0"  # any verdict on this run but the earlier, unrelated record
 
     def worker(n: int) -> None:
-        record = AuditRecord(event_id=f"e{n}", message="RunFinished", decision="approve", reason="auc 0.9",
+        record = AuditRecord(event_id=f"w{n}", message="RunFinished", decision="approve", reason="auc 0.9",
                              actor="automation", facts={"job": job, "endpoint": "churn-endpoint"})
         start.wait()
         wrote.append(audit.append_once(record, subject=job, same=slow_check))
