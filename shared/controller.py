@@ -111,11 +111,12 @@ def apply(ctx: Context, endpoint: str, event: object | Callable[[EndpointState, 
         if decision.action not in ("noop",):
             _project(ctx, decision, state, before=dict(state.traffic))
         return decision
-    if not decision.effects:
-        saved = ctx.states.save(replace(decision.state, version=state.version))
-        if decision.action != "noop":
-            _project(ctx, decision, saved, before=dict(state.traffic))
+    if not decision.effects and decision.action == "noop":
+        ctx.states.save(replace(decision.state, version=state.version))  # bookkeeping: nothing to record or alert
         return decision
+    # A decision that changes the record without touching Azure (awaiting approval, say) is committed as a
+    # transition too: saved first and projected after, a worker dying in between left the record changed and
+    # its card (the approval request) never sent, and the redelivery found nothing left to decide.
     pending = {"id": uuid.uuid4().hex, "action": decision.action, "reason": decision.reason, "actor": ctx.actor,
                "event_id": ctx.event_id, "message": ctx.message, "alert": decision.alert,
                "severity": decision.severity, "facts": {**_jsonable(decision.facts), **_jsonable(ctx.extra_facts)},

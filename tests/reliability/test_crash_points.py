@@ -156,3 +156,34 @@ def test_a_drift_retrain_a_tick_finishes_after_a_crash_sends_one_drift_card(tmp_
     finally:
         h.close()
         outbox.close()
+
+
+def test_a_crash_after_the_record_awaits_approval_still_sends_the_approval_request(tmp_path):
+    """Awaiting approval changes only the endpoint's record. It was saved, then projected: a worker dying between
+    left the run waiting for an approval nobody was asked for, and the redelivery found nothing left to decide."""
+    clock = EpochClock()
+    teams = Recorder()
+    outbox = Outbox(SqliteOutbox(tmp_path / "outbox.db", clock=clock), Router(always=[teams]), clock=clock)
+    h = Harness(tmp_path, env={"MLOPS_APPROVAL": "manual"}, min_primary=0.6,
+                ports={"ledger": SqliteLedger(tmp_path / "ledger.db", clock=clock)}, notifier=outbox)
+    try:
+        states = h.rt.states
+        save = states.save
+
+        def dies_after_saving_the_candidate(state):
+            saved = save(state)
+            if state.candidate is not None:
+                states.save = save
+                raise Crash("after the record awaits approval")
+            return saved
+
+        states.save = dies_after_saving_the_candidate
+        h.land("1", rows=900, seed=201, label_noise=0.15)
+        assert pump_with_redelivery(h, clock) == 1
+        outbox.flush(30)
+        assert [a.kind for a in teams.sent].count("approval_requested") == 1, [a.kind for a in teams.sent]
+        assert h.ws.get_endpoint("churn-endpoint") is None or h.traffic() == {}  # nothing deployed unapproved
+        assert h.rt.states.load("churn-endpoint").candidate.version == "1"
+    finally:
+        h.close()
+        outbox.close()
