@@ -273,14 +273,20 @@ def _held(state: dict, alert: Alert) -> None:
 UNQUEUED_GRACE = 120.0  # seconds after which an admitted card still not confirmed queued never was
 
 
-def incident_step(state: dict | None, alert: Alert, now: float, window: float) -> tuple[dict, Admission]:
+def incident_step(state: dict | None, alert: Alert, now: float, window: float,
+                  stored: Callable[[float], bool] | None = None) -> tuple[dict, Admission]:
     """Pure dedupe rule: one card per incident key within ``window`` seconds; a repeat after the window is a
     reminder, a higher severity is an escalation, a resolved alert closes an open incident once. A card sent
     after repeats were held back carries their count and a few of their event ids (a digest).
 
     An admitted card is marked queued by ``incident_queued`` once the store has it. One still unmarked
     ``UNQUEUED_GRACE`` seconds later was lost between admission and queueing (the worker died, or the store
-    failed): the next repeat is admitted instead of held back behind a card nobody will see."""
+    failed): the next repeat is admitted instead of held back behind a card nobody will see. ``stored(since)``,
+    when given, says whether the store holds a card of this incident queued since then: a worker that died after
+    storing the card and before marking it did send it, and the repeat is then judged as usual."""
+    if state is not None and state.get("queued") is False and now - state["last_sent"] >= UNQUEUED_GRACE \
+            and stored is not None and stored(state["last_sent"]):
+        state = {**state, "queued": True}
     if state is not None and state.get("queued") is False and now - state["last_sent"] >= UNQUEUED_GRACE:
         sev = max(alert.severity, state["severity"], key=lambda s: _RANK.get(s, 0)) if alert.resolved \
             else alert.severity
@@ -308,6 +314,7 @@ def _step(state: dict | None, alert: Alert, now: float, window: float) -> tuple[
                  "last_sent": now, "suppressed": 0, "suppressed_total": 0}
         return fresh, Admission(True, "resolved" if alert.resolved else "new", sev)
     state = dict(state)
+    state["samples"] = list(state.get("samples", ()))  # _held appends: the caller's state stays as it was
     if alert.resolved:
         if state["state"] == "open":
             severity = max(sev, state["severity"], key=lambda s: _RANK.get(s, 0))
@@ -415,6 +422,8 @@ class Outbox:
                 self.counters["unrouted"] += 1
                 logger.info("alert %s not sent: no route takes it (failures-only: %s)", alert.kind,
                             self.router.table.failures_only)
+                if alert.incident_key:  # settled: its repeats are judged against it, not let through after the grace
+                    self._queued(alert.incident_key, now)
                 return
             try:
                 alert_id = self.store.add(admitted)
@@ -454,9 +463,16 @@ class Outbox:
         if not alert.incident_key:
             return alert
 
+        holds, found = getattr(self.store, "holds_incident", None), {}
+
+        def stored(since: float) -> bool:  # asked at most once per admission, however often the step runs
+            if since not in found:
+                found[since] = bool(holds(alert.incident_key, since))
+            return found[since]
+
         def step(state: dict | None) -> tuple[dict, Admission]:
             before["state"] = copy.deepcopy(state)
-            return incident_step(state, alert, now, self.window)
+            return incident_step(state, alert, now, self.window, stored if holds is not None else None)
         verdict: Admission = self._tracking["update_incident"](alert.incident_key, step)
         if not verdict.send:
             self.counters["suppressed"] += 1

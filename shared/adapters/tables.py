@@ -632,9 +632,21 @@ class TableOutbox:
                                "incident_key": cut(alert.incident_key, 1000), "status": PENDING, "attempts": 0,
                                "next_try": now, "last_error": "", "updated_at": now}
         _put_text(row, "alert", _alert_json(alert), ALERT_UNITS)
-        if self._t.create(row) is not None:  # only a bug could reuse an id the counter handed out
-            raise Busy(f"alert id {alert_id} already taken")
+        if self._t.create(row) is not None:
+            # EXISTS: either the SDK retried a create whose first try got through (a lost reply), so the row is
+            # ours, or only a bug could have reused an id the counter handed out.
+            found = self._t.get(ALERT_PK, row["RowKey"])
+            if found is None or _get_text(found, "alert") != _get_text(row, "alert") \
+                    or _float(found.get("created_at")) != now:
+                raise Busy(f"alert id {alert_id} already taken")
         return alert_id
+
+    def holds_incident(self, incident_key: str, since: float) -> bool:
+        """Whether a card of this incident was queued at or after ``since`` (epoch seconds). Reads the alert
+        partition with a filter: only asked when a card was admitted and never marked queued."""
+        rows = self._t.query("an incident's alerts", "PartitionKey eq @pk and incident_key eq @key and created_at ge @t",
+                             parameters={"pk": ALERT_PK, "key": cut(incident_key, 1000), "t": float(since)}, page=1)
+        return next(iter(rows), None) is not None
 
     def _due(self, limit: int) -> list[Any]:
         rows = self._t.query("due alerts", "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi and next_try le @now",

@@ -145,6 +145,12 @@ class SqliteOutbox:
             (now, alert.kind, alert.severity, alert.incident_key, alert_to_json(alert), now, now))
         return int(cur.lastrowid)
 
+    def holds_incident(self, incident_key: str, since: float) -> bool:
+        """Whether a card of this incident was queued at or after ``since`` (epoch seconds)."""
+        row = self._conn().execute("SELECT 1 FROM alerts WHERE incident_key = ? AND created_at >= ? LIMIT 1",
+                                   (incident_key, since)).fetchone()
+        return row is not None
+
     def pending(self, *, limit: int = 100) -> list[tuple[int, Alert, int]]:
         rows = self._conn().execute(
             "SELECT id, alert, attempts FROM alerts WHERE status = ? AND next_try <= ? ORDER BY id LIMIT ?",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import threading
 
 import pytest
@@ -283,6 +284,35 @@ def test_incident_step_stays_pure_so_a_store_may_run_it_twice():
     state, first = incident_step(None, alert(key="k"), 0.0, 600)
     again_state, again = incident_step(None, alert(key="k"), 0.0, 600)
     assert (state, first) == (again_state, again)
+    held, _ = incident_step(state, dataclasses.replace(alert(key="k"), event_id="evt-2"), 1.0, 600)
+    snapshot = json.loads(json.dumps(held))
+    repeat = dataclasses.replace(alert(key="k"), event_id="evt-3")
+    after, verdict = incident_step(held, repeat, 2.0, 600)
+    assert held == snapshot, "a held-back repeat changed the state it was given (its samples)"
+    assert incident_step(held, repeat, 2.0, 600) == (after, verdict) and after["samples"] == ["evt-2", "evt-3"]
+
+
+class Died(BaseException):
+    """The worker dies here: nothing in the app catches it."""
+
+
+def test_a_card_stored_by_a_worker_that_died_before_marking_it_is_not_sent_again(opener, clock):
+    """Stored, then the worker died before marking the incident: the redelivery's repeat (past the 2-minute grace)
+    finds the card in the store and is held back, instead of going out as a second card."""
+    rec = Recorder()
+    outbox = outbox_with(opener(), clock, rec)
+
+    def dies(key, admitted_at):
+        raise Died("after storing the card")
+
+    outbox._queued = dies
+    with pytest.raises(Died):
+        outbox.notify(alert(key="job:x:failed"))
+    clock.advance(400)  # Event Grid's redelivery after the dead worker's lease
+    again = outbox_with(opener(), clock, rec)
+    again.notify(alert(key="job:x:failed"))
+    again.flush()
+    assert len(rec.sent) == 1 and again.counters["suppressed"] == 1
 
 
 # --- Table Storage only: a flusher that loses an ETag race ---------------------------------------------------
@@ -329,3 +359,33 @@ def test_table_outbox_stores_times_as_doubles_even_from_a_whole_second_clock(azu
     row = table.get_entity("alert", f"q{alert_id:012d}")
     assert all(isinstance(row[name], float) for name in ("next_try", "created_at", "updated_at"))
     assert [i for i, _, _ in store.claim_due()] == [alert_id]
+
+
+def test_table_outbox_an_add_retried_after_its_write_committed_keeps_the_card(azurite, monkeypatch):
+    """A 503 after the insert committed: azure-core retries a POST on 503, the retry meets EXISTS, and the card
+    is in the store. Before, add() raised "already taken", so the card was queued but reported lost."""
+    from shared.adapters.tables import with_app_retries
+    from tests.reliability.faults import FaultyTransport, _response, route_table_waits
+
+    route_table_waits(monkeypatch)
+
+    class CommitsThenAnswers503(FaultyTransport):
+        left = 1
+
+        def send(self, request, **kwargs):
+            response = super().send(request, **kwargs)
+            body = getattr(request, "content", None) or getattr(request, "body", None) or b"{}"
+            if self.left and request.method == "POST" and json.loads(body).get("PartitionKey") == "alert":
+                self.left -= 1
+                return _response(request, 503, {"Content-Type": "application/json"},
+                                 b'{"odata.error":{"code":"ServerBusy","message":{"value":"after the write"}}}',
+                                 **kwargs)
+            return response
+
+    transport = CommitsThenAnswers503(fault_rate=0.0)
+    service = with_app_retries(azurite.service(transport=transport))
+    table = azurite.fresh_table()
+    store = TableOutbox(service.get_table_client(table.table_name), clock=lambda: 1_750_000_000.0)
+    alert_id = store.add(alert(key="k"))
+    assert transport.left == 0, "the 503 after the write was not injected"
+    assert [(i, a.incident_key) for i, a, _ in store.pending()] == [(alert_id, "k")]

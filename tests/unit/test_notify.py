@@ -172,6 +172,18 @@ def test_failures_only_mode_queues_nothing_else_for_teams(store, clock):
     assert outbox.counters["unrouted"] == 2 * len(ALERT_KINDS) - 2
 
 
+def test_a_card_no_route_takes_still_settles_its_incident(store, clock):
+    """An unrouted card counts as handled: its repeats are held back as usual. Left unmarked, every repeat past
+    the 2-minute grace was admitted again (and reset the incident's window) as if the first had been lost."""
+    with httpx.Client() as client:  # never used: nothing is flushed here
+        outbox = build_notifier(Settings(teams_webhook_url=A, teams_failures_only=True), store=store,
+                                client=client, clock=clock)
+        outbox.notify(alert("training_started", "info", key="job:x:started"))
+        clock.advance(UNQUEUED_GRACE + 60)
+        outbox.notify(alert("training_started", "info", key="job:x:started"))
+    assert (outbox.counters["unrouted"], outbox.counters["suppressed"]) == (1, 1)
+
+
 def test_failures_only_still_shows_everything_on_the_console(store, clock):
     stream = io.StringIO()
     with httpx.Client() as client:
