@@ -186,10 +186,10 @@ def start_training(msg: StartTraining, *, workspace: Workspace, audit: AuditLog,
            facts={"asset": data.name, "version": data.version, "attempt": attempt, "job": job.name,
                   "compute": settings.compute, "low_priority": settings.low_priority},
            resources=(f"job:{job.name}",))
-    # A redelivery of the event that submitted the job announces it again: the worker before may have died between
-    # the submit and its alert, and the outbox drops the repeat of a card it did queue (same incident key). A job
-    # some other event started is not announced again.
-    if not existed or job.tags.get(TAG_EVENT) == msg.event_id:
+    # A redelivery of the event that submitted the job announces it again while the job has not finished: the
+    # worker before may have died between the submit and its alert, and the outbox drops the repeat of a card it
+    # did queue (same incident key). A job some other event started, or one already over, is not announced again.
+    if not existed or (job.tags.get(TAG_EVENT) == msg.event_id and not job.status.completed):
         drift = msg.drift_on
         notifier.notify(Alert(
             kind="retraining_started" if drift else "training_started", severity="info",

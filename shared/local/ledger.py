@@ -237,7 +237,8 @@ class SqliteAuditLog:
                 self.append(record)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
         return not found
 

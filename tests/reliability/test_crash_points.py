@@ -14,7 +14,7 @@ from tests.reliability.storm import write_figures
 
 pytestmark = pytest.mark.slow
 POINTS = ["claim", "submit_training", "register_model", "create_deployment", "set_traffic", "audit_append",
-          "transition_record", "alert_admitted", "outbox_enqueue"]
+          "transition_record", "alert_admitted", "alert_stored", "outbox_enqueue"]
 ALERTS = sorted([("training_started", "Training started: churn v1"),
                  ("model_registered", "Model registered: churn-model v1"),
                  ("deployment_changed", "Deployed to churn-endpoint at 100 %")])
@@ -42,9 +42,9 @@ def arm(h: Harness, point: str) -> dict:
         tracking["update_incident"] = dies_after_admitting
         return fired
     owners = {"claim": h.rt.ledger, "audit_append": h.rt.audit, "transition_record": h.rt.audit,
-              "outbox_enqueue": h.notifier}
+              "alert_stored": h.notifier.store, "outbox_enqueue": h.notifier}
     method = {"claim": "claim", "audit_append": "append", "transition_record": "append_once",
-              "outbox_enqueue": "notify"}.get(point, point)
+              "alert_stored": "add", "outbox_enqueue": "notify"}.get(point, point)
     owner = owners.get(point, h.ws)
     original = getattr(owner, method)
 
@@ -122,7 +122,8 @@ def test_a_crash_right_after_each_side_effect_converges_with_every_effect_once(t
 def test_a_drift_retrain_a_tick_finishes_after_a_crash_sends_one_drift_card(tmp_path):
     """The worker dies after queueing the drift card and before clearing its retrain transition; the next tick carries
     the transition out and projects it as the drift event saw it (its incident key and facts), so the outbox drops
-    the repeat. Keyed by the tick's own context instead, the repeat was a new incident: a second drift card."""
+    the repeat. It guards the queue-again above: keyed by the tick's own context, the repeat would be a new
+    incident, a second drift card (the code before the queue-again sent one because it queued nothing again)."""
     from tests.integration.test_rollout_defects import data, drift, model, tick
 
     clock = EpochClock()
@@ -184,6 +185,36 @@ def test_a_crash_after_the_record_awaits_approval_still_sends_the_approval_reque
         assert [a.kind for a in teams.sent].count("approval_requested") == 1, [a.kind for a in teams.sent]
         assert h.ws.get_endpoint("churn-endpoint") is None or h.traffic() == {}  # nothing deployed unapproved
         assert h.rt.states.load("churn-endpoint").candidate.version == "1"
+    finally:
+        h.close()
+        outbox.close()
+
+
+def test_a_redelivery_after_the_job_finished_does_not_announce_it_again(tmp_path):
+    """The worker died after submitting; Event Grid's redelivery came after the job had finished and past the
+    outbox's 60-minute window. It re-announced the job ("Training started", a reminder) for a run already over."""
+    clock = EpochClock()
+    teams = Recorder()
+    outbox = Outbox(SqliteOutbox(tmp_path / "outbox.db", clock=clock), Router(always=[teams]), clock=clock)
+    h = Harness(tmp_path, min_primary=0.6, ports={"ledger": SqliteLedger(tmp_path / "ledger.db", clock=clock)},
+                notifier=outbox)
+    try:
+        fired = arm(h, "submit_training")
+        h.land("1", rows=900, seed=201, label_noise=0.15)
+        with h._lock:
+            [landed], h.events = h.events, []
+        with pytest.raises(Crash):
+            h.deliver(landed)
+        assert fired["at"] == "submit_training"
+        h.ws.wait_for_jobs(timeout=120)  # the job ran to its end meanwhile
+        clock.advance(2 * 3600)
+        h.clock.advance(hours=2)
+        h.deliver(landed)
+        pump_with_redelivery(h, clock)
+        outbox.flush(30)
+        assert [a.kind for a in teams.sent].count("training_started") == 0  # the dead worker never queued it
+        assert [j.name for j in h.ws.list_jobs()] == ["train-churn-v1-a1"]
+        assert [m.version for m in h.ws.list_models("churn-model")] == ["1"]
     finally:
         h.close()
         outbox.close()
