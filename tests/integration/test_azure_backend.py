@@ -51,6 +51,15 @@ class AzureArc:
         self.fake.finish_job(job, "Completed", metrics=metrics)
         return wire.run_completed(job, experiment="churn", tags=self.rt.workspace.get_job(job).tags)
 
+    def stable_then_canary(self) -> None:
+        """v1 trained and promoted, then v2 trained and rolled out as a canary ten minutes ago."""
+        self.deliver(self.land("1"))
+        self.deliver(self.finish("train-churn-v1-a1", auc=0.80, logloss=0.45))
+        self.clock.advance(minutes=30)
+        self.deliver(self.land("2"))
+        self.deliver(self.finish("train-churn-v2-a1", auc=0.86, logloss=0.40))
+        self.clock.advance(minutes=10)
+
     def puts(self, path_contains: str) -> list:
         return [r for r in self.fake.requests if r.method == "PUT" and path_contains in r.path]
 

@@ -21,12 +21,7 @@ def rolled_back(azurite):
     """Two models trained on Azure, the second rolled back by a drift alert: a story with every hop."""
     arc = AzureArc(azurite)
     try:
-        arc.deliver(arc.land("1"))
-        arc.deliver(arc.finish("train-churn-v1-a1", auc=0.80, logloss=0.45))
-        arc.clock.advance(minutes=30)
-        arc.deliver(arc.land("2"))
-        arc.deliver(arc.finish("train-churn-v2-a1", auc=0.86, logloss=0.40))
-        arc.clock.advance(minutes=10)
+        arc.stable_then_canary()
         arc.deliver(wire.custom("MLOps.DriftDetected", f"endpoints/{ENDPOINT}",
                                 {"endpoint": ENDPOINT, "metric": "psi", "value": 0.4, "threshold": 0.2}))
         assert arc.traffic() == {"churn-model-v1": 100, "churn-model-v2": 0}

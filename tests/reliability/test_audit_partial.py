@@ -75,12 +75,7 @@ def test_a_verdict_whose_day_entry_failed_is_completed_by_the_retry(arc):
 
 
 def test_a_rollback_whose_record_failed_part_way_is_recorded_and_alerted_once(arc):
-    arc.deliver(arc.land("1"))
-    arc.deliver(arc.finish("train-churn-v1-a1", auc=0.80, logloss=0.45))
-    arc.clock.advance(minutes=30)
-    arc.deliver(arc.land("2"))
-    arc.deliver(arc.finish("train-churn-v2-a1", auc=0.86, logloss=0.40))
-    arc.clock.advance(minutes=10)
+    arc.stable_then_canary()
     before = len(arc.notifier.alerts)
     delivered_despite_one_failure(arc, wire.custom("MLOps.DriftDetected", f"endpoints/{ENDPOINT}",
                                                    {"endpoint": ENDPOINT, "metric": "psi", "value": 0.4,

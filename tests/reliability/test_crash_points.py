@@ -91,13 +91,20 @@ def pump_with_redelivery(h: Harness, clock: EpochClock) -> int:
                     redelivered += 1
 
 
-@pytest.mark.parametrize("point", POINTS)
-def test_a_crash_right_after_each_side_effect_converges_with_every_effect_once(tmp_path, point):
+def rig(tmp_path, **policy) -> tuple[EpochClock, Recorder, Outbox, Harness]:
+    """A harness whose ledger and real outbox (delivering to a recorder) share one epoch clock, so a test can step
+    past leases and dedupe windows."""
     clock = EpochClock()
     teams = Recorder()
     outbox = Outbox(SqliteOutbox(tmp_path / "outbox.db", clock=clock), Router(always=[teams]), clock=clock)
-    h = Harness(tmp_path, min_primary=0.6, ports={"ledger": SqliteLedger(tmp_path / "ledger.db", clock=clock)},
-                notifier=outbox)
+    h = Harness(tmp_path, ports={"ledger": SqliteLedger(tmp_path / "ledger.db", clock=clock)}, notifier=outbox,
+                **{"min_primary": 0.6, **policy})
+    return clock, teams, outbox, h
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_a_crash_right_after_each_side_effect_converges_with_every_effect_once(tmp_path, point):
+    clock, teams, outbox, h = rig(tmp_path)
     try:
         fired = arm(h, point)
         h.land("1", rows=900, seed=201, label_noise=0.15)
@@ -162,11 +169,7 @@ def test_a_drift_retrain_a_tick_finishes_after_a_crash_sends_one_drift_card(tmp_
 def test_a_crash_after_the_record_awaits_approval_still_sends_the_approval_request(tmp_path):
     """Awaiting approval changes only the endpoint's record. It was saved, then projected: a worker dying between
     left the run waiting for an approval nobody was asked for, and the redelivery found nothing left to decide."""
-    clock = EpochClock()
-    teams = Recorder()
-    outbox = Outbox(SqliteOutbox(tmp_path / "outbox.db", clock=clock), Router(always=[teams]), clock=clock)
-    h = Harness(tmp_path, env={"MLOPS_APPROVAL": "manual"}, min_primary=0.6,
-                ports={"ledger": SqliteLedger(tmp_path / "ledger.db", clock=clock)}, notifier=outbox)
+    clock, teams, outbox, h = rig(tmp_path, env={"MLOPS_APPROVAL": "manual"})
     try:
         states = h.rt.states
         save = states.save
@@ -193,11 +196,7 @@ def test_a_crash_after_the_record_awaits_approval_still_sends_the_approval_reque
 def test_a_redelivery_after_the_job_finished_does_not_announce_it_again(tmp_path):
     """The worker died after submitting; Event Grid's redelivery came after the job had finished and past the
     outbox's 60-minute window. It re-announced the job ("Training started", a reminder) for a run already over."""
-    clock = EpochClock()
-    teams = Recorder()
-    outbox = Outbox(SqliteOutbox(tmp_path / "outbox.db", clock=clock), Router(always=[teams]), clock=clock)
-    h = Harness(tmp_path, min_primary=0.6, ports={"ledger": SqliteLedger(tmp_path / "ledger.db", clock=clock)},
-                notifier=outbox)
+    clock, teams, outbox, h = rig(tmp_path)
     try:
         fired = arm(h, "submit_training")
         h.land("1", rows=900, seed=201, label_noise=0.15)
