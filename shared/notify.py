@@ -442,7 +442,7 @@ class Outbox:
     def _queued(self, key: str, admitted_at: float) -> None:
         try:
             self._tracking["update_incident"](key, lambda state: incident_queued(state, admitted_at))
-        except Exception:  # noqa: BLE001 - the card is queued; unmarked, a repeat after the grace sends it again
+        except Exception:  # noqa: BLE001 - the card is queued; unmarked, a repeat after the grace finds it stored
             logger.warning("incident %s: its card is queued but could not be marked so", key, exc_info=True)
 
     def _withdraw(self, key: str, admitted_at: float, previous: dict | None) -> None:
