@@ -284,16 +284,16 @@ def incident_step(state: dict | None, alert: Alert, now: float, window: float,
     failed): the next repeat is admitted instead of held back behind a card nobody will see. ``stored(since)``,
     when given, says whether the store holds a card of this incident queued since then: a worker that died after
     storing the card and before marking it did send it, and the repeat is then judged as usual."""
-    if state is not None and state.get("queued") is False and now - state["last_sent"] >= UNQUEUED_GRACE \
-            and stored is not None and stored(state["last_sent"]):
-        state = {**state, "queued": True}
     if state is not None and state.get("queued") is False and now - state["last_sent"] >= UNQUEUED_GRACE:
-        sev = max(alert.severity, state["severity"], key=lambda s: _RANK.get(s, 0)) if alert.resolved \
-            else alert.severity
-        held, samples = state["suppressed"], tuple(state.get("samples", ()))
-        state = {**state, "state": "resolved" if alert.resolved else "open", "severity": sev, "kind": alert.kind,
-                 "last_sent": now, "suppressed": 0, "samples": [], "queued": False}
-        return state, Admission(True, "not queued before", sev, held, samples)
+        if stored is not None and stored(state["last_sent"]):
+            state = {**state, "queued": True}  # it was stored: judge this repeat as usual
+        else:
+            sev = max(alert.severity, state["severity"], key=lambda s: _RANK.get(s, 0)) if alert.resolved \
+                else alert.severity
+            held, samples = state["suppressed"], tuple(state.get("samples", ()))
+            state = {**state, "state": "resolved" if alert.resolved else "open", "severity": sev,
+                     "kind": alert.kind, "last_sent": now, "suppressed": 0, "samples": [], "queued": False}
+            return state, Admission(True, "not queued before", sev, held, samples)
     new, verdict = _step(state, alert, now, window)
     if verdict.send:
         new["queued"] = False

@@ -133,10 +133,7 @@ def test_a_drift_retrain_a_tick_finishes_after_a_crash_sends_one_drift_card(tmp_
     incident, a second drift card (the code before the queue-again sent one because it queued nothing again)."""
     from tests.integration.test_rollout_defects import data, drift, model, tick
 
-    clock = EpochClock()
-    teams = Recorder()
-    outbox = Outbox(SqliteOutbox(tmp_path / "outbox.db", clock=clock), Router(always=[teams]), clock=clock)
-    h = Harness(tmp_path, env={"MLOPS_ANALYSIS_MIN_REQUESTS": "5"}, min_primary=0.5, notifier=outbox)
+    clock, teams, outbox, h = rig(tmp_path, env={"MLOPS_ANALYSIS_MIN_REQUESTS": "5"}, min_primary=0.5)
     try:
         data(h, "1")
         model(h, 1)
